@@ -1,0 +1,172 @@
+// CPU kernels of every l2fast op: at::parallel_for over fixed-size chunks of all tensors.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../common/checks.h"
+#include "../common/plan.h"
+#include "spans.h"
+
+namespace l2fast::cpu {
+namespace {
+
+// 32K elements: large enough to amortise the per-chunk call, small enough to balance two threads
+// over a Transformer's mix of large matrices and small vectors.
+constexpr int64_t kChunk = 1 << 15;
+
+template <typename T>
+T* data_of(const at::Tensor& t) {
+  return static_cast<T*>(t.data_ptr());
+}
+
+#define L2FAST_DISPATCH(dtype, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2fast_cpu", __VA_ARGS__)
+
+// Calls f(kSq, kAbs) with the compile-time terms that `weights` needs (at least one is nonzero).
+template <typename F>
+Partial with_terms(const Weights& weights, F f) {
+  if (weights.sq != 0.0 && weights.abs != 0.0) return f(std::true_type{}, std::true_type{});
+  if (weights.sq != 0.0) return f(std::true_type{}, std::false_type{});
+  return f(std::false_type{}, std::true_type{});
+}
+
+// Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk. Threads split the
+// element range evenly; each chunk belongs to the thread whose range holds its first element.
+template <typename ChunkFn>
+std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn chunk_fn) {
+  std::vector<int64_t> starts(chunks.size() + 1, 0);
+  for (size_t k = 0; k < chunks.size(); ++k) starts[k + 1] = starts[k] + chunks[k].len;
+  std::vector<Partial> partials(chunks.size());
+  at::parallel_for(0, starts.back(), kChunk, [&](int64_t begin, int64_t end) {
+    auto first = std::lower_bound(starts.begin(), starts.end() - 1, begin) - starts.begin();
+    auto last = std::lower_bound(starts.begin(), starts.end() - 1, end) - starts.begin();
+    for (auto k = first; k < last; ++k) partials[k] = chunk_fn(chunks[k]);
+  });
+  return partials;
+}
+
+// Per-tensor values sq * sum(x^2) + abs * sum|x|, partials added in chunk order; then their sum.
+at::Tensor finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials,
+                  const std::vector<Weights>& weights, bool per_tensor, at::ScalarType dtype) {
+  std::vector<Partial> sums(weights.size());
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    sums[chunks[k].tensor].sq += partials[k].sq;
+    sums[chunks[k].tensor].abs += partials[k].abs;
+  }
+  std::vector<double> values(weights.size(), 0.0);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i].sq != 0.0) values[i] += weights[i].sq * sums[i].sq;
+    if (weights[i].abs != 0.0) values[i] += weights[i].abs * sums[i].abs;
+  }
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  if (per_tensor) return at::tensor(values, f64).to(dtype);
+  double total = 0.0;
+  for (double v : values) total += v;
+  return at::scalar_tensor(total, f64).to(dtype);
+}
+
+at::Tensor reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor) {
+  check_tensors(tensors, "tensors");
+  const auto chunks = plan_chunks(tensors, [&](size_t i) { return weights[i].any(); }, kChunk);
+  const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
+    const at::Tensor& t = tensors[c.tensor];
+    return with_terms(weights[c.tensor], [&](auto sq, auto abs) {
+      return L2FAST_DISPATCH(t.scalar_type(), [&] {
+        return reduce_span<scalar_t, decltype(sq)::value, decltype(abs)::value>(data_of<scalar_t>(t) + c.begin, c.len);
+      });
+    });
+  });
+  return finish(chunks, partials, weights, per_tensor, result_dtype(tensors));
+}
+
+at::Tensor sq_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
+  return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/true), per_tensor);
+}
+
+at::Tensor l1_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
+  return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/false), per_tensor);
+}
+
+at::Tensor penalty(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
+  return reduce(params, penalty_weights(l2, l1, params.size()), /*per_tensor=*/false);
+}
+
+// out_i = base_i + scale * grad of the penalty, for every chunk; base is grads (kAccumulate) or 0.
+template <bool kAccumulate>
+std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList grads, at::TensorList outs,
+                                         const std::vector<Weights>& weights, double scale,
+                                         const std::vector<Chunk>& chunks) {
+  return for_each_chunk(chunks, [&](const Chunk& c) {
+    const at::Tensor& w = params[c.tensor];
+    return with_terms(weights[c.tensor], [&](auto sq, auto abs) {
+      return L2FAST_DISPATCH(w.scalar_type(), [&] {
+        using Op = at::opmath_type<scalar_t>;
+        const scalar_t* g = kAccumulate ? data_of<scalar_t>(grads[c.tensor]) + c.begin : nullptr;
+        return grad_span<scalar_t, decltype(sq)::value, decltype(abs)::value, kAccumulate>(
+            data_of<scalar_t>(w) + c.begin, g, data_of<scalar_t>(outs[c.tensor]) + c.begin, c.len,
+            static_cast<Op>(2.0 * weights[c.tensor].sq), static_cast<Op>(weights[c.tensor].abs),
+            static_cast<Op>(scale));
+      });
+    });
+  });
+}
+
+at::Tensor add_penalty_grad_(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
+                             c10::ArrayRef<double> l1) {
+  check_tensors(params, "params");
+  check_pairs(params, grads);
+  check_tensors(grads, "grads");
+  const auto weights = penalty_weights(l2, l1, params.size());
+  const auto chunks = plan_chunks(params, [&](size_t i) { return weights[i].any(); }, kChunk);
+  const auto partials = write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks);
+  return finish(chunks, partials, weights, /*per_tensor=*/false, result_dtype(params));
+}
+
+std::vector<at::Tensor> penalty_grad(at::TensorList params, const at::Tensor& scale, c10::ArrayRef<double> l2,
+                                     c10::ArrayRef<double> l1) {
+  check_tensors(params, "params");
+  TORCH_CHECK(scale.numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sizes());
+  const auto weights = penalty_weights(l2, l1, params.size());
+  std::vector<at::Tensor> outs;
+  for (size_t i = 0; i < params.size(); ++i)
+    outs.push_back(weights[i].any() ? at::empty_like(params[i]) : at::zeros_like(params[i]));
+  const auto chunks = plan_chunks(params, [&](size_t i) { return weights[i].any(); }, kChunk);
+  write_penalty_grads<false>(params, {}, outs, weights, scale.item<double>(), chunks);
+  return outs;
+}
+
+void decay_(at::TensorList params, c10::ArrayRef<double> factors) {
+  check_tensors(params, "params");
+  const std::vector<double> fs = expand_coeffs(factors, params.size(), "factors");
+  const auto chunks = plan_chunks(params, [&](size_t i) { return fs[i] != 0.0; }, kChunk);
+  for_each_chunk(chunks, [&](const Chunk& c) {
+    const at::Tensor& w = params[c.tensor];
+    L2FAST_DISPATCH(w.scalar_type(), [&] {
+      // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
+      scale_span<scalar_t>(data_of<scalar_t>(w) + c.begin, c.len,
+                           static_cast<at::opmath_type<scalar_t>>(1.0 - fs[c.tensor]));
+    });
+    return Partial{};
+  });
+}
+
+void register_kernels(torch::Library& m) {
+  m.impl("sq_norm", &sq_norm);
+  m.impl("l1_norm", &l1_norm);
+  m.impl("penalty", &penalty);
+  m.impl("penalty_grad", &penalty_grad);
+  m.impl("add_penalty_grad_", &add_penalty_grad_);
+  m.impl("decay_", &decay_);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(l2fast, CPU, m) { register_kernels(m); }
+// Sparse inputs reach the same kernels only to be refused by check_tensors with a clear message.
+TORCH_LIBRARY_IMPL(l2fast, SparseCPU, m) { register_kernels(m); }
+
+}  // namespace l2fast::cpu

@@ -1,0 +1,26 @@
+// The only place where l2fast's operator schemas are written. Kernels live in
+// cpu/ (TORCH_LIBRARY_IMPL CPU) and cuda/ (TORCH_LIBRARY_IMPL CUDA).
+//
+// Coefficient lists hold one value per tensor, or a single value for all of them.
+// A tensor whose coefficient(s) are all zero is not read at all.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(l2fast, m) {
+  // sum_i c_i * ||x_i||^2, or one value per tensor when per_tensor.
+  m.def("sq_norm(Tensor[] tensors, float[] coeffs, bool per_tensor) -> Tensor");
+  // sum_i c_i * |x_i|_1, or one value per tensor when per_tensor.
+  m.def("l1_norm(Tensor[] tensors, float[] coeffs, bool per_tensor) -> Tensor");
+  // sum_i l2_i / 2 * ||w_i||^2 + l1_i * |w_i|_1, in one pass.
+  m.def("penalty(Tensor[] params, float[] l2, float[] l1) -> Tensor");
+  // New tensors scale * (l2_i * w_i + l1_i * sign(w_i)): the backward of penalty.
+  m.def("penalty_grad(Tensor[] params, Tensor scale, float[] l2, float[] l1) -> Tensor[]");
+  // grads_i += l2_i * w_i + l1_i * sign(w_i); returns the penalty value, same pass.
+  m.def("add_penalty_grad_(Tensor[] params, Tensor(a!)[] grads, float[] l2, float[] l1) -> Tensor");
+  // params_i *= (1 - factors_i): decoupled weight decay.
+  m.def("decay_(Tensor(a!)[] params, float[] factors) -> ()");
+}
+
+// The module stub lets `import l2fast._C` load this library and run the registrations above.
+static PyModuleDef l2fast_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C() { return PyModule_Create(&l2fast_module); }

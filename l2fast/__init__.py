@@ -1,0 +1,21 @@
+"""l2fast: fused multi-tensor weight penalties for PyTorch."""
+from .functional import (
+    add_penalty_grad_,
+    backend,
+    clip_grad_norm_,
+    decay_,
+    l1_norm,
+    penalty,
+    sq_norm,
+)
+
+__all__ = [
+    "add_penalty_grad_",
+    "backend",
+    "clip_grad_norm_",
+    "decay_",
+    "l1_norm",
+    "penalty",
+    "sq_norm",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""The functions users call. Each takes tensors (a list, any iterable such as model.parameters(), or
+one tensor) and coefficients (one float for every tensor, or a sequence with one value per tensor).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from . import _ops
+
+Tensors = torch.Tensor | Iterable[torch.Tensor]
+Coeffs = float | Sequence[float]
+
+
+def backend() -> str:
+    """"native" when the compiled kernels are in use, "reference" for the pure-PyTorch fallback."""
+    return _ops.BACKEND
+
+
+def _tensor_list(tensors: Tensors, name: str) -> list[torch.Tensor]:
+    if isinstance(tensors, torch.Tensor):
+        return [tensors]
+    if not isinstance(tensors, Iterable):
+        raise TypeError(f"l2fast: {name} must be a tensor or an iterable of tensors, got {type(tensors).__name__}")
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"l2fast: {name}[{i}] is a {type(t).__name__}, not a tensor")
+    return tensors
+
+
+def _coeff_list(coeffs: Coeffs, name: str) -> list[float]:
+    if isinstance(coeffs, torch.Tensor):
+        raise TypeError(f"l2fast: {name} must be a float or a sequence of floats, not a tensor")
+    if isinstance(coeffs, (int, float)):
+        return [float(coeffs)]
+    return [float(c) for c in coeffs]
+
+
+def _empty_result(per_tensor: bool) -> torch.Tensor:
+    return torch.zeros(0) if per_tensor else torch.zeros(())
+
+
+def sq_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
+    """sum_i c_i * ||x_i||^2 (c_i = 1 by default), or one value per tensor when per_tensor."""
+    tensors = _tensor_list(tensors, "tensors")
+    if not tensors:
+        return _empty_result(per_tensor)
+    return _ops.impl.sq_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
+
+
+def l1_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
+    """sum_i c_i * |x_i|_1 (c_i = 1 by default), or one value per tensor when per_tensor."""
+    tensors = _tensor_list(tensors, "tensors")
+    if not tensors:
+        return _empty_result(per_tensor)
+    return _ops.impl.l1_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
+
+
+def penalty(params: Tensors, l2: Coeffs = 0.0, l1: Coeffs = 0.0) -> torch.Tensor:
+    """Differentiable l2/2 * sum ||w||^2 + l1 * sum |w|_1, computed and differentiated in one fused pass.
+
+    The drop-in for the hand-written penalty: ``loss = task_loss + l2fast.penalty(model.parameters(), l2=1e-4)``
+    gives every weight the gradient ``l2 * w``, exactly what ``weight_decay=l2`` means in torch.optim.SGD.
+    """
+    params = _tensor_list(params, "params")
+    if not params:
+        return _empty_result(per_tensor=False)
+    return _ops.impl.penalty(params, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
+
+
+def add_penalty_grad_(
+    params: Tensors, grads: Tensors | None = None, l2: Coeffs = 0.0, l1: Coeffs = 0.0
+) -> torch.Tensor:
+    """grads_i += l2_i * w_i + l1_i * sign(w_i), in place; returns the penalty value of the same pass.
+
+    grads defaults to each parameter's .grad. The value is l2/2 * sum ||w||^2 + l1 * sum |w|_1, a
+    tensor on the parameters' device (no host synchronisation).
+    """
+    params = _tensor_list(params, "params")
+    if grads is None:
+        grads = [p.grad for p in params]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            raise RuntimeError(f"l2fast: params{missing[:5]} have no .grad; run backward first or pass grads")
+    grads = _tensor_list(grads, "grads")
+    if not params and not grads:
+        return _empty_result(per_tensor=False)
+    with torch.no_grad():
+        return _ops.impl.add_penalty_grad_(
+            [p.detach() for p in params], grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1")
+        )
+
+
+def decay_(params: Tensors, factors: Coeffs) -> None:
+    """w_i *= (1 - f_i), in place: decoupled weight decay, as torch.optim.AdamW applies lr * weight_decay."""
+    params = _tensor_list(params, "params")
+    if not params:
+        return
+    with torch.no_grad():
+        _ops.impl.decay_([p.detach() for p in params], _coeff_list(factors, "factors"))
+
+
+def clip_grad_norm_(params: Tensors, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """Scales every .grad so the global L2 norm is at most max_norm; returns the norm before clipping.
+
+    Like torch.nn.utils.clip_grad_norm_, but the norm comes from one fused, float64-accumulated pass,
+    and nothing waits on the device.
+    """
+    grads = [p.grad for p in _tensor_list(params, "params") if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = sq_norm(grads).sqrt()
+    scale = (max_norm / (total + eps)).clamp(max=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    return total

@@ -1,0 +1,290 @@
+"""Every op against the float64 reference (l2fast.reference) and hand-worked values."""
+import math
+
+import pytest
+import torch
+
+import l2fast
+from l2fast import reference
+from conftest import DTYPES, random_tensors, ulp_tol
+
+ops = torch.ops.l2fast
+SIZES = {
+    "one": [1],
+    "mixed": [0, 1, 7, 31, 1000, 32769, 100003],
+    "large": [1_048_583],  # 1M+, not a multiple of any chunk or vector width
+    "many": [1 + i % 97 for i in range(5000)],
+}
+
+
+def test_native_backend_loaded():
+    assert l2fast.backend() == "native"
+
+
+def test_hand_worked_values():
+    x = [torch.tensor([3.0, -4.0]), torch.tensor([[1.0, -2.0], [0.0, 2.0]])]
+    assert l2fast.sq_norm(x).item() == 25.0 + 9.0
+    assert l2fast.sq_norm(x, coeffs=[2.0, 0.5]).item() == 2 * 25.0 + 0.5 * 9.0
+    assert l2fast.l1_norm(x, per_tensor=True).tolist() == [7.0, 5.0]
+    assert l2fast.penalty(x, l2=0.5, l1=0.25).item() == 0.25 * 34.0 + 0.25 * 12.0
+    g = [torch.ones(2), torch.ones(2, 2)]
+    value = l2fast.add_penalty_grad_(x, g, l2=0.5, l1=0.25)
+    assert value.item() == 0.25 * 34.0 + 0.25 * 12.0
+    assert g[0].tolist() == [1 + 1.5 + 0.25, 1 - 2.0 - 0.25]
+    assert g[1].tolist() == [[1 + 0.5 + 0.25, 1 - 1.0 - 0.25], [1.0, 1 + 1.0 + 0.25]]
+    l2fast.decay_(x, [0.5, 0.25])
+    assert x[0].tolist() == [1.5, -2.0] and x[1].tolist() == [[0.75, -1.5], [0.0, 1.5]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_norms_match_float64_reference(device, dtype, sizes, per_tensor):
+    xs = random_tensors(sizes, dtype, device)
+    coeffs = [0.5 + (i % 3) for i in range(len(xs))]
+    for name in ("sq_norm", "l1_norm"):
+        got = getattr(ops, name)(xs, coeffs, per_tensor)
+        want = getattr(reference, name)(xs, coeffs, per_tensor)
+        assert got.dtype == want.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+        assert got.shape == want.shape and got.device == want.device
+        # Both accumulate the exact inputs in float64; only the summation order differs.
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-12 if dtype == torch.float64 else 2e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [SIZES["mixed"], SIZES["many"]], ids=["mixed", "many"])
+def test_add_penalty_grad_matches_reference(device, dtype, sizes):
+    params = random_tensors(sizes, dtype, device, seed=1)
+    grads = random_tensors(sizes, dtype, device, seed=2)
+    l2 = [0.0 if i % 4 == 0 else 0.1 * (1 + i % 5) for i in range(len(params))]
+    l1 = [0.0 if i % 3 == 0 else 0.01 * (1 + i % 2) for i in range(len(params))]
+    want_grads = [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(params, want_grads, l2, l1)
+    got = ops.add_penalty_grad_(params, grads, l2, l1)
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-12 if dtype == torch.float64 else 2e-7, atol=0)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_penalty_grad_and_decay_match_reference(device, dtype):
+    params = random_tensors(SIZES["mixed"], dtype, device, seed=3)
+    scale = torch.tensor(1.5, device=device)
+    got = ops.penalty_grad(params, scale, [0.2], [0.03])
+    want = reference.penalty_grad(params, scale, [0.2], [0.03])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
+    factors = [0.001 * i for i in range(len(params))]
+    decayed = [p.clone() for p in params]
+    ops.decay_(decayed, factors)
+    reference.decay_(params, factors)
+    for got_p, want_p in zip(decayed, params):
+        torch.testing.assert_close(got_p, want_p, rtol=ulp_tol(dtype), atol=0)
+
+
+def test_float32_accuracy_on_60m_parameters(device):
+    """Relative error against a float64 sum <= 1e-7 over a Transformer-base-sized set."""
+    g = torch.Generator().manual_seed(7)
+    sizes = [32000 * 512, 32000 * 512] + [512 * 2048] * 24 + [512 * 512] * 48 + [512] * 100
+    xs = [(torch.rand(n, generator=g) * 2 - 1).add_(1e-3).to(device) for n in sizes]
+    assert sum(sizes) > 60_000_000
+    exact = math.fsum(x.double().pow(2).sum().item() for x in xs)
+    got = l2fast.sq_norm(xs).item()
+    assert abs(got - exact) / exact <= 1e-7
+    exact_l1 = math.fsum(x.double().abs().sum().item() for x in xs)
+    assert abs(l2fast.l1_norm(xs).item() - exact_l1) / exact_l1 <= 1e-7
+
+
+def test_bitwise_deterministic_across_threads_and_calls():
+    xs = random_tensors(SIZES["mixed"] + [3_000_001], torch.float32, "cpu", seed=4)
+    grads = random_tensors(SIZES["mixed"] + [3_000_001], torch.float32, "cpu", seed=5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            g = [t.clone() for t in grads]
+            value = ops.add_penalty_grad_(xs, g, [1e-2], [1e-3])
+            results.append((ops.sq_norm(xs, [1.0], False), ops.l1_norm(xs, [1.0], True), value, g))
+    finally:
+        torch.set_num_threads(threads)
+    first = results[0]
+    for other in results[1:]:
+        assert torch.equal(first[0], other[0]) and torch.equal(first[1], other[1]) and torch.equal(first[2], other[2])
+        assert all(torch.equal(a, b) for a, b in zip(first[3], other[3]))
+
+
+def test_cuda_bitwise_repeatable():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    xs = random_tensors(SIZES["mixed"] + [3_000_001], torch.float32, "cuda", seed=6)
+    first = ops.sq_norm(xs, [1.0], False)
+    for _ in range(5):
+        assert torch.equal(first, ops.sq_norm(xs, [1.0], False))
+
+
+def test_nan_and_inf_propagate(device):
+    x = [torch.ones(100, device=device), torch.ones(70000, device=device)]
+    x[1][12345] = float("nan")
+    assert torch.isnan(l2fast.sq_norm(x))
+    assert l2fast.sq_norm(x, per_tensor=True)[0].item() == 100.0
+    x[1][12345] = float("inf")
+    assert torch.isinf(l2fast.l1_norm(x))
+    g = [torch.zeros(100, device=device), torch.zeros(70000, device=device)]
+    assert torch.isinf(l2fast.add_penalty_grad_(x, g, l2=0.0, l1=0.5))
+    assert g[1][12345].item() == 0.5  # L1 alone: sign(inf) * l1, not 0 * inf
+
+
+def test_zero_coefficient_tensor_is_not_read(device):
+    x = [torch.full((10,), float("nan"), device=device), torch.ones(10, device=device)]
+    assert l2fast.sq_norm(x, coeffs=[0.0, 2.0]).item() == 20.0
+
+
+def test_empty_inputs(device):
+    assert l2fast.sq_norm([]).item() == 0.0 and l2fast.sq_norm([], per_tensor=True).numel() == 0
+    empty = [torch.empty(0, device=device), torch.empty(0, 3, device=device)]
+    assert l2fast.sq_norm(empty).item() == 0.0
+    assert l2fast.l1_norm(empty, per_tensor=True).tolist() == [0.0, 0.0]
+    assert l2fast.add_penalty_grad_(empty, [torch.empty_like(t) for t in empty], l2=1.0).item() == 0.0
+    l2fast.decay_(empty, 0.1)
+
+
+def test_dense_non_contiguous_layouts_work(device):
+    w = torch.randn(8, 3, 5, 5, device=device).to(memory_format=torch.channels_last)
+    t = torch.randn(300, 200, device=device).t()
+    assert not w.is_contiguous() and not t.is_contiguous()
+    torch.testing.assert_close(l2fast.sq_norm([w, t]).double(), reference.sq_norm([w, t], [1.0], False).double())
+    g = torch.randn_like(w)
+    want = g + 0.1 * w
+    l2fast.add_penalty_grad_([w], [g], l2=0.1)
+    torch.testing.assert_close(g, want)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ([torch.randn(3, device=d)[::2]], None), "not dense"),
+        (lambda d: ([torch.randn(3, device=d), torch.arange(3, device=d)], None), "dtype torch.int64"),
+        (lambda d: ([torch.randn(3, dtype=torch.complex64, device=d)], None), "dtype torch.complex64"),
+        (lambda d: ([torch.randn(3, device=d), torch.randn(3, device="meta")], None), "one device"),
+        (lambda d: ([torch.randn(3, 3).to_sparse().to(d)], None), "sparse"),
+    ],
+    ids=["strided", "integer", "complex", "mixed-devices", "sparse"],
+)
+def test_bad_tensors_get_clear_errors(device, make_args, message):
+    tensors, _ = make_args(device)
+    with pytest.raises(RuntimeError, match=message):
+        l2fast.sq_norm(tensors)
+
+
+def test_bad_pairs_and_coefficients_get_clear_errors(device):
+    w = [torch.randn(4, device=device), torch.randn(5, device=device)]
+    with pytest.raises(RuntimeError, match="2 params but 1 grads"):
+        l2fast.add_penalty_grad_(w, [torch.zeros(4, device=device)], l2=1.0)
+    with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[6\]"):
+        l2fast.add_penalty_grad_(w, [torch.zeros(4, device=device), torch.zeros(6, device=device)], l2=1.0)
+    with pytest.raises(RuntimeError, match=r"grads\[0\] has dtype torch.float64"):
+        l2fast.add_penalty_grad_(w, [torch.zeros(4, dtype=torch.float64, device=device), w[1]], l2=1.0)
+    with pytest.raises(RuntimeError, match="l2 has 3 values for 2 tensors"):
+        l2fast.penalty(w, l2=[1.0, 2.0, 3.0])
+    with pytest.raises(RuntimeError, match="have no .grad"):
+        l2fast.add_penalty_grad_(w, l2=1.0)
+    with pytest.raises(TypeError, match="not a tensor"):
+        l2fast.sq_norm([w[0], 3.0])
+
+
+def test_mixed_dtypes_in_one_call(device):
+    xs = [torch.randn(100, device=device, dtype=dt) for dt in DTYPES]
+    got = l2fast.sq_norm(xs, per_tensor=True)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference.sq_norm(xs, [1.0], True), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_every_op(device, dtype):
+    params = random_tensors([5, 130, 1], dtype, device, seed=8)
+    grads = random_tensors([5, 130, 1], dtype, device, seed=9)
+    scale = torch.tensor(2.0, device=device)
+    cases = [
+        (ops.sq_norm.default, (params, [1.0, 2.0, 3.0], False)),
+        (ops.sq_norm.default, (params, [0.5], True)),
+        (ops.l1_norm.default, (params, [0.5], False)),
+        (ops.penalty.default, ([p.requires_grad_() for p in random_tensors([5, 130], dtype, device)], [0.1], [0.2])),
+        (ops.penalty_grad.default, (params, scale, [0.1], [0.2])),
+        (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
+        (ops.decay_.default, (params, [0.01])),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_gradcheck_penalty():
+    params = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (3, 17)]
+    params = [p + 0.1 * p.sign() for p in params]  # keep |w| away from the kink of |w| at 0
+    params = [p.detach().requires_grad_() for p in params]
+    assert torch.autograd.gradcheck(lambda a, b: l2fast.penalty([a, b], l2=[0.3, 0.7], l1=0.2), params)
+    assert torch.autograd.gradgradcheck is not None  # the backward op itself is checked by opcheck above
+
+
+def test_penalty_backward_gives_weight_decay_gradient(device):
+    model = torch.nn.Linear(20, 30).to(device)
+    x = torch.randn(8, 20, device=device)
+    loss = model(x).pow(2).mean() + 2.0 * l2fast.penalty(model.parameters(), l2=1e-2, l1=1e-3)
+    loss.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    naive = model(x).pow(2).mean() + 2.0 * sum(
+        5e-3 * p.pow(2).sum() + 1e-3 * p.abs().sum() for p in model.parameters()
+    )
+    naive.backward()
+    for p, w in zip(model.parameters(), want):
+        torch.testing.assert_close(p.grad, w)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph(device, backend):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+    params = list(model.parameters())
+
+    def loss_fn(x):
+        return model(x).square().mean() + l2fast.penalty(params, l2=0.1) + 0.01 * l2fast.l1_norm(params)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
+    x = torch.randn(5, 16, device=device)
+    eager = loss_fn(x)
+    eager.backward()
+    want = [p.grad.clone() for p in params]
+    model.zero_grad()
+    got = compiled(x)
+    got.backward()
+    torch.testing.assert_close(got, eager)
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w)
+
+
+def test_clip_grad_norm_matches_torch(device):
+    model = torch.nn.Linear(50, 40).to(device)
+    model(torch.randn(3, 50, device=device)).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    total = l2fast.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g
+    want = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    torch.testing.assert_close(total, want)
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_norms_are_differentiable(device, per_tensor):
+    xs = [torch.randn(n, device=device, requires_grad=True) for n in (5, 300)]
+    weights = torch.tensor([0.7, -1.3], device=device)
+    for name, naive in (("sq_norm", lambda x: x.pow(2).sum()), ("l1_norm", lambda x: x.abs().sum())):
+        out = getattr(l2fast, name)(xs, coeffs=[2.0, 3.0], per_tensor=per_tensor)
+        (out * weights).sum().backward() if per_tensor else out.backward()
+        got = [x.grad.clone() for x in xs]
+        for x in xs:
+            x.grad = None
+        values = torch.stack([c * naive(x) for c, x in zip((2.0, 3.0), xs)])
+        ((values * weights).sum() if per_tensor else values.sum()).backward()
+        for x, g in zip(xs, got):
+            torch.testing.assert_close(g, x.grad)
+            x.grad = None
