@@ -21,13 +21,13 @@ def test_native_backend_loaded():
     assert l2fast.backend() == "native"
 
 
-def test_hand_worked_values():
-    x = [torch.tensor([3.0, -4.0]), torch.tensor([[1.0, -2.0], [0.0, 2.0]])]
+def test_hand_worked_values(device):
+    x = [torch.tensor([3.0, -4.0], device=device), torch.tensor([[1.0, -2.0], [0.0, 2.0]], device=device)]
     assert l2fast.sq_norm(x).item() == 25.0 + 9.0
     assert l2fast.sq_norm(x, coeffs=[2.0, 0.5]).item() == 2 * 25.0 + 0.5 * 9.0
     assert l2fast.l1_norm(x, per_tensor=True).tolist() == [7.0, 5.0]
     assert l2fast.penalty(x, l2=0.5, l1=0.25).item() == 0.25 * 34.0 + 0.25 * 12.0
-    g = [torch.ones(2), torch.ones(2, 2)]
+    g = [torch.ones(2, device=device), torch.ones(2, 2, device=device)]
     value = l2fast.add_penalty_grad_(x, g, l2=0.5, l1=0.25)
     assert value.item() == 0.25 * 34.0 + 0.25 * 12.0
     assert g[0].tolist() == [1 + 1.5 + 0.25, 1 - 2.0 - 0.25]
@@ -288,3 +288,17 @@ def test_norms_are_differentiable(device, per_tensor):
         for x, g in zip(xs, got):
             torch.testing.assert_close(g, x.grad)
             x.grad = None
+
+
+def test_misaligned_views_take_the_scalar_path(device):
+    """Views starting 1 element into their storage are not 16-byte aligned: packs cannot be used."""
+    base_w = torch.randn(70001, device=device)
+    base_g = torch.randn(70001, device=device)
+    before = base_g[0].item()
+    w, g = base_w[1:], base_g[1:]
+    want_g = g + 0.3 * w
+    want = reference.sq_norm([w], [1.0], False)
+    torch.testing.assert_close(l2fast.sq_norm([w]), want, rtol=2e-7, atol=0)
+    l2fast.add_penalty_grad_([w], [g], l2=0.3)
+    torch.testing.assert_close(g, want_g)
+    assert base_g[0].item() == before  # the element before the view is untouched

@@ -21,6 +21,7 @@
 namespace l2fast::cpu {
 
 constexpr int kLanes = 16;
+constexpr int kPrefetchBytes = 1024;
 
 // Sums of squares and of absolute values of one span, in float64.
 struct Partial {
@@ -55,18 +56,20 @@ class LaneSums {
 };
 
 // Calls body(i, lane) for i in [0, n); lanes rotate in blocks of kLanes so the loop vectorizes.
-template <typename Body>
-inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body) {
+template <typename Body, typename T>
+inline __attribute__((always_inline)) void for_lanes(const T* stream, int64_t n, Body body) {
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
+  for (; i + kLanes <= n; i += kLanes) {
+    __builtin_prefetch(stream + i + kPrefetchBytes / sizeof(T));
     for (int j = 0; j < kLanes; ++j) body(i + j, j);
+  }
   for (int j = 0; i + j < n; ++j) body(i + j, j);
 }
 
 template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   LaneSums sums;
-  for_lanes(n, [&](int64_t i, int lane) { sums.add<kSq, kAbs>(lane, widen(x[i])); });
+  for_lanes(x, n, [&](int64_t i, int lane) { sums.add<kSq, kAbs>(lane, widen(x[i])); });
   return sums.fold();
 }
 
@@ -77,7 +80,7 @@ L2FAST_CPU_CLONES Partial grad_span(const T* w, const T* g, T* out, int64_t n, a
                                     at::opmath_type<T> l1, at::opmath_type<T> scale) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes(n, [&](int64_t i, int lane) {
+  for_lanes(w, n, [&](int64_t i, int lane) {
     const Op wi = static_cast<Op>(w[i]);
     const Op step = penalty_step(wi, l2, l1, kSq, kAbs);
     out[i] = static_cast<T>(kAccumulate ? static_cast<Op>(g[i]) + step : scale * step);

@@ -1,0 +1,106 @@
+"""Squared norm and penalty+gradient: l2fast against naive summation, the fastest peers, and the
+machine's streaming roofline, measured in one process. Prints markdown tables.
+
+    python bench/bench_ops.py [--device cpu|cuda] [--sets transformer-base,...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import l2fast
+from common import PARAM_SETS, header, make_params, median_seconds, table
+
+LAM = 1e-4
+
+
+def naive_sq_norm(params):
+    return sum(p.pow(2).sum() for p in params)
+
+
+def foreach_sq_norm(params):
+    return torch.stack(torch._foreach_norm(params)).pow(2).sum()
+
+
+def norm_methods(params, device):
+    numel = sum(p.numel() for p in params)
+    half = numel // 2
+    a, b = torch.randn(half, device=device), torch.randn(numel - half, device=device)[:half]
+    compiled = torch.compile(naive_sq_norm)
+    return {
+        "naive sum(p.pow(2).sum())": lambda: naive_sq_norm(params),
+        "torch._foreach_norm": lambda: foreach_sq_norm(params),
+        "torch.compile(naive)": lambda: compiled(params),
+        "l2fast.sq_norm": lambda: l2fast.sq_norm(params),
+        "roofline: torch.dot, same bytes": lambda: torch.dot(a, b),
+    }, 4 * numel
+
+
+def grad_methods(params, device):
+    """Penalty value and its gradient added into .grad: read w, read g, write g."""
+    leaves = [p.clone().requires_grad_() for p in params]
+    for p in leaves:
+        p.grad = torch.randn_like(p)
+    grads = [p.grad for p in leaves]
+    numel = sum(p.numel() for p in params)
+    x, y = torch.randn(numel, device=device), torch.randn(numel, device=device)
+
+    def naive():
+        (LAM / 2 * naive_sq_norm(leaves)).backward()
+
+    def foreach():
+        value = LAM / 2 * foreach_sq_norm(params)
+        torch._foreach_add_(grads, params, alpha=LAM)
+        return value
+
+    def l2fast_autograd():
+        l2fast.penalty(leaves, l2=LAM).backward()
+
+    return {
+        "naive autograd (forward + backward)": naive,
+        "torch._foreach_norm + _foreach_add_": foreach,
+        "l2fast.penalty (autograd)": l2fast_autograd,
+        "l2fast.add_penalty_grad_ (fused)": lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
+        "roofline: in-place add_, same bytes": lambda: x.add_(y),
+    }, 12 * numel
+
+
+def measure(methods, nbytes, device):
+    seconds = {name: median_seconds(fn, device) for name, fn in methods.items()}
+    naive_name, roof_name = next(iter(methods)), list(methods)[-1]
+    rows = []
+    for name, t in seconds.items():
+        rows.append([
+            name,
+            f"{t * 1e3:.3f}",
+            f"{nbytes / t / 1e9:.1f}",
+            f"{seconds[naive_name] / t:.2f}x",
+            f"{seconds[roof_name] / t:.0%}",
+        ])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sets", default=",".join(PARAM_SETS), help="comma-separated parameter sets")
+    args = parser.parse_args()
+    command = "python bench/bench_ops.py " + " ".join(sys.argv[1:])
+    print(header(f"Fused ops on {args.device} (l2fast backend: {l2fast.backend()})", args.device, command.strip()))
+    columns = ["method", "ms", "GB/s", "vs naive", "% of roofline"]
+    for set_name in args.sets.split(","):
+        params = make_params(PARAM_SETS[set_name](), args.device)
+        count = sum(p.numel() for p in params)
+        for title, build in (("squared norm", norm_methods), ("penalty + gradient", grad_methods)):
+            methods, nbytes = build(params, args.device)
+            print(f"\n**{title}, {set_name}** ({len(params)} tensors, {count / 1e6:.1f}M float32 elements)\n")
+            print(table(columns, measure(methods, nbytes, args.device)), flush=True)
+        del params
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

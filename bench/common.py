@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmark scripts: parameter sets, a timer, and table printing."""
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+import time
+
+import torch
+
+
+def transformer_base_shapes(vocab: int = 37000, d: int = 512, ff: int = 2048, layers: int = 6) -> list[tuple]:
+    """Parameter shapes of a Transformer-base translation model (shared embedding): ~63M in ~257 tensors."""
+    attention = [(d, d), (d,)] * 4
+    feed_forward = [(ff, d), (ff,), (d, ff), (d,)]
+    norm = [(d,), (d,)]
+    encoder = attention + feed_forward + norm * 2
+    decoder = attention * 2 + feed_forward + norm * 3
+    return [(vocab, d)] + encoder * layers + decoder * layers + norm * 2
+
+
+PARAM_SETS = {
+    "transformer-base": lambda: transformer_base_shapes(),
+    "1x100M": lambda: [(100_000_000,)],
+    "10kx1k": lambda: [(1000,)] * 10_000,
+}
+
+
+def make_params(shapes, device, dtype=torch.float32, seed=0) -> list[torch.Tensor]:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(s, generator=g, device=device, dtype=dtype) for s in shapes]
+
+
+def median_seconds(fn, device: str, min_reps: int = 5, min_time: float = 1.0, warmup: int = 2) -> float:
+    """Median wall time of fn() after warm-up; device work is synchronised around every call."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        if device.startswith("cuda"):
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def header(title: str, device: str, command: str) -> str:
+    today = datetime.date.today().isoformat()
+    return f"### {title}\n\nMachine: {machine(device)}. Date: {today}. Command: `{command}`\n"
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
