@@ -31,29 +31,28 @@ def make_params(shapes, device, dtype=torch.float32, seed=0) -> list[torch.Tenso
     return [torch.randn(s, generator=g, device=device, dtype=dtype) for s in shapes]
 
 
-def median_seconds(fn, device: str, min_reps: int = 5, min_time: float = 1.0, warmup: int = 2) -> float:
-    """Median wall time of fn() after warm-up; device work is synchronised around every call."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_time:
-        if device.startswith("cuda"):
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
+def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
+    """Median wall time of each fn() in methods. Methods run round-robin, so drift in the machine's
+    speed (other load, clocks) hits all of them alike; device work is synchronised around each call."""
+    cuda = device.startswith("cuda")
+    for fn in methods.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times)
+    times = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(begin.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def machine(device: str) -> str:

@@ -21,7 +21,6 @@
 namespace l2fast::cpu {
 
 constexpr int kLanes = 16;
-constexpr int kPrefetchBytes = 1024;
 
 // Sums of squares and of absolute values of one span, in float64.
 struct Partial {
@@ -55,21 +54,24 @@ class LaneSums {
   double abs_[kLanes] = {};
 };
 
-// Calls body(i, lane) for i in [0, n); lanes rotate in blocks of kLanes so the loop vectorizes.
-template <typename Body, typename T>
-inline __attribute__((always_inline)) void for_lanes(const T* stream, int64_t n, Body body) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    __builtin_prefetch(stream + i + kPrefetchBytes / sizeof(T));
-    for (int j = 0; j < kLanes; ++j) body(i + j, j);
-  }
-  for (int j = 0; i + j < n; ++j) body(i + j, j);
+// Calls body(i, lane) for every i in [0, n). The span is cut into kStreams equal parts walked side
+// by side, kLanes / kStreams lanes each: one core then keeps several DRAM streams in flight, and the
+// lane loop vectorizes. The fewer than kLanes elements left after the parts go to lanes 0, 1, ...
+template <int kStreams, typename Body>
+inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body) {
+  constexpr int kWidth = kLanes / kStreams;
+  const int64_t part = n / (kStreams * kWidth) * kWidth;
+  for (int64_t i = 0; i < part; i += kWidth)
+    for (int s = 0; s < kStreams; ++s)
+      for (int j = 0; j < kWidth; ++j) body(s * part + i + j, s * kWidth + j);
+  for (int64_t i = kStreams * part; i < n; ++i) body(i, static_cast<int>(i - kStreams * part));
 }
 
 template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   LaneSums sums;
-  for_lanes(x, n, [&](int64_t i, int lane) { sums.add<kSq, kAbs>(lane, widen(x[i])); });
+  // One input: four streams (measured on a 2-core AMD EPYC, one thread: 1 stream 11-13 GB/s, 4 streams 19-22).
+  for_lanes<4>(n, [&](int64_t i, int lane) { sums.add<kSq, kAbs>(lane, widen(x[i])); });
   return sums.fold();
 }
 
@@ -80,7 +82,9 @@ L2FAST_CPU_CLONES Partial grad_span(const T* w, const T* g, T* out, int64_t n, a
                                     at::opmath_type<T> l1, at::opmath_type<T> scale) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes(w, n, [&](int64_t i, int lane) {
+  // w and g are already two streams in and one out; splitting them further was slower (measured as
+  // above: 82% of an in-place add_ with one part, 58% with two).
+  for_lanes<1>(n, [&](int64_t i, int lane) {
     const Op wi = static_cast<Op>(w[i]);
     const Op step = penalty_step(wi, l2, l1, kSq, kAbs);
     out[i] = static_cast<T>(kAccumulate ? static_cast<Op>(g[i]) + step : scale * step);

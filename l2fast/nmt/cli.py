@@ -1,0 +1,209 @@
+"""The ``l2fast`` command: train, translate, evaluate, bench, ablation."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, build_config, merge, read_config_file, section_fields
+from .data import DataError
+
+DESCRIPTION = """\
+Transformer translation on l2fast's fused weight penalties.
+
+  l2fast train                         train the demo model on the built-in corpus (no download)
+  l2fast train --config configs/small.json --train data/train --valid data/valid --test data/test
+  l2fast translate --checkpoint runs/demo/best.pt < input.txt > output.txt
+  l2fast evaluate --checkpoint runs/demo/best.pt --test runs/demo/data/test
+  l2fast bench                         training-step time: naive penalty vs l2fast
+  l2fast ablation                      penalty ablation on the demo corpus (markdown table)
+
+Run `l2fast COMMAND --help` for every option of a command."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per configuration field, grouped by section; absent flags leave the value alone."""
+    groups = {}
+    for section, f in section_fields():
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} options")
+        default = f.default
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        kwargs = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "help": help_text, "metavar": f.name.upper()}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+            del kwargs["metavar"]
+        elif isinstance(default, tuple):
+            kwargs.update(nargs=len(default), type=float, metavar="X")  # replaces the metavar above
+        else:
+            kwargs["type"] = type(default)
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+                del kwargs["metavar"]
+        groups[section].add_argument(_flag(f.name), **kwargs)
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides = read_config_file(args.config) if args.config else {}
+    flags: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            flags.setdefault(section, {})[name] = value
+    return build_config(merge(overrides, flags), where=args.config or "command line")
+
+
+def _decode_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, tokenizer and config")
+    parser.add_argument("--beam", type=int, help="beam size (default: the checkpoint's decode.beam; 1 = greedy)")
+    parser.add_argument("--length-penalty", type=float, help="length normalisation exponent (default: the checkpoint's)")
+    parser.add_argument("--decode-tokens", type=int, help="source tokens per decoding batch (default: the checkpoint's)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="l2fast", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model (defaults: the demo corpus and model)",
+                                description="Train a Transformer translation model. With no data options, trains on the "
+                                            "built-in demo corpus. Values come from defaults, then --config, then flags.")
+    train.add_argument("--config", help="JSON or TOML file with sections data, model, train, penalty, decode")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_config_flags(train)
+
+    translate = commands.add_parser("translate", help="translate a file or stdin to stdout",
+                                    description="Translate one sentence per line, in batches, to stdout (or --output).")
+    _decode_flags(translate)
+    translate.add_argument("--input", help="input file (default: stdin)")
+    translate.add_argument("--output", help="output file (default: stdout)")
+
+    evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a checkpoint on a test set",
+                                   description="Translate a test set and score it with sacrebleu (BLEU and chrF, signatures printed).")
+    _decode_flags(evaluate)
+    evaluate.add_argument("--test", required=True, help="test data: PREFIX (PREFIX.SRC / PREFIX.TGT) or a .tsv file")
+    evaluate.add_argument("--src-suffix", help="source file suffix (default: the checkpoint's data.src_suffix)")
+    evaluate.add_argument("--tgt-suffix", help="target file suffix (default: the checkpoint's data.tgt_suffix)")
+    evaluate.add_argument("--hyp", help="also write the translations to this file")
+    evaluate.add_argument("--json", help="also write the scores and signatures to this JSON file")
+
+    bench = commands.add_parser("bench", help="training-step time with the naive penalty vs l2fast",
+                                description="Times full training steps (forward, backward, penalty, clip, Adam) of one "
+                                            "model on one fixed batch, for each way of applying the penalty, and prints "
+                                            "a markdown table with the penalty's share of the step.")
+    bench.add_argument("--size", choices=("demo", "small", "base"), nargs="+", default=["demo"], help="model sizes to time (default: demo)")
+    bench.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens in the batch (default: 4096)")
+    bench.add_argument("--steps", type=int, default=20, help="timed steps per variant, after warm-up (default: 20)")
+    bench.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+
+    ablation = commands.add_parser("ablation", help="penalty ablation on the demo corpus",
+                                   description="Trains the demo model once per penalty setting (none, constant L2 at three "
+                                               "strengths, decayed, alternating) and prints test BLEU and wall time as a table.")
+    ablation.add_argument("--run-dir", default="runs/ablation", help="parent directory of the runs (default: runs/ablation)")
+    ablation.add_argument("--max-steps", type=int, help="updates per run (default: the demo's)")
+    ablation.add_argument("--only", nargs="+", help="run only these settings (by name)")
+    return parser
+
+
+def _decode_settings(args, cfg):
+    d = cfg.decode
+    return (args.beam or d.beam, d.length_penalty if args.length_penalty is None else args.length_penalty,
+            args.decode_tokens or d.decode_tokens)
+
+
+def _load(args):
+    import torch
+
+    from .train import load_for_inference
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, cfg = load_for_inference(args.checkpoint, device)
+    return model, tokenizer, cfg, device
+
+
+def _translate_lines(lines, model, tokenizer, cfg, device, args, desc) -> list[str]:
+    from tqdm import tqdm
+
+    from .search import translate_ids
+
+    beam, length_penalty, decode_tokens = _decode_settings(args, cfg)
+    with tqdm(total=len(lines), desc=desc, unit="sent", disable=None, file=sys.stderr) as bar:
+        ids = translate_ids(model, tokenizer.encode_src(lines), beam, length_penalty, cfg.decode.max_len_a,
+                            cfg.decode.max_len_b, decode_tokens, device, progress=bar)
+    return tokenizer.decode_tgt(ids)
+
+
+def command_translate(args) -> None:
+    from .data import read_lines
+
+    model, tokenizer, cfg, device = _load(args)
+    lines = read_lines(args.input) if args.input else sys.stdin.read().splitlines()
+    hyps = _translate_lines(lines, model, tokenizer, cfg, device, args, "translate")
+    text = "".join(h + "\n" for h in hyps)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def command_evaluate(args) -> None:
+    from .data import read_parallel
+    from .metrics import score
+
+    model, tokenizer, cfg, device = _load(args)
+    test = read_parallel(args.test, args.src_suffix or cfg.data.src_suffix, args.tgt_suffix or cfg.data.tgt_suffix)
+    start = time.perf_counter()
+    hyps = _translate_lines(test.src, model, tokenizer, cfg, device, args, "evaluate")
+    scores = score(hyps, test.tgt)
+    print(f"{test.name}: {len(hyps)} sentences, beam {_decode_settings(args, cfg)[0]}, "
+          f"{time.perf_counter() - start:.1f}s: {scores.line()}")
+    print(scores.signatures())
+    if args.hyp:
+        Path(args.hyp).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"test": test.name, "bleu": scores.bleu, "chrf": scores.chrf,
+                                               "bleu_signature": scores.bleu_signature,
+                                               "chrf_signature": scores.chrf_signature}, indent=2) + "\n", encoding="utf-8")
+
+
+def command_train(args) -> None:
+    cfg = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return
+    from .train import run_training
+
+    results = run_training(cfg)
+    if results is not None:
+        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
+              f"({results['test_sentences']} sentences, beam {results['beam']}; {results['bleu_signature']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            command_train(args)
+        elif args.command == "translate":
+            command_translate(args)
+        elif args.command == "evaluate":
+            command_evaluate(args)
+        elif args.command == "bench":
+            from .bench import run_bench
+
+            print(run_bench(args.size, args.batch_tokens, args.steps, args.threads))
+        elif args.command == "ablation":
+            from .ablation import run_ablation
+
+            print(run_ablation(args.run_dir, args.max_steps, args.only))
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"l2fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,101 @@
+"""Subword tokenization with sentencepiece: trained on the training data, saved beside the model.
+
+One joint model for both languages, or one per language. Special ids are the same in every model
+(PAD 0, UNK 1, BOS 2, EOS 3), so batches and the decoder never ask which model made them. The
+serialized models also travel inside every checkpoint, so translating needs nothing but the checkpoint.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int, model_type: str = "unigram",
+                        character_coverage: float = 1.0) -> bytes:
+    """A sentencepiece model trained on lines, as serialized bytes.
+
+    hard_vocab_limit=False lets a small corpus get a smaller vocabulary instead of an error; digits
+    are split so numbers are spelled digit by digit and generalise to unseen values.
+    """
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=character_coverage,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        split_digits=True,
+        hard_vocab_limit=False,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        num_threads=2,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+class Tokenizer:
+    """Source and target subword models (the same object when the vocabulary is joint)."""
+
+    def __init__(self, src_model: bytes, tgt_model: bytes | None = None):
+        self.src_model = src_model
+        self.tgt_model = tgt_model
+        self.src = spm.SentencePieceProcessor(model_proto=src_model)
+        self.tgt = self.src if tgt_model is None else spm.SentencePieceProcessor(model_proto=tgt_model)
+
+    @property
+    def joint(self) -> bool:
+        return self.tgt_model is None
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.src.get_piece_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tgt.get_piece_size()
+
+    @classmethod
+    def train(cls, src_lines: list[str], tgt_lines: list[str], vocab_size: int, joint: bool,
+              model_type: str = "unigram", character_coverage: float = 1.0) -> "Tokenizer":
+        if joint:
+            return cls(train_sentencepiece(src_lines + tgt_lines, vocab_size, model_type, character_coverage))
+        return cls(train_sentencepiece(src_lines, vocab_size, model_type, character_coverage),
+                   train_sentencepiece(tgt_lines, vocab_size, model_type, character_coverage))
+
+    def encode_src(self, lines: list[str]) -> list[list[int]]:
+        return self.src.encode(lines, out_type=int)
+
+    def encode_tgt(self, lines: list[str]) -> list[list[int]]:
+        return self.tgt.encode(lines, out_type=int)
+
+    def decode_tgt(self, ids: list[list[int]]) -> list[str]:
+        return self.tgt.decode(ids)
+
+    def state_dict(self) -> dict:
+        return {"src_model": self.src_model, "tgt_model": self.tgt_model}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Tokenizer":
+        return cls(state["src_model"], state["tgt_model"])
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Writes joint.model, or src.model and tgt.model, into directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        files = {"joint.model": self.src_model} if self.joint else {"src.model": self.src_model, "tgt.model": self.tgt_model}
+        for name, blob in files.items():
+            (directory / name).write_bytes(blob)
+        return [directory / name for name in files]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        directory = Path(directory)
+        if (directory / "joint.model").exists():
+            return cls((directory / "joint.model").read_bytes())
+        return cls((directory / "src.model").read_bytes(), (directory / "tgt.model").read_bytes())

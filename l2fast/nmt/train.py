@@ -1,0 +1,525 @@
+"""Training: data and tokenizer preparation, the update step, validation, checkpoints, final test.
+
+The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (biases and norm weights
+exempt), gradient clipping through the fused norm op. A run directory holds everything a run makes:
+tokenizer, ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``train.log``,
+``results.json`` and the test translations.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import l2fast
+
+from . import checkpoint
+from .config import Config, ConfigError, build_config
+from .data import TokenizedPairs, collate, drop_empty, filter_long, read_parallel, train_batches
+from .demo_corpus import write_demo_corpus
+from .metrics import Scores, score
+from .model import Transformer, label_smoothed_loss
+from .plot import plot_metrics
+from .search import translate_ids
+from .tokenizer import PAD, Tokenizer
+
+
+@dataclass
+class Environment:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def setup_environment(threads: int = 0) -> Environment:
+    """Device, threads and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    # Processes on one CPU share its cores; oversubscribed threads only fight each other.
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Environment(device, rank, world_size)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None = float32).
+
+    "auto" is bf16 on GPUs that have it (else fp16) and float32 on CPUs: on an AVX2 CPU without
+    native bf16 instructions, bf16 autocast measured slower than float32 (see docs/nmt.md).
+    """
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on a CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast_factory(dtype: torch.dtype | None, device: torch.device):
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+class RunLog:
+    """Messages to the console (main process) and to RUN_DIR/train.log; metrics rows to metrics.jsonl."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm  # writes above any progress bar
+        tqdm.write(message)
+        with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+    def metrics(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drops rows written after the checkpoint a resumed run starts from."""
+        if not (self.enabled and self.metrics_path.exists()):
+            return
+        rows = [r for r in self.metrics_path.read_text(encoding="utf-8").splitlines() if json.loads(r)["step"] <= step]
+        self.metrics_path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+@dataclass
+class Split:
+    """Evaluation text: raw source lines, raw references (what is scored), and source ids."""
+    src: list[str]
+    ref: list[str]
+    src_ids: list[list[int]]
+    pairs: TokenizedPairs
+
+
+def demo_paths(run_dir: Path) -> tuple[str, str, str]:
+    data_dir = run_dir / "data"
+    return str(data_dir / "train"), str(data_dir / "valid"), str(data_dir / "test")
+
+
+def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tokenizer, TokenizedPairs, Split, Split | None]:
+    d = cfg.data
+    if d.train:
+        train_spec, valid_spec, test_spec = d.train, d.valid, d.test
+        suffixes = (d.src_suffix, d.tgt_suffix)
+    else:
+        train_spec, valid_spec, test_spec = demo_paths(run_dir)
+        suffixes = ("src", "tgt")
+        if env.is_main:
+            sizes = {"train": d.demo_train_size, "valid": 500, "test": 1000}
+            write_demo_corpus(run_dir / "data", sizes)
+            log(f"demo corpus: {sizes['train']} train / 500 valid / 1000 test pairs in {run_dir / 'data'}")
+        env.barrier()
+    train_text = drop_empty(read_parallel(train_spec, *suffixes), log)
+    valid_text = drop_empty(read_parallel(valid_spec, *suffixes), log)
+    test_text = drop_empty(read_parallel(test_spec, *suffixes), log) if test_spec else None
+
+    tokenizer_dir = run_dir / "tokenizer"
+    if env.is_main and not any(tokenizer_dir.glob("*.model")):
+        start = time.perf_counter()
+        tokenizer = Tokenizer.train(train_text.src, train_text.tgt, d.vocab_size, d.joint_vocab, d.subword_type, d.character_coverage)
+        tokenizer.save(tokenizer_dir)
+        log(f"tokenizer: {'joint' if tokenizer.joint else 'separate'} sentencepiece {d.subword_type}, "
+            f"vocab {tokenizer.src_vocab_size}/{tokenizer.tgt_vocab_size}, trained in {time.perf_counter() - start:.1f}s")
+    env.barrier()
+    tokenizer = Tokenizer.load(tokenizer_dir)
+
+    train = TokenizedPairs(tokenizer.encode_src(train_text.src), tokenizer.encode_tgt(train_text.tgt))
+    train = filter_long(train, d.max_len, train_text.name, log)
+
+    def split(text) -> Split:
+        pairs = TokenizedPairs(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
+        return Split(text.src, text.tgt, pairs.src, pairs)
+
+    return tokenizer, train, split(valid_text), (split(test_text) if test_text else None)
+
+
+class LossModule(nn.Module):
+    """Model + loss in one forward, so DistributedDataParallel sees every parameter used."""
+
+    def __init__(self, model: Transformer, smoothing: float):
+        super().__init__()
+        self.model, self.smoothing = model, smoothing
+
+    def forward(self, src, tgt_in, tgt_out):
+        states = self.model(src, tgt_in)
+        keep = tgt_out != PAD  # the output layer only sees real target positions
+        return label_smoothed_loss(self.model.output(states[keep]), tgt_out[keep], self.smoothing)
+
+
+def build_schedule(spec):
+    """A schedule object from {"type": NAME, **arguments}; nested specs become schedules too."""
+    if isinstance(spec, dict) and "type" in spec:
+        name = spec["type"]
+        cls = getattr(l2fast.schedules, name, None)
+        if cls is None:
+            raise ConfigError(f"penalty.penalty_schedule: l2fast.schedules has no {name!r}")
+        args = {k: build_schedule(v) for k, v in spec.items() if k != "type"}
+        try:
+            return cls(**args)
+        except TypeError as e:
+            raise ConfigError(f"penalty.penalty_schedule: {name}: {e}") from None
+    if isinstance(spec, list):
+        return [build_schedule(s) for s in spec]
+    return spec
+
+
+def build_optimizer(model: nn.Module, cfg: Config):
+    t, p = cfg.train, cfg.penalty
+    groups = l2fast.param_groups(model, l2=p.l2, **({"no_decay": ()} if p.decay_norms_and_biases else {}))
+    adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
+    schedule = build_schedule(json.loads(p.penalty_schedule)) if p.penalty_schedule else None
+    return l2fast.Penalized(adam, l2=p.l2, l1=p.l1, decoupled=p.decoupled, schedule=schedule)
+
+
+def learning_rate(cfg: Config, step: int) -> float:
+    """Peak lr after linear warm-up, then inverse-sqrt or cosine decay: a pure function of the step,
+    so resuming needs no scheduler state."""
+    t = cfg.train
+    if step < t.warmup:
+        return t.lr * (step + 1) / t.warmup
+    if t.lr_schedule == "inverse_sqrt":
+        return t.lr * math.sqrt(max(t.warmup, 1) / (step + 1))
+    if t.lr_schedule == "cosine":
+        progress = min(1.0, (step - t.warmup) / max(1, t.max_steps - t.warmup))
+        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return t.lr
+
+
+def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
+    return Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
+                 train: TokenizedPairs, valid: Split, test: Split | None):
+        self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
+        self.tokenizer, self.train_pairs, self.valid, self.test = tokenizer, train, valid, test
+        torch.manual_seed(cfg.train.seed)
+        self.model = build_model(cfg, tokenizer).to(env.device)
+        self.loss_module = LossModule(self.model, cfg.train.label_smoothing)
+        if env.distributed:
+            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, env.device)
+        self.autocast = autocast_factory(self.amp_dtype, env.device)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_bleu, self.bad_validations = -1.0, 0
+        self.elapsed = 0.0  # training wall time over all sessions of this run
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "best_bleu": self.best_bleu, "bad_validations": self.bad_validations, "elapsed": self.elapsed},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        c = state["counters"]
+        self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
+        self.best_bleu, self.bad_validations, self.elapsed = c["best_bleu"], c["bad_validations"], c["elapsed"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+
+    def save(self, best: bool) -> None:
+        if not self.env.is_main:
+            return
+        state = self.state_dict()
+        checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
+        if best:
+            checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def update(self, batches) -> dict[str, torch.Tensor]:
+        """One optimizer step over the gradient sum of several batches, normalised per target token
+        over all batches and processes (so accumulation and DDP equal one big batch)."""
+        self.loss_module.train()
+        tokens = torch.tensor(float(sum(b.tgt_tokens for b in batches)), device=self.env.device)
+        if self.env.distributed:
+            dist.all_reduce(tokens)
+        scale = self.env.world_size / tokens  # DDP averages gradients over processes
+        loss_sum = torch.zeros((), device=self.env.device)
+        nll_sum = torch.zeros((), device=self.env.device)
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.env.device)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.loss_module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, nll = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach()
+            nll_sum += nll.detach()
+        lr = learning_rate(self.cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = (l2fast.clip_grad_norm_(params, self.cfg.train.clip_norm) if self.cfg.train.clip_norm > 0
+                     else l2fast.sq_norm([p.grad for p in params]).sqrt())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm,
+                "penalty": torch.as_tensor(self.optimizer.last_penalty)}
+
+    def should_stop(self) -> str | None:
+        t = self.cfg.train
+        if t.max_steps and self.step >= t.max_steps:
+            return f"reached max_steps = {t.max_steps}"
+        if t.max_epochs and self.epoch >= t.max_epochs:
+            return f"reached max_epochs = {t.max_epochs}"
+        if t.max_minutes and self.elapsed >= t.max_minutes * 60:
+            return f"reached max_minutes = {t.max_minutes}"
+        if t.patience and self.bad_validations >= t.patience:
+            return f"early stopping: {t.patience} validations without a better BLEU"
+        return None
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                 f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
+                 f"{torch.get_num_threads()} threads each")
+        bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
+                   disable=None if self.env.is_main else True, dynamic_ncols=True)
+        window = dict.fromkeys(("loss_sum", "nll_sum", "src_tokens", "tgt_tokens", "time"), 0.0)
+        last = None
+        reason = self.should_stop()
+        while reason is None:
+            batches = train_batches(self.train_pairs, t.max_tokens, t.seed, self.epoch, self.env.rank, self.env.world_size)
+            while self.batch_in_epoch < len(batches) and reason is None:
+                start = time.perf_counter()
+                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
+                collated = [collate(self.train_pairs, indices) for indices in group]
+                last = self.update(collated)
+                self.batch_in_epoch += len(group)
+                window["src_tokens"] += sum(b.src_tokens for b in collated)
+                window["tgt_tokens"] += sum(b.tgt_tokens for b in collated)
+                for key in ("loss_sum", "nll_sum"):
+                    window[key] += last[key]  # stays on the device until the log step
+                log_now = self.step % t.log_every == 0
+                if log_now and self.env.device.type == "cuda":
+                    torch.cuda.synchronize()  # so the time below covers the queued work
+                spent = time.perf_counter() - start
+                window["time"] += spent
+                self.elapsed += spent
+                if log_now:
+                    self._log_training(window, last)
+                    window = dict.fromkeys(window, 0.0)
+                bar.update(1)
+                if self.step % t.valid_every == 0:
+                    self.validate_and_save()
+                reason = self.should_stop()
+            if self.batch_in_epoch >= len(batches):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                reason = reason or self.should_stop()
+        bar.close()
+        self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
+        if self.step % t.valid_every != 0:
+            self.validate_and_save()
+
+    def _log_training(self, window: dict, last: dict) -> None:
+        # Sums over all processes: loss and NLL per target token, throughput of the whole job.
+        sums = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=self.env.device).reshape(())
+                            for k in ("loss_sum", "nll_sum", "src_tokens", "tgt_tokens")])
+        if self.env.distributed:
+            dist.all_reduce(sums)
+        loss_sum, nll_sum, src_tokens, tgt_tokens = sums.tolist()
+        seconds = max(window["time"], 1e-9)
+        row = {
+            "step": self.step, "epoch": self.epoch,
+            "loss": loss_sum / max(tgt_tokens, 1.0),
+            "nll": nll_sum / max(tgt_tokens, 1.0),
+            "lr": learning_rate(self.cfg, self.step - 1),
+            "penalty": float(last["penalty"]),
+            "grad_norm": float(last["grad_norm"]),
+            "tgt_tok_per_s": tgt_tokens / seconds,
+            "tok_per_s": (src_tokens + tgt_tokens) / seconds,
+            "elapsed_s": self.elapsed,
+        }
+        row["ppl"] = math.exp(min(row["nll"], 50.0))
+        self.log.metrics(row)
+        self.log(f"step {row['step']:6d}  epoch {row['epoch']:3d}  loss {row['loss']:.3f}  ppl {row['ppl']:8.2f}  "
+                 f"lr {row['lr']:.2e}  penalty {row['penalty']:.4g}  |g| {row['grad_norm']:.3f}  "
+                 f"{row['tgt_tok_per_s']:,.0f} tgt tok/s  {row['tok_per_s']:,.0f} tok/s")
+
+    # ---- validation and test -----------------------------------------------------------------
+
+    def translate_split(self, split: Split, beam: int, limit: int = 0) -> list[str]:
+        """Detokenized translations of a split, decoded in shards over all processes, gathered on every process."""
+        d = self.cfg.decode
+        count = min(limit, len(split.src_ids)) if limit else len(split.src_ids)
+        mine = list(range(self.env.rank, count, self.env.world_size))
+        ids = translate_ids(self.model, [split.src_ids[i] for i in mine], beam, d.length_penalty, d.max_len_a,
+                            d.max_len_b, d.decode_tokens, self.env.device, self.autocast)
+        texts = self.tokenizer.decode_tgt(ids)
+        if not self.env.distributed:
+            return texts
+        gathered = [None] * self.env.world_size
+        dist.all_gather_object(gathered, texts)
+        out = [""] * count
+        for rank, part in enumerate(gathered):
+            out[rank:count:self.env.world_size] = part
+        return out
+
+    @torch.no_grad()
+    def valid_loss(self, limit: int) -> float:
+        """Per-token NLL of the validation set under teacher forcing (all processes take a share)."""
+        self.model.eval()
+        pairs = self.valid.pairs
+        count = min(limit, len(pairs.src)) if limit else len(pairs.src)
+        indices = list(range(self.env.rank, count, self.env.world_size))
+        totals = torch.zeros(2, device=self.env.device)
+        for start in range(0, len(indices), 64):
+            batch = collate(pairs, indices[start:start + 64]).to(self.env.device)
+            with self.autocast():
+                states = self.model(batch.src, batch.tgt_in)
+            keep = batch.tgt_out != PAD
+            _, nll = label_smoothed_loss(self.model.output(states[keep]), batch.tgt_out[keep], 0.0)
+            totals += torch.stack([nll.float(), keep.sum().float()])
+        if self.env.distributed:
+            dist.all_reduce(totals)
+        self.model.train()
+        return float(totals[0] / totals[1])
+
+    def validate_and_save(self) -> Scores:
+        t = self.cfg.train
+        start = time.perf_counter()
+        nll = self.valid_loss(t.valid_max_sentences)
+        hyps = self.translate_split(self.valid, t.valid_beam, t.valid_max_sentences)
+        scores = score(hyps, self.valid.ref[:len(hyps)])
+        improved = scores.bleu > self.best_bleu
+        if improved:
+            self.best_bleu, self.bad_validations = scores.bleu, 0
+        else:
+            self.bad_validations += 1
+        self.elapsed += time.perf_counter() - start
+        self.log.metrics({"step": self.step, "valid_nll": nll, "valid_ppl": math.exp(min(nll, 50.0)),
+                          "bleu": scores.bleu, "chrf": scores.chrf, "elapsed_s": self.elapsed})
+        self.log(f"valid step {self.step}: {scores.line()}  ppl {math.exp(min(nll, 50.0)):.2f}"
+                 f"{'  (best)' if improved else ''}  [{time.perf_counter() - start:.1f}s]")
+        self.save(best=improved)
+        if self.env.is_main:
+            plot_metrics(self.log.metrics_path, self.run_dir / "metrics.png")
+        return scores
+
+    def evaluate_test(self) -> dict | None:
+        """Test BLEU/chrF of the best checkpoint with the configured beam; written to results.json."""
+        if self.test is None:
+            return None
+        best_path = self.run_dir / checkpoint.BEST
+        if best_path.exists():
+            self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
+        start = time.perf_counter()
+        hyps = self.translate_split(self.test, self.cfg.decode.beam)
+        scores = score(hyps, self.test.ref)
+        results = {"test_bleu": scores.bleu, "test_chrf": scores.chrf, "bleu_signature": scores.bleu_signature,
+                   "chrf_signature": scores.chrf_signature, "beam": self.cfg.decode.beam, "step": self.step,
+                   "best_valid_bleu": self.best_bleu, "train_seconds": self.elapsed,
+                   "test_decode_seconds": time.perf_counter() - start, "test_sentences": len(hyps)}
+        if self.env.is_main:
+            (self.run_dir / "test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            self.log(f"test ({len(hyps)} sentences, beam {self.cfg.decode.beam}): {scores.line()}")
+            self.log(scores.signatures())
+        return results
+
+
+def run_training(cfg: Config) -> dict | None:
+    """Trains (or resumes) the run described by cfg and scores the test set; returns the results."""
+    env = setup_environment(cfg.train.threads)
+    run_dir = Path(cfg.train.run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_temporaries(run_dir)
+    env.barrier()
+    log = RunLog(run_dir, env.is_main)
+    latest = run_dir / checkpoint.LATEST
+    resuming = cfg.train.resume and latest.exists()
+    if resuming:
+        saved = checkpoint.load(latest, env.device)
+        if saved["config"] != cfg.to_dict():
+            log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
+    elif env.is_main:
+        for stale in ("metrics.jsonl", "train.log", checkpoint.BEST):  # a fresh run starts clean
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
+    env.barrier()
+    started = time.perf_counter()
+    if env.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
+    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test)
+    if resuming:
+        trainer.load_state_dict(saved)
+        log.truncate_metrics(trainer.step)
+        log(f"resumed from {latest} at step {trainer.step}")
+    log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
+    trainer.train()
+    results = trainer.evaluate_test()
+    if env.is_main:
+        plot_metrics(log.metrics_path, run_dir / "metrics.png")
+        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+    return results
+
+
+def load_for_inference(path: str | Path, device) -> tuple[Transformer, Tokenizer, Config]:
+    """Model, tokenizer and config from one checkpoint file (it carries all three)."""
+    state = checkpoint.load(path, device)
+    cfg = build_config(state["config"], where=str(path))
+    tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
+    model = build_model(cfg, tokenizer).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, tokenizer, cfg
