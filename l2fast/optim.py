@@ -1,0 +1,345 @@
+"""Penalized: any torch optimizer, with its weight penalty applied by fused native kernels.
+
+``l2fast.Penalized(torch.optim.Adam(params, lr, weight_decay=0), l2=1e-4)`` steps exactly like
+``torch.optim.Adam(params, lr, weight_decay=1e-4)``; with ``decoupled=True`` exactly like
+``torch.optim.AdamW(params, lr, weight_decay=1e-4)``. Before the inner optimizer's step, one fused
+call per device adds ``l2 * w + l1 * sign(w)`` to every penalised gradient (or, decoupled, multiplies
+every penalised weight by ``1 - lr * l2``, as AdamW does) and measures the penalty
+``l2/2 * sum(w**2) + l1 * sum(|w|)`` in the same pass; ``last_penalty`` keeps it as a device tensor.
+
+Coefficients: ``Penalized(l2=..., l1=...)`` are the defaults; a group's own ``"l2"`` / ``"l1"`` keys
+override them (``l2fast.param_groups`` writes such groups); a schedule multiplies them step by step
+(see ``l2fast.schedules``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable, Iterable
+from numbers import Real
+
+import torch
+import torch.distributed as dist
+
+from . import functional
+from .schedules import Clock, Schedule, as_schedule
+
+PENALTY_KEYS = ("l2", "l1")
+# Group keys written by torch itself (named parameters, LR schedulers, SWA) or read by common tools
+# (a group's "name"): allowed beside the inner optimizer's own keys.
+TORCH_GROUP_KEYS = frozenset(
+    {"params", "param_names", "name", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum", "swa_lr"}
+)
+STATE_KEY = "l2fast"  # where Penalized.state_dict() keeps the clock and the schedule
+
+
+def _coefficient(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"l2fast.Penalized: {where} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"l2fast.Penalized: {where} = {value} is invalid; penalty coefficients must be finite and >= 0")
+    return value
+
+
+def _dtensor_type():
+    # Only present once torch.distributed.tensor is imported, which any DTensor parameter implies.
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+class _Bucket:
+    """Tensors of one device (and one sign, and one reduction) penalised in one fused call."""
+
+    def __init__(self):
+        self.params, self.grads, self.l2, self.l1, self.lr = [], [], [], [], []
+
+
+class Penalized(torch.optim.Optimizer):
+    """Wraps ``optimizer`` and applies weight penalties in its ``step``.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``, built with ``weight_decay=0`` (a group that has both
+            a non-zero ``weight_decay`` and a non-zero ``l2`` is an error: the L2 penalty would be
+            applied twice).
+        l2, l1: default coefficients for groups without their own ``"l2"`` / ``"l1"``. Coupled (the
+            default), ``l2`` means what ``weight_decay`` means in torch's SGD and Adam: the gradient
+            gains ``l2 * w``; ``l1`` adds ``l1 * sign(w)``.
+        decoupled: apply L2 as AdamW applies ``weight_decay``: ``w *= 1 - lr * l2`` before the inner
+            step, with the group's current ``lr``. L2 only (a decoupled L1 is not defined by torch).
+        schedule: an ``l2fast.schedules.Schedule`` (or a function of the step count) that multiplies
+            every group's coefficients; it advances once per applied step, or per ``end_epoch()``.
+        shard_group: for parameters sharded without DTensor (FSDP1 flat parameters, ZeRO-style
+            shards): the process group over which each shard's penalty value is summed. DTensor
+            parameters (FSDP2's ``fully_shard``) are found and reduced over their mesh by themselves.
+        extra_group_keys: group keys besides the inner optimizer's, l2fast's and torch's own that
+            your groups carry on purpose; any other key is rejected as a likely typo.
+
+    The wrapper is an Optimizer: ``param_groups``, ``state`` and ``defaults`` are the inner
+    optimizer's own objects; ``zero_grad``, ``add_param_group``, ``state_dict``, ``load_state_dict``,
+    step hooks, LR schedulers and ``GradScaler`` work as with the inner optimizer. Under
+    ``GradScaler.step`` the penalty is added to unscaled gradients, and a step skipped for inf/NaN
+    gradients applies no penalty and does not advance the schedule. With a closure, the closure's
+    coupled penalty is part of the objective the inner optimizer sees: the closure's loss plus the
+    penalty value (decoupled decay is applied once, after the first evaluation, as AdamW does).
+
+    Parameters are penalised only when they have a ``.grad`` (torch optimizers skip the others too).
+    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero.
+    """
+
+    # GradScaler must unscale the gradients before step(): the penalty is added to the true gradients.
+    _step_supports_amp_scaling = False
+    _PICKLED = ("optimizer", "decoupled", "schedule", "shard_group", "extra_group_keys", "_clock", "last_penalty")
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        l2: float = 0.0,
+        l1: float = 0.0,
+        decoupled: bool = False,
+        schedule: Schedule | Callable[[int], float] | None = None,
+        *,
+        shard_group: "dist.ProcessGroup | None" = None,
+        extra_group_keys: Iterable[str] = (),
+    ):
+        if isinstance(optimizer, Penalized) or any(k in getattr(optimizer, "defaults", {}) for k in PENALTY_KEYS):
+            raise TypeError(
+                "l2fast.Penalized: this optimizer is already wrapped by l2fast.Penalized (or uses the group keys "
+                "'l2'/'l1' itself); wrapping again would apply the penalty twice. Change the coefficients of the "
+                "existing wrapper instead (its param_groups[i]['l2'] / ['l1'])"
+            )
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"l2fast.Penalized: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        defaults = {"l2": _coefficient(l2, "l2"), "l1": _coefficient(l1, "l1")}
+        # Optimizer.__init__ would register the parameters a second time; __setstate__ builds only the
+        # step/state-dict hook registries and the profiling wrapper of step(), which is all a wrapper needs.
+        super().__setstate__({"optimizer": optimizer})
+        self.decoupled = bool(decoupled)
+        self.schedule = as_schedule(schedule)
+        self.shard_group = shard_group
+        self.extra_group_keys = frozenset(extra_group_keys)
+        self._clock = Clock()
+        self.last_penalty: torch.Tensor | None = None
+        for i, group in enumerate(optimizer.param_groups):  # check everything before changing anything
+            self._check_group(group, i, defaults)
+        optimizer.defaults.update(defaults)  # so every group, present or added later, carries l2 and l1
+        for group in optimizer.param_groups:
+            for key in PENALTY_KEYS:
+                group.setdefault(key, defaults[key])
+        self.coefficients()  # a schedule that fails at step 0 fails here
+
+    # The inner optimizer's own objects, so LR schedulers, GradScaler and user code see one truth.
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, groups: list[dict]) -> None:
+        self.optimizer.param_groups = groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, state) -> None:
+        self.optimizer.state = state
+
+    @property
+    def defaults(self) -> dict:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, defaults: dict) -> None:
+        self.optimizer.defaults = defaults
+
+    @property
+    def clock(self) -> Clock:
+        """Optimizer steps applied and epochs completed: the time the schedule reads."""
+        return self._clock
+
+    def end_epoch(self) -> None:
+        """Advances the epoch count of the clock, for schedules with ``unit="epoch"``."""
+        self._clock = self._clock._replace(epoch=self._clock.epoch + 1)
+
+    def coefficients(self) -> list[tuple[float, float]]:
+        """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers."""
+        groups = self.param_groups
+        factors = self.schedule.factors(self._clock, len(groups))
+        if len(factors) != len(groups):
+            raise ValueError(f"l2fast.Penalized: the schedule gave {len(factors)} multipliers for {len(groups)} groups")
+        result = []
+        for i, (group, factor) in enumerate(zip(groups, factors)):
+            if not math.isfinite(factor) or factor < 0.0:
+                raise ValueError(
+                    f"l2fast.Penalized: schedule {self.schedule!r} gave the multiplier {factor} for param_groups[{i}] "
+                    f"at {self._clock}; multipliers must be finite and >= 0"
+                )
+            l2, l1 = self._group_coefficients(group, i, self.defaults)
+            result.append((l2 * factor, l1 * factor))
+        return result
+
+    def _group_coefficients(self, group: dict, i: int, defaults: dict) -> tuple[float, float]:
+        l2, l1 = (_coefficient(group.get(k, defaults[k]), f"param_groups[{i}]['{k}']") for k in PENALTY_KEYS)
+        if l2 != 0.0 and group.get("weight_decay", 0.0) != 0.0:
+            raise ValueError(
+                f"l2fast.Penalized: param_groups[{i}] has weight_decay={group['weight_decay']} and l2={l2}, which would "
+                "apply the L2 penalty twice; build the inner optimizer with weight_decay=0"
+            )
+        if self.decoupled and l1 != 0.0:
+            raise ValueError(
+                f"l2fast.Penalized: param_groups[{i}] has l1={l1}, but decoupled=True applies L2 only; "
+                "use decoupled=False for an L1 penalty"
+            )
+        return l2, l1
+
+    def _check_group(self, group: dict, i: int, defaults: dict) -> None:
+        if not isinstance(group, dict):
+            raise TypeError(f"l2fast.Penalized: param_groups[{i}] must be a dict, got {type(group).__name__}")
+        known = TORCH_GROUP_KEYS | set(self.optimizer.defaults) | set(PENALTY_KEYS) | self.extra_group_keys
+        unknown = sorted(set(group) - known)
+        if unknown:
+            raise ValueError(
+                f"l2fast.Penalized: param_groups[{i}] has unknown key(s) {unknown}; {type(self.optimizer).__name__} "
+                f"and l2fast know {sorted(known - TORCH_GROUP_KEYS - {'params'})}. If the key is meant for other "
+                "code, pass extra_group_keys=[...]"
+            )
+        self._group_coefficients(group, i, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._check_group(param_group, len(self.param_groups), self.defaults)
+        self.optimizer.add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        coefficients = self.coefficients()
+        if closure is None:
+            self.last_penalty = self._apply_penalty(coefficients)
+            loss = self.optimizer.step()
+        else:
+            loss = self.optimizer.step(self._penalized_closure(closure, coefficients))
+        self._clock = self._clock._replace(step=self._clock.step + 1)
+        return loss
+
+    def _penalized_closure(self, closure, coefficients):
+        decay_pending = True
+
+        def penalized_closure():
+            nonlocal decay_pending
+            loss = closure()
+            if self.decoupled:
+                if decay_pending:
+                    self.last_penalty = self._apply_penalty(coefficients)
+                    decay_pending = False
+                return loss
+            self.last_penalty = self._apply_penalty(coefficients)
+            with torch.no_grad():
+                return None if loss is None else loss + self.last_penalty
+
+        return penalized_closure
+
+    def _apply_penalty(self, coefficients: list[tuple[float, float]]) -> torch.Tensor:
+        """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
+        bucket; returns the penalty value, summed over shards where parameters are sharded."""
+        dtensor = _dtensor_type()
+        buckets: dict[tuple, _Bucket] = {}
+        for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
+            if l2 == 0.0 and l1 == 0.0:
+                continue
+            # maximize negates the gradient inside the inner step; a negated penalty comes out as decay.
+            sign = -1.0 if group.get("maximize", False) and not self.decoupled else 1.0
+            lr = self._lr(group, i) if self.decoupled else 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if dtensor is not None and isinstance(p, dtensor):
+                    param, grad, reduce_over = p.to_local(), p.grad.to_local(), self._mesh_groups(p)
+                else:
+                    param, grad = p, p.grad
+                    reduce_over = () if self.shard_group is None else (self.shard_group,)
+                bucket = buckets.setdefault((param.device, sign, reduce_over), _Bucket())
+                bucket.params.append(param)
+                bucket.grads.append(grad)
+                bucket.l2.append(sign * l2)
+                bucket.l1.append(sign * l1)
+                bucket.lr.append(lr)
+
+        values: dict[tuple, torch.Tensor] = {}
+        for (device, sign, reduce_over), bucket in buckets.items():
+            if self.decoupled:
+                value = functional.sq_norm(bucket.params, [0.5 * c for c in bucket.l2])
+                functional.decay_(bucket.params, [lr * c for lr, c in zip(bucket.lr, bucket.l2)])
+            else:
+                value = functional.add_penalty_grad_(bucket.params, bucket.grads, bucket.l2, bucket.l1)
+                if sign < 0.0:
+                    value = -value
+            previous = values.get(reduce_over)
+            values[reduce_over] = value if previous is None else previous + value.to(previous.device)
+
+        total = None
+        for reduce_over, value in values.items():
+            for group in reduce_over:
+                dist.all_reduce(value, group=group)
+            total = value if total is None else total + value.to(total.device)
+        return total if total is not None else self._zero()
+
+    @staticmethod
+    def _lr(group: dict, i: int) -> float:
+        if "lr" not in group:
+            raise KeyError(f"l2fast.Penalized: decoupled decay needs a learning rate, but param_groups[{i}] has no 'lr'")
+        return float(group["lr"])
+
+    @staticmethod
+    def _mesh_groups(p) -> tuple:
+        """The process groups of the mesh dimensions p is sharded over: its shards' values add up over them."""
+        mesh = p.device_mesh
+        return tuple(mesh.get_group(dim) for dim, placement in enumerate(p.placements) if placement.is_shard())
+
+    def _zero(self) -> torch.Tensor:
+        device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
+        return torch.zeros((), device=device)
+
+    def state_dict(self) -> dict:
+        """The inner optimizer's state dict (whose groups carry l2 / l1), plus the clock and the schedule."""
+        state = self.optimizer.state_dict()
+        state[STATE_KEY] = {
+            "clock": self._clock._asdict(),
+            "decoupled": self.decoupled,
+            "schedule": self.schedule.state_dict(),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads a state dict from ``state_dict()``, or from the plain inner optimizer (clock and schedule
+        then stay as they are, and groups without l2 / l1 get the defaults)."""
+        state_dict = dict(state_dict)
+        ours = state_dict.pop(STATE_KEY, None)
+        schedule = self.schedule
+        if ours is not None:
+            if ours["decoupled"] != self.decoupled:
+                raise ValueError(
+                    f"l2fast.Penalized: the state dict was saved with decoupled={ours['decoupled']}, "
+                    f"but this optimizer has decoupled={self.decoupled}"
+                )
+            schedule = copy.deepcopy(self.schedule)
+            schedule.load_state_dict(ours["schedule"])
+        self.optimizer.load_state_dict(state_dict)
+        for i, group in enumerate(self.param_groups):
+            for key in PENALTY_KEYS:
+                group.setdefault(key, self.defaults[key])
+            self._group_coefficients(group, i, self.defaults)
+        if ours is not None:
+            self.schedule = schedule
+            self._clock = Clock(**ours["clock"])
+
+    def __getstate__(self) -> dict:
+        return {name: self.__dict__[name] for name in self._PICKLED}
+
+    def __repr__(self) -> str:
+        return (
+            f"Penalized(l2={self.defaults['l2']}, l1={self.defaults['l1']}, decoupled={self.decoupled}, "
+            f"schedule={self.schedule!r}) wrapping {self.optimizer!r}"
+        )
