@@ -8,14 +8,20 @@ from .functional import (
     penalty,
     sq_norm,
 )
+from . import schedules
+from .groups import param_groups
+from .optim import Penalized
 
 __all__ = [
+    "Penalized",
     "add_penalty_grad_",
     "backend",
     "clip_grad_norm_",
     "decay_",
     "l1_norm",
+    "param_groups",
     "penalty",
+    "schedules",
     "sq_norm",
 ]
 __version__ = "0.1.0"

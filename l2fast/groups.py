@@ -1,10 +1,10 @@
 """Which parameters get a penalty: the usual split of a model into a decayed and an undecayed group."""
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 
-import torch
 from torch import nn
 
 Rule = Callable[[str, nn.Parameter, nn.Module], bool]
@@ -73,6 +73,9 @@ def param_groups(
     parameter went where.
     """
     rules = _rules(no_decay)
+    for name, value in (("l2", l2), ("l1", l1)):
+        if not math.isfinite(value) or value < 0.0:
+            raise ValueError(f"l2fast.param_groups: {name} = {value} is invalid; coefficients must be finite and >= 0")
     if key not in ("l2", "weight_decay"):
         raise ValueError(f"l2fast.param_groups: key must be 'l2' or 'weight_decay', got {key!r}")
     if key == "weight_decay" and l1 != 0.0:

@@ -289,7 +289,7 @@ class Penalized(torch.optim.Optimizer):
     @staticmethod
     def _lr(group: dict, i: int) -> float:
         if "lr" not in group:
-            raise KeyError(f"l2fast.Penalized: decoupled decay needs a learning rate, but param_groups[{i}] has no 'lr'")
+            raise ValueError(f"l2fast.Penalized: decoupled decay needs a learning rate, but param_groups[{i}] has no 'lr'")
         return float(group["lr"])
 
     @staticmethod
