@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../common/checks.h"
+#include "../common/entry_points.h"
 #include "../common/plan.h"
 #include "spans.h"
 
@@ -50,8 +50,8 @@ std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn ch
 }
 
 // Per-tensor values sq * sum(x^2) + abs * sum|x|, partials added in chunk order; then their sum.
-at::Tensor finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials,
-                  const std::vector<Weights>& weights, bool per_tensor, at::ScalarType dtype) {
+void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials, const std::vector<Weights>& weights,
+            at::Tensor& result) {
   std::vector<Partial> sums(weights.size());
   for (size_t k = 0; k < chunks.size(); ++k) {
     sums[chunks[k].tensor].sq += partials[k].sq;
@@ -62,37 +62,18 @@ at::Tensor finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& 
     if (weights[i].sq != 0.0) values[i] += weights[i].sq * sums[i].sq;
     if (weights[i].abs != 0.0) values[i] += weights[i].abs * sums[i].abs;
   }
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
-  if (per_tensor) return at::tensor(values, f64).to(dtype);
-  double total = 0.0;
-  for (double v : values) total += v;
-  return at::scalar_tensor(total, f64).to(dtype);
-}
-
-at::Tensor reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor) {
-  check_tensors(tensors, "tensors");
-  const auto chunks = plan_chunks(tensors, [&](size_t i) { return weights[i].any(); }, kChunk);
-  const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
-    const at::Tensor& t = tensors[c.tensor];
-    return with_terms(weights[c.tensor], [&](auto sq, auto abs) {
-      return L2FAST_DISPATCH(t.scalar_type(), [&] {
-        return reduce_span<scalar_t, decltype(sq)::value, decltype(abs)::value>(data_of<scalar_t>(t) + c.begin, c.len);
-      });
-    });
+  if (result.dim() == 0) {
+    double total = 0.0;
+    for (double v : values) total += v;
+    values.assign(1, total);
+  }
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "l2fast_finish", [&] {
+    std::copy(values.begin(), values.end(), result.data_ptr<scalar_t>());
   });
-  return finish(chunks, partials, weights, per_tensor, result_dtype(tensors));
 }
 
-at::Tensor sq_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
-  return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/true), per_tensor);
-}
-
-at::Tensor l1_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
-  return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/false), per_tensor);
-}
-
-at::Tensor penalty(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
-  return reduce(params, penalty_weights(l2, l1, params.size()), /*per_tensor=*/false);
+std::vector<Chunk> chunks_of(at::TensorList tensors, const std::vector<Weights>& weights) {
+  return plan_chunks(tensors, [&](size_t i) { return weights[i].any(); }, kChunk);
 }
 
 // out_i = base_i + scale * grad of the penalty, for every chunk; base is grads (kAccumulate) or 0.
@@ -115,58 +96,50 @@ std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList g
   });
 }
 
-at::Tensor add_penalty_grad_(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
-                             c10::ArrayRef<double> l1) {
-  check_tensors(params, "params");
-  check_pairs(params, grads);
-  check_tensors(grads, "grads");
-  const auto weights = penalty_weights(l2, l1, params.size());
-  const auto chunks = plan_chunks(params, [&](size_t i) { return weights[i].any(); }, kChunk);
-  const auto partials = write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks);
-  return finish(chunks, partials, weights, /*per_tensor=*/false, result_dtype(params));
-}
-
-std::vector<at::Tensor> penalty_grad(at::TensorList params, const at::Tensor& scale, c10::ArrayRef<double> l2,
-                                     c10::ArrayRef<double> l1) {
-  check_tensors(params, "params");
-  TORCH_CHECK(scale.numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sizes());
-  const auto weights = penalty_weights(l2, l1, params.size());
-  std::vector<at::Tensor> outs;
-  for (size_t i = 0; i < params.size(); ++i)
-    outs.push_back(weights[i].any() ? at::empty_like(params[i]) : at::zeros_like(params[i]));
-  const auto chunks = plan_chunks(params, [&](size_t i) { return weights[i].any(); }, kChunk);
-  write_penalty_grads<false>(params, {}, outs, weights, scale.item<double>(), chunks);
-  return outs;
-}
-
-void decay_(at::TensorList params, c10::ArrayRef<double> factors) {
-  check_tensors(params, "params");
-  const std::vector<double> fs = expand_coeffs(factors, params.size(), "factors");
-  const auto chunks = plan_chunks(params, [&](size_t i) { return fs[i] != 0.0; }, kChunk);
-  for_each_chunk(chunks, [&](const Chunk& c) {
-    const at::Tensor& w = params[c.tensor];
-    L2FAST_DISPATCH(w.scalar_type(), [&] {
-      // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
-      scale_span<scalar_t>(data_of<scalar_t>(w) + c.begin, c.len,
-                           static_cast<at::opmath_type<scalar_t>>(1.0 - fs[c.tensor]));
+struct CpuKernels {
+  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, at::Tensor& result) {
+    const auto chunks = chunks_of(tensors, weights);
+    const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
+      const at::Tensor& t = tensors[c.tensor];
+      return with_terms(weights[c.tensor], [&](auto sq, auto abs) {
+        return L2FAST_DISPATCH(t.scalar_type(), [&] {
+          return reduce_span<scalar_t, decltype(sq)::value, decltype(abs)::value>(data_of<scalar_t>(t) + c.begin,
+                                                                                  c.len);
+        });
+      });
     });
-    return Partial{};
-  });
-}
+    finish(chunks, partials, weights, result);
+  }
 
-void register_kernels(torch::Library& m) {
-  m.impl("sq_norm", &sq_norm);
-  m.impl("l1_norm", &l1_norm);
-  m.impl("penalty", &penalty);
-  m.impl("penalty_grad", &penalty_grad);
-  m.impl("add_penalty_grad_", &add_penalty_grad_);
-  m.impl("decay_", &decay_);
-}
+  static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
+                               at::Tensor& result) {
+    const auto chunks = chunks_of(params, weights);
+    finish(chunks, write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks), weights, result);
+  }
+
+  static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
+                           const std::vector<Weights>& weights) {
+    write_penalty_grads<false>(params, {}, outs, weights, scale.item<double>(), chunks_of(params, weights));
+  }
+
+  static void decay(at::TensorList params, const std::vector<double>& factors) {
+    const auto chunks = plan_chunks(params, [&](size_t i) { return factors[i] != 0.0; }, kChunk);
+    for_each_chunk(chunks, [&](const Chunk& c) {
+      const at::Tensor& w = params[c.tensor];
+      L2FAST_DISPATCH(w.scalar_type(), [&] {
+        // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
+        scale_span<scalar_t>(data_of<scalar_t>(w) + c.begin, c.len,
+                             static_cast<at::opmath_type<scalar_t>>(1.0 - factors[c.tensor]));
+      });
+      return Partial{};
+    });
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(l2fast, CPU, m) { register_kernels(m); }
-// Sparse inputs reach the same kernels only to be refused by check_tensors with a clear message.
-TORCH_LIBRARY_IMPL(l2fast, SparseCPU, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(l2fast, CPU, m) { EntryPoints<CpuKernels>::register_all(m); }
+// Sparse inputs reach the entry points only to be refused by check_tensors with a clear message.
+TORCH_LIBRARY_IMPL(l2fast, SparseCPU, m) { EntryPoints<CpuKernels>::register_all(m); }
 
 }  // namespace l2fast::cpu

@@ -1,0 +1,66 @@
+"""pytest-benchmark suite for the fused ops on the Transformer-base parameter set.
+
+    cd bench && pytest test_bench_ops.py --benchmark-columns=median,ops
+"""
+import pytest
+import torch
+
+import l2fast
+from bench_ops import LAM, foreach_sq_norm, naive_sq_norm
+from common import make_params, transformer_base_shapes
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def params():
+    return make_params(transformer_base_shapes(), DEVICE)
+
+
+@pytest.fixture(scope="module")
+def grads(params):
+    return [torch.randn_like(p) for p in params]
+
+
+def run(benchmark, fn):
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    def call():
+        fn()
+        sync()
+
+    benchmark.pedantic(call, rounds=15, warmup_rounds=2)
+
+
+@pytest.mark.benchmark(group="squared norm")
+@pytest.mark.parametrize(
+    "method",
+    ["naive", "foreach_norm", "l2fast", "roofline_dot"],
+)
+def test_sq_norm(benchmark, params, method):
+    flat = torch.cat([p.flatten() for p in params])
+    half = flat.numel() // 2
+    fns = {
+        "naive": lambda: naive_sq_norm(params),
+        "foreach_norm": lambda: foreach_sq_norm(params),
+        "l2fast": lambda: l2fast.sq_norm(params),
+        "roofline_dot": lambda: torch.dot(flat[:half], flat[half : 2 * half]),
+    }
+    run(benchmark, fns[method])
+
+
+@pytest.mark.benchmark(group="penalty + gradient")
+@pytest.mark.parametrize("method", ["naive_autograd", "foreach", "l2fast_fused", "roofline_add"])
+def test_penalty_grad(benchmark, params, grads, method):
+    leaves = [p.clone().requires_grad_() for p in params]
+    for leaf, g in zip(leaves, grads):
+        leaf.grad = g.clone()
+    flat_a = torch.cat([p.flatten() for p in params])
+    flat_b = torch.randn_like(flat_a)
+    fns = {
+        "naive_autograd": lambda: (LAM / 2 * naive_sq_norm(leaves)).backward(),
+        "foreach": lambda: torch._foreach_add_(grads, params, alpha=LAM),
+        "l2fast_fused": lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
+        "roofline_add": lambda: flat_a.add_(flat_b),
+    }
+    run(benchmark, fns[method])

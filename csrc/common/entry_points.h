@@ -1,0 +1,89 @@
+// The ops' entry points, written once for every backend: argument checks, coefficients turned into
+// per-tensor weights, outputs allocated. Then the backend's Kernels make their one pass over memory.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "checks.h"
+#include "plan.h"
+
+namespace l2fast {
+
+// Kernels receives checked tensors and provides:
+//   void reduce(at::TensorList xs, const std::vector<Weights>&, at::Tensor& result)
+//       result: a scalar, or one value per tensor; filled with sum_i value_i or with each value_i
+//   void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>&, at::Tensor& result)
+//   void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale, const std::vector<Weights>&)
+//   void decay(at::TensorList params, const std::vector<double>& factors)
+template <class Kernels>
+struct EntryPoints {
+  static at::Tensor new_result(at::TensorList tensors, bool per_tensor) {
+    const auto options = at::TensorOptions().dtype(result_dtype(tensors)).device(tensors[0].device());
+    return per_tensor ? at::empty({static_cast<int64_t>(tensors.size())}, options) : at::empty({}, options);
+  }
+
+  static at::Tensor reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor) {
+    at::Tensor result = new_result(tensors, per_tensor);
+    Kernels::reduce(tensors, weights, result);
+    return result;
+  }
+
+  static at::Tensor sq_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
+    check_tensors(tensors, "tensors");
+    return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/true), per_tensor);
+  }
+
+  static at::Tensor l1_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
+    check_tensors(tensors, "tensors");
+    return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/false), per_tensor);
+  }
+
+  static at::Tensor penalty(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
+    check_tensors(params, "params");
+    return reduce(params, penalty_weights(l2, l1, params.size()), /*per_tensor=*/false);
+  }
+
+  static at::Tensor add_penalty_grad_(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
+                                      c10::ArrayRef<double> l1) {
+    check_tensors(params, "params");
+    check_pairs(params, grads);
+    check_tensors(grads, "grads");
+    TORCH_CHECK(grads[0].device() == params[0].device(), "l2fast: grads are on ", grads[0].device(),
+                " but params are on ", params[0].device());
+    at::Tensor result = new_result(params, /*per_tensor=*/false);
+    Kernels::add_penalty_grad(params, grads, penalty_weights(l2, l1, params.size()), result);
+    return result;
+  }
+
+  static std::vector<at::Tensor> penalty_grad(at::TensorList params, const at::Tensor& scale,
+                                              c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
+    check_tensors(params, "params");
+    TORCH_CHECK(scale.numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sizes());
+    TORCH_CHECK(scale.device() == params[0].device(), "l2fast: scale is on ", scale.device(),
+                " but params are on ", params[0].device());
+    const auto weights = penalty_weights(l2, l1, params.size());
+    std::vector<at::Tensor> outs;
+    for (size_t i = 0; i < params.size(); ++i)
+      outs.push_back(weights[i].any() ? at::empty_like(params[i]) : at::zeros_like(params[i]));
+    Kernels::penalty_grad(params, outs, scale, weights);
+    return outs;
+  }
+
+  static void decay_(at::TensorList params, c10::ArrayRef<double> factors) {
+    check_tensors(params, "params");
+    Kernels::decay(params, expand_coeffs(factors, params.size(), "factors"));
+  }
+
+  static void register_all(torch::Library& m) {
+    m.impl("sq_norm", &sq_norm);
+    m.impl("l1_norm", &l1_norm);
+    m.impl("penalty", &penalty);
+    m.impl("penalty_grad", &penalty_grad);
+    m.impl("add_penalty_grad_", &add_penalty_grad_);
+    m.impl("decay_", &decay_);
+  }
+};
+
+}  // namespace l2fast
