@@ -121,13 +121,14 @@ class Penalized(torch.optim.Optimizer):
         self.extra_group_keys = frozenset(extra_group_keys)
         self._clock = Clock()
         self.last_penalty: torch.Tensor | None = None
-        for i, group in enumerate(optimizer.param_groups):  # check everything before changing anything
+        # Check everything (a schedule that fails at step 0 fails here) before changing the inner optimizer.
+        for i, group in enumerate(optimizer.param_groups):
             self._check_group(group, i, defaults)
+        self._factors(len(optimizer.param_groups))
         optimizer.defaults.update(defaults)  # so every group, present or added later, carries l2 and l1
         for group in optimizer.param_groups:
             for key in PENALTY_KEYS:
                 group.setdefault(key, defaults[key])
-        self.coefficients()  # a schedule that fails at step 0 fails here
 
     # The inner optimizer's own objects, so LR schedulers, GradScaler and user code see one truth.
     @property
@@ -166,19 +167,24 @@ class Penalized(torch.optim.Optimizer):
     def coefficients(self) -> list[tuple[float, float]]:
         """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers."""
         groups = self.param_groups
-        factors = self.schedule.factors(self._clock, len(groups))
-        if len(factors) != len(groups):
-            raise ValueError(f"l2fast.Penalized: the schedule gave {len(factors)} multipliers for {len(groups)} groups")
+        factors = self._factors(len(groups))
         result = []
         for i, (group, factor) in enumerate(zip(groups, factors)):
+            l2, l1 = self._group_coefficients(group, i, self.defaults)
+            result.append((l2 * factor, l1 * factor))
+        return result
+
+    def _factors(self, num_groups: int) -> list[float]:
+        factors = self.schedule.factors(self._clock, num_groups)
+        if len(factors) != num_groups:
+            raise ValueError(f"l2fast.Penalized: the schedule gave {len(factors)} multipliers for {num_groups} groups")
+        for i, factor in enumerate(factors):
             if not math.isfinite(factor) or factor < 0.0:
                 raise ValueError(
                     f"l2fast.Penalized: schedule {self.schedule!r} gave the multiplier {factor} for param_groups[{i}] "
                     f"at {self._clock}; multipliers must be finite and >= 0"
                 )
-            l2, l1 = self._group_coefficients(group, i, self.defaults)
-            result.append((l2 * factor, l1 * factor))
-        return result
+        return factors
 
     def _group_coefficients(self, group: dict, i: int, defaults: dict) -> tuple[float, float]:
         l2, l1 = (_coefficient(group.get(k, defaults[k]), f"param_groups[{i}]['{k}']") for k in PENALTY_KEYS)

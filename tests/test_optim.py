@@ -405,6 +405,35 @@ def test_decoupled_closure_decays_once_after_the_first_evaluation():
     assert_same_training(got, want)
 
 
+class EvaluatesThrice(torch.optim.Optimizer):
+    """A custom optimizer that only evaluates its closure three times, as a line search would."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.1})
+
+    def step(self, closure):
+        return [closure() for _ in range(3)][0]
+
+
+def test_decoupled_decay_applies_once_however_often_the_closure_runs():
+    model = make_model()
+    weights = [p.detach().clone() for p in model.parameters()]
+    optimizer = l2fast.Penalized(EvaluatesThrice(model.parameters()), l2=0.5, decoupled=True)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        optimizer.zero_grad()
+        loss = task_loss(model, make_data())
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert len(calls) == 3
+    for p, w in zip(model.parameters(), weights):
+        torch.testing.assert_close(p, w * (1 - 0.1 * 0.5), rtol=0, atol=1e-7)
+
+
 def test_step_hooks_run_around_the_penalty():
     model = make_model()
     optimizer = l2fast.Penalized(torch.optim.SGD(model.parameters(), lr=0.1), l2=1.0)
@@ -497,7 +526,10 @@ def test_failed_wrap_leaves_the_optimizer_untouched():
     with pytest.raises(ValueError):
         l2fast.Penalized(inner)
     inner.param_groups[0]["l2"] = 1.0
-    assert l2fast.Penalized(inner).param_groups[0]["l2"] == 1.0
+    with pytest.raises(ValueError):
+        l2fast.Penalized(inner, schedule=lambda t: -1.0)
+    assert "l1" not in inner.param_groups[0]
+    assert l2fast.Penalized(inner, l1=0.5).param_groups[0]["l1"] == 0.5
 
 
 def test_extra_group_keys_are_allowed_when_declared():

@@ -1,0 +1,157 @@
+"""Penalized under torch.distributed, two gloo processes on the CPU, against one process on the global batch:
+
+* DistributedDataParallel (replicated parameters): the same parameters, and no communication added;
+* FSDP2 (``fully_shard``, DTensor shards): the same parameters, and one all-reduce of the penalty per step;
+* hand-made shards with ``shard_group`` (FSDP1 / ZeRO style): the same shards and the global penalty.
+"""
+import os
+import socket
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import l2fast
+from test_optim import LAM, make_data, make_model, task_loss
+
+WORLD = 2
+STEPS = 20
+TOL = 1e-6
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+
+@contextmanager
+def counting_all_reduces():
+    """Counts torch.distributed.all_reduce calls made from Python (where Penalized makes its own)."""
+    calls = []
+    original = dist.all_reduce
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        yield calls
+    finally:
+        dist.all_reduce = original
+
+
+def penalized_adam(params):
+    return l2fast.Penalized(torch.optim.Adam(params, lr=1e-2), l2=LAM)
+
+
+def run_steps(model, optimizer, data):
+    penalties = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        task_loss(model, data).backward()
+        optimizer.step()
+        penalties.append(optimizer.last_penalty.item())
+    return penalties
+
+
+def local_batch(rank):
+    x, y = make_data()
+    rows = slice(rank * len(x) // WORLD, (rank + 1) * len(x) // WORLD)
+    return x[rows], y[rows]
+
+
+def ddp_run(rank):
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = make_model()
+    ddp = DistributedDataParallel(model)
+    optimizer = penalized_adam(ddp.parameters())
+    with counting_all_reduces() as calls:
+        penalties = run_steps(ddp, optimizer, local_batch(rank))
+    return {"params": [p.detach().clone() for p in model.parameters()], "penalties": penalties, "all_reduces": len(calls)}
+
+
+def fsdp_run(rank):
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in (model[0], model[2], model[4]):
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = penalized_adam(model.parameters())
+    with counting_all_reduces() as calls:
+        penalties = run_steps(model, optimizer, local_batch(rank))
+    return {"params": [p.full_tensor().detach().clone() for p in model.parameters()], "penalties": penalties, "all_reduces": len(calls)}
+
+
+def shard_group_run(rank):
+    """Each rank owns alternate rows of each weight, as plain tensors, with gradients of ones."""
+    full = [p.detach() for p in make_model().parameters()]
+    shards = [w[rank::WORLD].clone().requires_grad_() for w in full]
+    optimizer = l2fast.Penalized(torch.optim.SGD(shards, lr=0.1), l2=0.2, l1=0.01, shard_group=dist.group.WORLD)
+    for shard in shards:
+        shard.grad = torch.ones_like(shard)
+    optimizer.step()
+    return {"shards": [s.detach().clone() for s in shards], "penalty": optimizer.last_penalty.item()}
+
+
+def worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "shard_group": shard_group_run(rank)}
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("distributed")
+    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    model = make_model()
+    penalties = run_steps(model, penalized_adam(model.parameters()), make_data())
+    return {"params": [p.detach() for p in model.parameters()], "penalties": penalties}
+
+
+def max_diff(a, b):
+    return max((p - q).abs().max().item() for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_matches_one_process_on_the_global_batch(ranks, single_process, mode):
+    initial = [p.detach() for p in make_model().parameters()]
+    assert max_diff(single_process["params"], initial) > 1e-2  # training moved the weights
+    for rank in ranks:
+        assert max_diff(rank[mode]["params"], single_process["params"]) <= TOL
+        assert rank[mode]["penalties"] == pytest.approx(single_process["penalties"], rel=1e-6)
+
+
+def test_replicated_parameters_add_no_communication(ranks):
+    assert [rank["ddp"]["all_reduces"] for rank in ranks] == [0, 0]
+
+
+def test_sharded_penalty_is_all_reduced_once_per_step(ranks):
+    assert [rank["fsdp"]["all_reduces"] for rank in ranks] == [STEPS, STEPS]
+
+
+def test_shard_group_gives_the_global_penalty_and_local_updates(ranks):
+    full = [p.detach() for p in make_model().parameters()]
+    want_penalty = sum(0.1 * w.double().pow(2).sum().item() + 0.01 * w.double().abs().sum().item() for w in full)
+    want = [w - 0.1 * (1.0 + 0.2 * w + 0.01 * w.sign()) for w in full]
+    for r, rank in enumerate(ranks):
+        assert rank["shard_group"]["penalty"] == pytest.approx(want_penalty, rel=1e-6)
+        for shard, w in zip(rank["shard_group"]["shards"], want):
+            torch.testing.assert_close(shard, w[r::WORLD], rtol=0, atol=1e-6)
