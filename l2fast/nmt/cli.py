@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens in the batch (default: 4096)")
     bench.add_argument("--steps", type=int, default=20, help="timed steps per variant, after warm-up (default: 20)")
     bench.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (default: fp32)")
 
     ablation = commands.add_parser("ablation", help="penalty ablation on the demo corpus",
                                    description="Trains the demo model once per penalty setting (none, constant L2 at three "
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from .bench import run_bench
 
-            print(run_bench(args.size, args.batch_tokens, args.steps, args.threads))
+            print(run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision))
         elif args.command == "ablation":
             from .ablation import run_ablation
 

@@ -122,7 +122,8 @@ def train_batches(pairs: TokenizedPairs, max_tokens: int, seed: int, epoch: int,
     """This process's batches for one epoch: a function of (seed, epoch) only, so resuming can rebuild
     them exactly. Pairs of similar length share a batch (little padding); ties are broken by a fresh
     shuffle each epoch, and the batch order is shuffled too. With several processes every rank gets
-    the same number of batches."""
+    the same number of batches, interleaved (rank r takes batches r, r + world_size, ...) so that n
+    processes step through the same batches as one process accumulating n."""
     rng = random.Random(seed * 1_000_003 + epoch)
     src_lens = [len(s) + 1 for s in pairs.src]  # + EOS
     tgt_lens = [len(t) + 1 for t in pairs.tgt]  # + BOS / EOS
@@ -134,7 +135,7 @@ def train_batches(pairs: TokenizedPairs, max_tokens: int, seed: int, epoch: int,
     per_rank = len(batches) // world_size
     if per_rank == 0:
         raise DataError(f"{len(batches)} batches cannot be shared by {world_size} processes; lower train.max_tokens")
-    return batches[rank * per_rank:(rank + 1) * per_rank]
+    return batches[rank:per_rank * world_size:world_size]
 
 
 def decode_batches(src: list[list[int]], max_tokens: int) -> list[list[int]]:

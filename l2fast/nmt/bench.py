@@ -1,0 +1,114 @@
+"""End-to-end training-step time of the translation model with each way of applying an L2 penalty.
+
+One model, one fixed batch, the full step (forward, backward, penalty, fused clipping, Adam). The
+variants run round-robin, one step each in turn, so drift in machine speed hits them all alike;
+each variant's figure is its median step time. The penalty's share of the step is
+(variant - no penalty) / variant.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import l2fast
+
+from .config import ModelConfig
+from .model import Transformer
+from .train import LossModule, autocast_dtype, autocast_factory
+
+SIZES = {
+    "demo": ModelConfig(),
+    "small": ModelConfig(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ff_dim=1024, dropout=0.2),
+    "base": ModelConfig(d_model=512, heads=8, encoder_layers=6, decoder_layers=6, ff_dim=2048),
+}
+VARIANTS = ("no penalty", "naive", "l2fast.penalty", "l2fast.Penalized")
+L2 = 1e-4
+VOCAB = 8000
+SENTENCE_LEN = 25
+
+
+def _decay_params(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors l2fast.param_groups penalises (its first group with a nonzero coefficient)."""
+    groups = l2fast.param_groups(model, l2=L2)
+    return [p for g in groups if g.get("l2", L2) for p in g["params"]]
+
+
+class Variant:
+    """A model copy with its optimizer and the step function for one way of adding the penalty."""
+
+    def __init__(self, name: str, cfg: ModelConfig, device, precision: str):
+        torch.manual_seed(0)
+        self.name = name
+        self.model = Transformer(cfg, VOCAB, VOCAB).to(device)
+        self.loss_module = LossModule(self.model, 0.1)
+        self.autocast = autocast_factory(autocast_dtype(precision, device), device)
+        self.decay = _decay_params(self.model)
+        adam = dict(lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        if name == "l2fast.Penalized":
+            self.optimizer = l2fast.Penalized(torch.optim.Adam(l2fast.param_groups(self.model, l2=L2), **adam), l2=L2)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), **adam)
+
+    def step(self, batch) -> None:
+        src, tgt_in, tgt_out = batch
+        with self.autocast():
+            loss, _ = self.loss_module(src, tgt_in, tgt_out)
+        loss = loss / tgt_out.numel()
+        if self.name == "naive":
+            loss = loss + L2 / 2 * sum(p.pow(2).sum() for p in self.decay)
+        elif self.name == "l2fast.penalty":
+            loss = loss + l2fast.penalty(self.decay, l2=L2)
+        loss.backward()
+        l2fast.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_size(size: str, batch_tokens: int, steps: int, device, precision: str) -> list[dict]:
+    cfg = SIZES[size]
+    rows = max(1, batch_tokens // (2 * SENTENCE_LEN))
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, VOCAB, (rows, SENTENCE_LEN), generator=g).to(device)
+    tgt = torch.randint(4, VOCAB, (rows, SENTENCE_LEN), generator=g).to(device)
+    batch = (src, tgt, tgt)  # the same tokens in and out: the time does not depend on them
+    variants = [Variant(name, cfg, device, precision) for name in VARIANTS]
+    times = {v.name: [] for v in variants}
+    for i in range(steps + 3):
+        for v in variants:
+            _sync(device)
+            start = time.perf_counter()
+            v.step(batch)
+            _sync(device)
+            if i >= 3:  # warm-up: allocator, kernel selection, optimizer state
+                times[v.name].append(time.perf_counter() - start)
+    base = statistics.median(times["no penalty"])
+    out = []
+    for v in variants:
+        t = statistics.median(times[v.name])
+        out.append({"size": size, "variant": v.name, "params": sum(p.numel() for p in v.model.parameters()),
+                    "decay_tensors": len(v.decay), "ms": t * 1e3, "share": (t - base) / t})
+    return out
+
+
+def run_bench(sizes: list[str], batch_tokens: int, steps: int, threads: int = 0, precision: str = "fp32") -> str:
+    """Markdown table of step times per size and variant."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lines = [f"Training step, {device.type} ({torch.get_num_threads()} threads), {precision}, batch of "
+             f"{batch_tokens} padded tokens, l2 = {L2}, median of {steps} steps",
+             "", "| model | params | penalised tensors | penalty | step ms | penalty share of step |",
+             "|---|---:|---:|---|---:|---:|"]
+    for size in sizes:
+        for r in time_size(size, batch_tokens, steps, device, precision):
+            share = "-" if r["variant"] == "no penalty" else f"{100 * r['share']:.1f}%"
+            lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['decay_tensors']} | {r['variant']} | "
+                         f"{r['ms']:.1f} | {share} |")
+    return "\n".join(lines)
