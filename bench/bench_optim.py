@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     )["pass"]
     print(table(["implementation", "step", "median ms", "vs Adam(weight_decay=0)"], rows))
     print(f"\nThe fused penalty pass alone (l2fast.add_penalty_grad_ over all {len(params)} tensors): "
-          f"{1e3 * fused_pass:.1f} ms.")
+          f"{1e3 * fused_pass:.1f} ms. Adam's default is the for-loop on the CPU, foreach on CUDA.")
 
 
 if __name__ == "__main__":

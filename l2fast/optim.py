@@ -50,10 +50,22 @@ def _dtensor_type():
 
 
 class _Bucket:
-    """Tensors of one device (and one sign, and one reduction) penalised in one fused call."""
+    """Tensors of one device (and one sign, and one reduction) penalised in one fused call. Coefficients
+    are kept once per group, as runs, so the per-tensor Python loop of every step stays short."""
 
     def __init__(self):
-        self.params, self.grads, self.l2, self.l1, self.lr = [], [], [], [], []
+        self.params, self.grads, self.runs = [], [], []
+        self.covered = 0
+
+    def end_group(self, **coefficients: float) -> None:
+        """Gives the tensors added since the last call these coefficients (l2, l1, decay)."""
+        count = len(self.params) - self.covered
+        if count:
+            self.runs.append((count, coefficients))
+            self.covered += count
+
+    def per_tensor(self, name: str) -> list[float]:
+        return [c for count, coefficients in self.runs for c in [coefficients[name]] * count]
 
 
 class Penalized(torch.optim.Optimizer):
@@ -251,6 +263,7 @@ class Penalized(torch.optim.Optimizer):
         """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
         bucket; returns the penalty value, summed over shards where parameters are sharded."""
         dtensor = _dtensor_type()
+        replicated = () if self.shard_group is None else (self.shard_group,)  # groups to sum values over
         buckets: dict[tuple, _Bucket] = {}
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
@@ -259,27 +272,30 @@ class Penalized(torch.optim.Optimizer):
             sign = -1.0 if group.get("maximize", False) and not self.decoupled else 1.0
             lr = self._lr(group, i) if self.decoupled else 0.0
             for p in group["params"]:
-                if p.grad is None:
+                grad = p.grad
+                if grad is None:
                     continue
+                reduce_over = replicated
                 if dtensor is not None and isinstance(p, dtensor):
-                    param, grad, reduce_over = p.to_local(), p.grad.to_local(), self._mesh_groups(p)
-                else:
-                    param, grad = p, p.grad
-                    reduce_over = () if self.shard_group is None else (self.shard_group,)
-                bucket = buckets.setdefault((param.device, sign, reduce_over), _Bucket())
-                bucket.params.append(param)
+                    reduce_over = self._mesh_groups(p)
+                    p, grad = p.to_local(), grad.to_local()  # the shard this process holds
+                key = (p.device, sign, reduce_over)
+                bucket = buckets.get(key)
+                if bucket is None:
+                    bucket = buckets[key] = _Bucket()
+                bucket.params.append(p)
                 bucket.grads.append(grad)
-                bucket.l2.append(sign * l2)
-                bucket.l1.append(sign * l1)
-                bucket.lr.append(lr)
+            for bucket in buckets.values():
+                bucket.end_group(l2=sign * l2, l1=sign * l1, decay=lr * l2)
 
         values: dict[tuple, torch.Tensor] = {}
         for (device, sign, reduce_over), bucket in buckets.items():
             if self.decoupled:
-                value = functional.sq_norm(bucket.params, [0.5 * c for c in bucket.l2])
-                functional.decay_(bucket.params, [lr * c for lr, c in zip(bucket.lr, bucket.l2)])
+                value = functional.sq_norm(bucket.params, [0.5 * c for c in bucket.per_tensor("l2")])
+                functional.decay_(bucket.params, bucket.per_tensor("decay"))
             else:
-                value = functional.add_penalty_grad_(bucket.params, bucket.grads, bucket.l2, bucket.l1)
+                l2s, l1s = bucket.per_tensor("l2"), bucket.per_tensor("l1")
+                value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
                 if sign < 0.0:
                     value = -value
             previous = values.get(reduce_over)

@@ -1,5 +1,6 @@
 """Penalized against torch.optim, step by step: the coefficient conventions, the optimizer protocol
 (state dicts, LR schedulers, GradScaler, closures, hooks) and the errors."""
+import copy
 import io
 import math
 
@@ -582,3 +583,18 @@ def test_wrapper_behaves_as_the_inner_optimizer():
     optimizer.zero_grad()
     assert all(p.grad is None for p in model.parameters())
     assert "Penalized(l2=0.1" in repr(optimizer) and "SGD" in repr(optimizer)
+
+
+def test_deepcopy_gives_an_independent_wrapper():
+    model = make_model()
+    optimizer = l2fast.Penalized(sgd(model, momentum=0.9), l2=0.1, schedule=schedules.Warmup(5))
+    task_loss(model, make_data()).backward()
+    optimizer.step()
+    twin_model, twin = copy.deepcopy((model, optimizer))
+    assert twin.clock == optimizer.clock and twin.optimizer is not optimizer.optimizer
+    for m, opt in ((model, optimizer), (twin_model, twin)):
+        opt.zero_grad()
+        task_loss(m, make_data()).backward()
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin_model.parameters()))
+    assert twin.param_groups[0]["params"][0] is twin_model[0].weight
