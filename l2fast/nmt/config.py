@@ -138,7 +138,7 @@ def _coerce(section: str, f, value: Any, where: str) -> Any:
         elif kind is str and not isinstance(value, str):
             value = json.dumps(value) if isinstance(value, dict) else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {section}.{f.name} must be a {kind.__name__}, got {value!r}") from None
+        raise ConfigError(f"{where}: {section}.{f.name} must be of type {kind.__name__}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where}: {section}.{f.name} must be one of {', '.join(choices)}, got {value!r}")

@@ -182,16 +182,19 @@ class LossModule(nn.Module):
 
 
 def build_schedule(spec):
-    """A schedule object from {"type": NAME, **arguments}; nested specs become schedules too."""
+    """A schedule object from {"type": NAME, "args": [positional...], **keyword arguments}, NAME a class
+    of l2fast.schedules; nested specs become schedules too, e.g.
+    {"type": "Product", "args": [{"type": "Alternating", "every": 100}, {"type": "Cosine", "total": 3000}]}."""
     if isinstance(spec, dict) and "type" in spec:
         name = spec["type"]
         cls = getattr(l2fast.schedules, name, None)
-        if cls is None:
-            raise ConfigError(f"penalty.penalty_schedule: l2fast.schedules has no {name!r}")
-        args = {k: build_schedule(v) for k, v in spec.items() if k != "type"}
+        if not (isinstance(cls, type) and issubclass(cls, l2fast.schedules.Schedule)):
+            raise ConfigError(f"penalty.penalty_schedule: l2fast.schedules has no schedule {name!r}")
+        args = [build_schedule(v) for v in spec.get("args", [])]
+        kwargs = {k: build_schedule(v) for k, v in spec.items() if k not in ("type", "args")}
         try:
-            return cls(**args)
-        except TypeError as e:
+            return cls(*args, **kwargs)
+        except (TypeError, ValueError) as e:
             raise ConfigError(f"penalty.penalty_schedule: {name}: {e}") from None
     if isinstance(spec, list):
         return [build_schedule(s) for s in spec]
@@ -363,6 +366,7 @@ class Trainer:
                 reason = self.should_stop()
             if self.batch_in_epoch >= len(batches):
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.optimizer.end_epoch()  # for penalty schedules counted in epochs
                 reason = reason or self.should_stop()
         bar.close()
         self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
