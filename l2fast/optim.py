@@ -97,7 +97,16 @@ class Penalized(torch.optim.Optimizer):
     penalty value (decoupled decay is applied once, after the first evaluation, as AdamW does).
 
     Parameters are penalised only when they have a ``.grad`` (torch optimizers skip the others too).
-    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero.
+    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero. A tensor
+    learning rate on an accelerator makes decoupled decay read it back to the host.
+
+    Attributes:
+        optimizer: the inner optimizer.
+        last_penalty: the penalty value of the last applied step, at the weights it started from (a
+            0-dim float32 tensor, float64 for float64 weights, on the parameters' device; summed over
+            shards); None until a step is applied.
+        clock: steps applied and epochs ended (``end_epoch()``); ``coefficients()`` gives the
+            scheduled (l2, l1) of each group for the next step.
     """
 
     # GradScaler must unscale the gradients before step(): the penalty is added to the true gradients.
