@@ -96,6 +96,12 @@ class Penalized(torch.optim.Optimizer):
     coupled penalty is part of the objective the inner optimizer sees: the closure's loss plus the
     penalty value (decoupled decay is applied once, after the first evaluation, as AdamW does).
 
+    Distributed: under DistributedDataParallel the gradients are already averaged and the weights
+    replicated when ``step`` runs, so nothing is communicated. With sharded parameters each process
+    penalises its own shard (the penalty gradient is elementwise: no communication) and the shards'
+    penalty values are summed with one ``all_reduce`` per step (one per distinct process group: one for
+    FSDP2 on a 1-D mesh), so ``last_penalty`` is the whole model's value on every process.
+
     Parameters are penalised only when they have a ``.grad`` (torch optimizers skip the others too).
     With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero. A tensor
     learning rate on an accelerator makes decoupled decay read it back to the host.
