@@ -87,10 +87,8 @@ def add_penalty_grad_(
     grads = _tensor_list(grads, "grads")
     if not params and not grads:
         return _empty_result(per_tensor=False)
-    with torch.no_grad():
-        return _ops.impl.add_penalty_grad_(
-            [p.detach() for p in params], grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1")
-        )
+    with torch.no_grad():  # the op reads params and writes grads: nothing for autograd to record
+        return _ops.impl.add_penalty_grad_(params, grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
 
 
 def decay_(params: Tensors, factors: Coeffs) -> None:
@@ -98,8 +96,8 @@ def decay_(params: Tensors, factors: Coeffs) -> None:
     params = _tensor_list(params, "params")
     if not params:
         return
-    with torch.no_grad():
-        _ops.impl.decay_([p.detach() for p in params], _coeff_list(factors, "factors"))
+    with torch.no_grad():  # an in-place update of leaf parameters, as optimizers make it
+        _ops.impl.decay_(params, _coeff_list(factors, "factors"))
 
 
 def clip_grad_norm_(params: Tensors, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
