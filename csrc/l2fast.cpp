@@ -17,8 +17,9 @@ TORCH_LIBRARY(l2fast, m) {
   m.def("penalty_grad(Tensor[] params, Tensor scale, float[] l2, float[] l1) -> Tensor[]");
   // grads_i += l2_i * w_i + l1_i * sign(w_i); returns the penalty value, same pass.
   m.def("add_penalty_grad_(Tensor[] params, Tensor(a!)[] grads, float[] l2, float[] l1) -> Tensor");
-  // params_i *= (1 - factors_i): decoupled weight decay.
-  m.def("decay_(Tensor(a!)[] params, float[] factors) -> ()");
+  // params_i *= (1 - factors_i): decoupled weight decay. Returns sum l2_i / 2 * ||w_i||^2 of the
+  // weights before the decay, measured in the same pass.
+  m.def("decay_(Tensor(a!)[] params, float[] factors, float[] l2) -> Tensor");
 }
 
 // The module stub lets `import l2fast._C` load this library and run the registrations above.

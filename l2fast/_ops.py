@@ -71,9 +71,11 @@ def _register_fakes() -> None:
         return _new_result(params, per_tensor=False)
 
     @torch.library.register_fake("l2fast::decay_")
-    def _(params, factors):
+    def _(params, factors, l2):
         reference.check_tensors(params, "params")
         reference.expand_coeffs(factors, len(params), "factors")
+        reference.expand_coeffs(l2, len(params), "l2")
+        return _new_result(params, per_tensor=False)
 
 
 def _register_autograd() -> None:

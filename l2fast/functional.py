@@ -91,13 +91,17 @@ def add_penalty_grad_(
         return _ops.impl.add_penalty_grad_(params, grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
 
 
-def decay_(params: Tensors, factors: Coeffs) -> None:
-    """w_i *= (1 - f_i), in place: decoupled weight decay, as torch.optim.AdamW applies lr * weight_decay."""
+def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0) -> torch.Tensor:
+    """w_i *= (1 - f_i), in place: decoupled weight decay, as torch.optim.AdamW applies lr * weight_decay.
+
+    Returns l2/2 * sum ||w||^2 of the weights before the decay, measured in the same pass (zero when
+    l2 is zero), so decoupled training reports its penalty without a second read of the weights.
+    """
     params = _tensor_list(params, "params")
     if not params:
-        return
+        return _empty_result(per_tensor=False)
     with torch.no_grad():  # an in-place update of leaf parameters, as optimizers make it
-        _ops.impl.decay_(params, _coeff_list(factors, "factors"))
+        return _ops.impl.decay_(params, _coeff_list(factors, "factors"), _coeff_list(l2, "l2"))
 
 
 def clip_grad_norm_(params: Tensors, max_norm: float, eps: float = 1e-6) -> torch.Tensor:

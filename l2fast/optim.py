@@ -306,8 +306,8 @@ class Penalized(torch.optim.Optimizer):
         values: dict[tuple, torch.Tensor] = {}
         for (device, sign, reduce_over), bucket in buckets.items():
             if self.decoupled:
-                value = functional.sq_norm(bucket.params, [0.5 * c for c in bucket.per_tensor("l2")])
-                functional.decay_(bucket.params, bucket.per_tensor("decay"))
+                # One pass: the value of the weights before the decay, and the decay itself.
+                value = functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"))
             else:
                 l2s, l1s = bucket.per_tensor("l2"), bucket.per_tensor("l1")
                 value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)

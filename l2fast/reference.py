@@ -162,10 +162,12 @@ def add_penalty_grad_(params, grads, l2, l1) -> torch.Tensor:
         return penalty([w.detach() for w in params], l2s, l1s)
 
 
-def decay_(params, factors) -> None:
+def decay_(params, factors, l2) -> torch.Tensor:
     check_tensors(params, "params")
     fs = expand_coeffs(factors, len(params), "factors")
     with torch.no_grad():
+        value = penalty([w.detach() for w in params], l2, [0.0])  # of the weights before the decay
         for w, f in zip(params, fs):
             if f != 0.0:
                 w.copy_(w.to(opmath_dtype(w.dtype)) * (1.0 - f))
+    return value

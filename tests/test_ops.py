@@ -32,7 +32,7 @@ def test_hand_worked_values(device):
     assert value.item() == 0.25 * 34.0 + 0.25 * 12.0
     assert g[0].tolist() == [1 + 1.5 + 0.25, 1 - 2.0 - 0.25]
     assert g[1].tolist() == [[1 + 0.5 + 0.25, 1 - 1.0 - 0.25], [1.0, 1 + 1.0 + 0.25]]
-    l2fast.decay_(x, [0.5, 0.25])
+    assert l2fast.decay_(x, [0.5, 0.25], l2=0.5).item() == 0.25 * 34.0  # before the decay
     assert x[0].tolist() == [1.5, -2.0] and x[1].tolist() == [[0.75, -1.5], [0.0, 1.5]]
 
 
@@ -75,9 +75,11 @@ def test_penalty_grad_and_decay_match_reference(device, dtype):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
     factors = [0.001 * i for i in range(len(params))]
+    l2 = [0.0 if i % 3 == 0 else 0.1 * i for i in range(len(params))]
     decayed = [p.clone() for p in params]
-    ops.decay_(decayed, factors)
-    reference.decay_(params, factors)
+    value = ops.decay_(decayed, factors, l2)
+    want_value = reference.decay_(params, factors, l2)
+    torch.testing.assert_close(value.double(), want_value.double(), rtol=1e-12 if dtype == torch.float64 else 2e-7, atol=0)
     for got_p, want_p in zip(decayed, params):
         torch.testing.assert_close(got_p, want_p, rtol=ulp_tol(dtype), atol=0)
 
@@ -146,7 +148,7 @@ def test_empty_inputs(device):
     assert l2fast.sq_norm(empty).item() == 0.0
     assert l2fast.l1_norm(empty, per_tensor=True).tolist() == [0.0, 0.0]
     assert l2fast.add_penalty_grad_(empty, [torch.empty_like(t) for t in empty], l2=1.0).item() == 0.0
-    l2fast.decay_(empty, 0.1)
+    assert l2fast.decay_(empty, 0.1, l2=1.0).item() == 0.0
 
 
 def test_dense_non_contiguous_layouts_work(device):
@@ -212,7 +214,8 @@ def test_opcheck_every_op(device, dtype):
         (ops.penalty.default, ([p.requires_grad_() for p in random_tensors([5, 130], dtype, device)], [0.1], [0.2])),
         (ops.penalty_grad.default, (params, scale, [0.1], [0.2])),
         (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
-        (ops.decay_.default, (params, [0.01])),
+        (ops.decay_.default, (params, [0.01], [0.0])),
+        (ops.decay_.default, (params, [0.01, 0.0, 0.02], [0.5])),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

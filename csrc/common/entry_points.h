@@ -16,7 +16,7 @@ namespace l2fast {
 //       result: a scalar, or one value per tensor; filled with sum_i value_i or with each value_i
 //   void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>&, at::Tensor& result)
 //   void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale, const std::vector<Weights>&)
-//   void decay(at::TensorList params, const std::vector<double>& factors)
+//   void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>&, at::Tensor& result)
 template <class Kernels>
 struct EntryPoints {
   static at::Tensor new_result(at::TensorList tensors, bool per_tensor) {
@@ -71,9 +71,13 @@ struct EntryPoints {
     return outs;
   }
 
-  static void decay_(at::TensorList params, c10::ArrayRef<double> factors) {
+  static at::Tensor decay_(at::TensorList params, c10::ArrayRef<double> factors, c10::ArrayRef<double> l2) {
     check_tensors(params, "params");
-    Kernels::decay(params, expand_coeffs(factors, params.size(), "factors"));
+    const double no_l1 = 0.0;
+    at::Tensor result = new_result(params, /*per_tensor=*/false);
+    Kernels::decay(params, expand_coeffs(factors, params.size(), "factors"),
+                   penalty_weights(l2, c10::ArrayRef<double>(no_l1), params.size()), result);
+    return result;
   }
 
   static void register_all(torch::Library& m) {

@@ -122,17 +122,20 @@ struct CpuKernels {
     write_penalty_grads<false>(params, {}, outs, weights, scale.item<double>(), chunks_of(params, weights));
   }
 
-  static void decay(at::TensorList params, const std::vector<double>& factors) {
-    const auto chunks = plan_chunks(params, [&](size_t i) { return factors[i] != 0.0; }, kChunk);
-    for_each_chunk(chunks, [&](const Chunk& c) {
+  static void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>& weights,
+                    at::Tensor& result) {
+    const auto chunks = plan_chunks(params, [&](size_t i) { return factors[i] != 0.0 || weights[i].any(); }, kChunk);
+    const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
       const at::Tensor& w = params[c.tensor];
-      L2FAST_DISPATCH(w.scalar_type(), [&] {
+      return L2FAST_DISPATCH(w.scalar_type(), [&] {
         // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
-        scale_span<scalar_t>(data_of<scalar_t>(w) + c.begin, c.len,
-                             static_cast<at::opmath_type<scalar_t>>(1.0 - factors[c.tensor]));
+        const auto multiplier = static_cast<at::opmath_type<scalar_t>>(1.0 - factors[c.tensor]);
+        scalar_t* x = data_of<scalar_t>(w) + c.begin;
+        return weights[c.tensor].sq != 0.0 ? scale_span<scalar_t, true>(x, c.len, multiplier)
+                                            : scale_span<scalar_t, false>(x, c.len, multiplier);
       });
-      return Partial{};
     });
+    finish(chunks, partials, weights, result);
   }
 };
 

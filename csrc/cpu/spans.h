@@ -99,10 +99,17 @@ L2FAST_CPU_CLONES Partial grad_span(const T* w, const T* g, T* out, int64_t n, a
   return sums.fold();
 }
 
-template <typename T>
-L2FAST_CPU_CLONES void scale_span(T* x, int64_t n, at::opmath_type<T> factor) {
+// x *= factor, in the op-math type of T; returns the sum of squares of x before the update (kSq).
+template <typename T, bool kSq>
+L2FAST_CPU_CLONES Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor) {
   using Op = at::opmath_type<T>;
-  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(static_cast<Op>(x[i]) * factor);
+  LaneSums sums;
+  for_lanes<1>(n, [&](int64_t i, int lane) {
+    const Op xi = static_cast<Op>(x[i]);
+    sums.add<kSq, false>(lane, static_cast<double>(xi));
+    x[i] = static_cast<T>(xi * factor);
+  });
+  return sums.fold();
 }
 
 }  // namespace l2fast::cpu

@@ -64,7 +64,7 @@ struct PenaltyGradOp {
   }
 };
 
-// x *= multiplier, in the op-math type (x is also y).
+// x *= multiplier, in the op-math type (x is also y); sums x^2 before the update as the weights ask.
 struct ScaleOp {
   template <typename T, int N>
   struct Item {
@@ -75,12 +75,16 @@ struct ScaleOp {
     return {load_pack<T, N>(m.x, i)};
   }
   template <typename T, int N>
-  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, Sums&) const {
+  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
     using Op = at::opmath_type<T>;
     const Op factor = static_cast<Op>(m.multiplier);
     Pack<T, N> out;
 #pragma unroll
-    for (int j = 0; j < N; ++j) out.v[j] = static_cast<T>(to_op(item.x.v[j]) * factor);
+    for (int j = 0; j < N; ++j) {
+      const Op x = to_op(item.x.v[j]);
+      sums.add(m.weights, static_cast<double>(x));
+      out.v[j] = static_cast<T>(x * factor);
+    }
     store_pack<T, N>(m.y, i, out);
   }
 };
@@ -116,15 +120,15 @@ struct CudaKernels {
     launch(PenaltyGradOp<false>{scale64.data_ptr<double>()}, metas, chunks_of(params, metas), params[0].device());
   }
 
-  static void decay(at::TensorList params, const std::vector<double>& factors) {
+  static void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>& weights,
+                    at::Tensor& result) {
     std::vector<TensorMeta> metas;
     for (size_t i = 0; i < params.size(); ++i) {
-      // Weights here only mark which tensors take part: those with a nonzero factor.
-      const Weights active{factors[i] != 0.0 ? 1.0 : 0.0, 0.0};
       // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
-      metas.push_back(make_meta(params[i], params[i].data_ptr(), active, 1.0 - factors[i]));
+      metas.push_back(make_meta(params[i], params[i].data_ptr(), weights[i], 1.0 - factors[i]));
     }
-    launch(ScaleOp{}, metas, chunks_of(params, metas), params[0].device());
+    const auto chunks = plan_chunks(params, [&](size_t i) { return factors[i] != 0.0 || weights[i].any(); }, kChunk);
+    launch(ScaleOp{}, metas, chunks, params[0].device(), result);
   }
 };
 
