@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "strengths, decayed, alternating) and prints test BLEU and wall time as a table.")
     ablation.add_argument("--run-dir", default="runs/ablation", help="parent directory of the runs (default: runs/ablation)")
     ablation.add_argument("--max-steps", type=int, help="updates per run (default: the demo's)")
-    ablation.add_argument("--only", nargs="+", help="run only these settings (by name)")
+    ablation.add_argument("--only", nargs="+", choices=("none", "l2-1e-5", "l2-1e-4", "l2-1e-3", "decayed", "alternating"),
+                          help="run only these settings (default: all)")
     return parser
 
 

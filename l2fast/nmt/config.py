@@ -29,6 +29,8 @@ class DataConfig:
     tgt_suffix: str = opt("tgt", "file suffix of the target side, e.g. 'en'")
     max_len: int = opt(128, "training pairs with more subword tokens than this on either side are filtered (and counted)")
     demo_train_size: int = opt(40000, "number of training pairs the demo corpus generator writes")
+    tokenizer: str = opt("", "directory with trained sentencepiece models (joint.model, or src.model + tgt.model) to "
+                         "use instead of training new ones, e.g. RUN_DIR/tokenizer of an earlier run")
     vocab_size: int = opt(2000, "subword vocabulary size (per side when --no-joint-vocab)")
     joint_vocab: bool = opt(True, "one sentencepiece model for both languages (needed for --tie all)")
     subword_type: str = opt("unigram", "sentencepiece model type", ("unigram", "bpe"))
