@@ -120,4 +120,4 @@ def test_demo_corpus_is_deterministic_distinct_and_split(tmp_path):
     # A few hand-checked properties of the translation rules.
     first = dict(generate(5000))
     assert any(" 37 " in s and "tirako sipa" in first[s] for s in first)
-    assert all(t.endswith(" .") for t in first.values())
+    assert all(t.endswith(".") and not t.endswith(" .") for t in first.values())

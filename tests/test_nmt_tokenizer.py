@@ -26,7 +26,7 @@ def test_round_trip_and_special_ids(joint):
 
 
 def test_digits_are_split(joint):
-    pieces = joint.src.encode("I see 1234 dogs .", out_type=str)
+    pieces = joint.src.encode("I see 1234 dogs.", out_type=str)
     assert [p.strip("▁") for p in pieces if p.strip("▁").isdigit()] == ["1", "2", "3", "4"]
 
 

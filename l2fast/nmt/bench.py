@@ -101,6 +101,7 @@ def run_bench(sizes: list[str], batch_tokens: int, steps: int, threads: int = 0,
     """Markdown table of step times per size and variant."""
     if threads:
         torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # as training does
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lines = [f"Training step, {device.type} ({torch.get_num_threads()} threads), {precision}, batch of "
              f"{batch_tokens} padded tokens, l2 = {L2}, median of {steps} steps",

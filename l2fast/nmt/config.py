@@ -44,7 +44,8 @@ class ModelConfig:
     encoder_layers: int = opt(3, "encoder layers")
     decoder_layers: int = opt(3, "decoder layers")
     ff_dim: int = opt(1024, "feed-forward inner width")
-    dropout: float = opt(0.1, "dropout on embeddings, residual branches and feed-forward activations")
+    dropout: float = opt(0.0, "dropout on embeddings, residual branches and feed-forward activations (the demo needs "
+                         "none; use 0.1-0.3 on real corpora)")
     attention_dropout: float = opt(0.0, "dropout on attention weights")
     positions: str = opt("sinusoidal", "position encoding", ("sinusoidal", "learned"))
     max_positions: int = opt(512, "longest sequence the model accepts (size of learned position tables)")
@@ -54,14 +55,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_tokens: int = opt(4096, "tokens per batch (padded source + target), per process and accumulation step")
+    max_tokens: int = opt(3000, "tokens per batch (padded source + target), per process and accumulation step")
     accumulate: int = opt(1, "batches whose gradients are summed into one update")
-    max_steps: int = opt(3000, "stop after this many updates (0 = no limit)")
+    max_steps: int = opt(800, "stop after this many updates (0 = no limit)")
     max_epochs: int = opt(0, "stop after this many passes over the data (0 = no limit)")
-    max_minutes: float = opt(0.0, "stop training after this much wall-clock time (0 = no limit)")
+    max_minutes: float = opt(11.0, "stop training after this much wall-clock time, validation included (0 = no limit)")
     lr: float = opt(1e-3, "peak learning rate")
     lr_schedule: str = opt("inverse_sqrt", "learning-rate schedule after linear warm-up", ("inverse_sqrt", "cosine", "constant"))
-    warmup: int = opt(500, "linear warm-up updates")
+    warmup: int = opt(300, "linear warm-up updates")
     min_lr: float = opt(0.0, "learning rate floor reached by the cosine schedule at --max-steps")
     adam_betas: tuple = opt((0.9, 0.98), "Adam beta1 beta2")
     adam_eps: float = opt(1e-9, "Adam epsilon")
@@ -71,9 +72,9 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads for torch (0 = all cores)")
     seed: int = opt(1, "random seed (data order, dropout, initialisation)")
     log_every: int = opt(100, "log training loss, throughput and penalty every N updates")
-    valid_every: int = opt(500, "validate (loss, BLEU, chrF) and checkpoint every N updates")
+    valid_every: int = opt(200, "validate (loss, BLEU, chrF) and checkpoint every N updates")
     valid_beam: int = opt(1, "beam size for validation BLEU (1 = greedy, the fastest)")
-    valid_max_sentences: int = opt(0, "validate on at most this many sentences (0 = all)")
+    valid_max_sentences: int = opt(200, "validate on at most this many sentences (0 = all)")
     patience: int = opt(0, "early stopping: stop after N validations without a better BLEU (0 = off)")
     run_dir: str = opt("runs/demo", "directory for checkpoints, tokenizer, metrics, plot and results")
     resume: bool = opt(True, "continue from RUN_DIR/latest.pt if it exists")
@@ -81,7 +82,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PenaltyConfig:
-    l2: float = opt(0.0, "L2 coefficient: the gradient gains l2*w (as weight_decay in torch.optim.Adam)")
+    l2: float = opt(1e-5, "L2 coefficient: the gradient gains l2*w (as weight_decay in torch.optim.Adam)")
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w)")
     decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term")
     penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, ...arguments} naming a class of "

@@ -3,7 +3,7 @@
 The source side is English-like; the target side ("Tessan", invented here) differs in ways that need
 real translation skills rather than word-for-word lookup:
 
-- word order: source S-V-O-PP and "A because B" become target S-PP-O-V and "B ke , A";
+- word order: source S-V-O-PP and "A because B" become target S-PP-O-V and "B ke, A";
 - agreement: determiners and adjectives agree with the noun's gender, number and case, and the verb
   ending agrees with the subject's person and number;
 - inflection: English irregular plurals and past tenses ("mice", "took") map to regular target
@@ -198,12 +198,12 @@ class Generator:
     def sentence(self) -> Phrase:
         main = self.clause()
         if self.rng.random() < 0.7:
-            return Phrase(main.src + " .", main.tgt + " .")
+            return Phrase(main.src + ".", main.tgt + ".")
         conj_src, conj_tgt, moves_first = self.rng.choice(CONJUNCTIONS)
         other = self.clause()
         if moves_first:
-            return Phrase(f"{main.src} {conj_src} {other.src} .", f"{other.tgt} {conj_tgt} , {main.tgt} .")
-        return Phrase(f"{main.src} {conj_src} {other.src} .", f"{main.tgt} {conj_tgt} {other.tgt} .")
+            return Phrase(f"{main.src} {conj_src} {other.src}.", f"{other.tgt} {conj_tgt}, {main.tgt}.")
+        return Phrase(f"{main.src} {conj_src} {other.src}.", f"{main.tgt} {conj_tgt} {other.tgt}.")
 
 
 def _capitalise(text: str) -> str:
