@@ -74,20 +74,24 @@ def grad_methods(params, device):
     }, 12 * numel
 
 
-def measure(set_name, methods, nbytes, device):
+def copy_bandwidth(device, numel=256 * 2**20) -> float:
+    """Bytes read plus bytes written per second by a large device-to-device copy."""
+    src, dst = torch.randn(numel, device=device), torch.empty(numel, device=device)
+    seconds = median_seconds({"copy": lambda: dst.copy_(src)}, device)["copy"]
+    return 8 * numel / seconds
+
+
+def measure(set_name, methods, nbytes, device, copy_bytes_per_s=None):
     seconds = median_seconds(methods, device)
     naive_name, roof_name = next(iter(methods)), list(methods)[-1]
-    return [
-        [
-            set_name,
-            name,
-            f"{t * 1e3:.3f}",
-            f"{nbytes / t / 1e9:.1f}",
-            f"{seconds[naive_name] / t:.2f}x",
-            f"{seconds[roof_name] / t:.0%}",
-        ]
-        for name, t in seconds.items()
-    ]
+    rows = []
+    for name, t in seconds.items():
+        row = [set_name, name, f"{t * 1e3:.3f}", f"{nbytes / t / 1e9:.1f}", f"{seconds[naive_name] / t:.2f}x",
+               f"{seconds[roof_name] / t:.0%}"]
+        if copy_bytes_per_s:
+            row.append(f"{nbytes / t / copy_bytes_per_s:.0%}")
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -101,12 +105,17 @@ def main() -> None:
           "gradient (read w, read g, write g). Roofline: the same bytes through torch.dot (read) or an "
           "in-place add_ (read, read, write). Median of 15 rounds, methods interleaved.")
     columns = ["set", "method", "ms", "GB/s", "vs naive", "% of roofline"]
+    copy_bytes_per_s = None
+    if args.device.startswith("cuda"):
+        copy_bytes_per_s = copy_bandwidth(args.device)
+        print(f"Device-to-device copy (bytes read + written): {copy_bytes_per_s / 1e9:.0f} GB/s.")
+        columns.append("% of copy")
     for title, build in (("Squared norm", norm_methods), ("Penalty + gradient", grad_methods)):
         rows = []
         for set_name in args.sets.split(","):
             params = make_params(PARAM_SETS[set_name](), args.device)
             methods, nbytes = build(params, args.device)
-            rows += measure(f"{set_name} ({len(params)} tensors)", methods, nbytes, args.device)
+            rows += measure(f"{set_name} ({len(params)} tensors)", methods, nbytes, args.device, copy_bytes_per_s)
             del params, methods
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
