@@ -146,27 +146,25 @@ class Warmup(Schedule):
         return self.start + (1.0 - self.start) * min(t, self.total) / self.total
 
 
-class Linear(Schedule):
-    """Linear ramp from ``start`` at t = 0 to ``end`` at t = ``total``; ``end`` afterwards."""
+class _Decay(Schedule):
+    """From ``start`` at t = 0 to ``end`` at t = ``total``, along the curve of the subclass."""
 
     def __init__(self, total: int, start: float = 1.0, end: float = 0.0, unit: str = "step"):
         self.total = _positive_int(total, "total")
         self.start = _level(start, "start")
         self.end = _level(end, "end")
         self.unit = _check_unit(unit)
+
+
+class Linear(_Decay):
+    """Linear ramp from ``start`` at t = 0 to ``end`` at t = ``total``; ``end`` afterwards."""
 
     def at(self, t: int) -> float:
         return self.start + (self.end - self.start) * min(t, self.total) / self.total
 
 
-class Cosine(Schedule):
+class Cosine(_Decay):
     """Half-cosine from ``start`` at t = 0 to ``end`` at t = ``total``; ``end`` afterwards."""
-
-    def __init__(self, total: int, start: float = 1.0, end: float = 0.0, unit: str = "step"):
-        self.total = _positive_int(total, "total")
-        self.start = _level(start, "start")
-        self.end = _level(end, "end")
-        self.unit = _check_unit(unit)
 
     def at(self, t: int) -> float:
         progress = min(t, self.total) / self.total

@@ -15,8 +15,8 @@ __device__ __forceinline__ at::opmath_type<T> to_op(T v) {
   return static_cast<at::opmath_type<T>>(v);
 }
 
-// Reads x; sums x^2 and |x| as the weights ask.
-struct ReduceOp {
+// The loads of an op that reads x alone.
+struct ReadsX {
   template <typename T, int N>
   struct Item {
     Pack<T, N> x;
@@ -25,6 +25,10 @@ struct ReduceOp {
   __device__ Item<T, N> load(const TensorMeta& m, int64_t i) const {
     return {load_pack<T, N>(m.x, i)};
   }
+};
+
+// Reads x; sums x^2 and |x| as the weights ask.
+struct ReduceOp : ReadsX {
   template <typename T, int N>
   __device__ void apply(const TensorMeta& m, int64_t, const Item<T, N>& item, Sums& sums) const {
 #pragma unroll
@@ -65,15 +69,7 @@ struct PenaltyGradOp {
 };
 
 // x *= multiplier, in the op-math type (x is also y); sums x^2 before the update as the weights ask.
-struct ScaleOp {
-  template <typename T, int N>
-  struct Item {
-    Pack<T, N> x;
-  };
-  template <typename T, int N>
-  __device__ Item<T, N> load(const TensorMeta& m, int64_t i) const {
-    return {load_pack<T, N>(m.x, i)};
-  }
+struct ScaleOp : ReadsX {
   template <typename T, int N>
   __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
     using Op = at::opmath_type<T>;
