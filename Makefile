@@ -1,11 +1,16 @@
 # Every target sets up first (scripts/setup.sh is idempotent and quick once done).
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo penalty-demo test bench clean
 setup:
 	@scripts/setup.sh
 
+# The main job: train the demo translation model on the built-in corpus and print its test BLEU.
 demo: setup
+	$(PY) -m l2fast train
+
+# Penalty and gradient over a Transformer-base model's parameters, naive vs l2fast, timed.
+penalty-demo: setup
 	$(PY) examples/quick_demo.py
 
 test: setup
