@@ -136,8 +136,13 @@ def _translate_lines(lines, model, tokenizer, cfg, device, args, desc) -> list[s
     from .search import translate_ids
 
     beam, length_penalty, decode_tokens = _decode_settings(args, cfg)
+    src_ids = tokenizer.encode_src(lines)
+    limit = model.src_embed.max_positions - 1
+    too_long = sum(len(ids) > limit for ids in src_ids)
+    if too_long:
+        print(f"warning: {too_long} input lines exceed the model's {limit} source tokens and are truncated", file=sys.stderr)
     with tqdm(total=len(lines), desc=desc, unit="sent", disable=None, file=sys.stderr) as bar:
-        ids = translate_ids(model, tokenizer.encode_src(lines), beam, length_penalty, cfg.decode.max_len_a,
+        ids = translate_ids(model, src_ids, beam, length_penalty, cfg.decode.max_len_a,
                             cfg.decode.max_len_b, decode_tokens, device, progress=bar)
     return tokenizer.decode_tgt(ids)
 

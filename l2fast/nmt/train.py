@@ -468,6 +468,7 @@ class Trainer:
         """Test BLEU/chrF of the best checkpoint with the configured beam; written to results.json."""
         if self.test is None:
             return None
+        self.env.barrier()  # the main process may still be writing best.pt
         best_path = self.run_dir / checkpoint.BEST
         if best_path.exists():
             self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
