@@ -85,9 +85,10 @@ class PenaltyConfig:
     l2: float = opt(1e-5, "L2 coefficient: the gradient gains l2*w (as weight_decay in torch.optim.Adam)")
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w)")
     decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term")
-    penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, ...arguments} naming a class of "
-                                "l2fast.schedules; nested objects with \"type\" are schedules too; empty = constant")
-    decay_norms_and_biases: bool = opt(False, "also penalise biases, layer-norm weights (default: exempt)")
+    penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
+                                "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
+                                "nested objects with \"type\" are schedules too; empty = constant")
+    decay_norms_and_biases: bool = opt(False, "also penalise biases and layer-norm weights (exempt otherwise)")
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,9 @@ class RunLog:
 
 @dataclass
 class Split:
-    """Evaluation text: raw source lines, raw references (what is scored), and source ids."""
+    """Evaluation text: raw source lines, raw references (what is scored), and their subword ids."""
     src: list[str]
     ref: list[str]
-    src_ids: list[list[int]]
     pairs: TokenizedPairs
 
 
@@ -169,7 +168,7 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
 
     def split(text) -> Split:
         pairs = TokenizedPairs(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
-        return Split(text.src, text.tgt, pairs.src, pairs)
+        return Split(text.src, text.tgt, pairs)
 
     return tokenizer, train, split(valid_text), (split(test_text) if test_text else None)
 
@@ -409,9 +408,9 @@ class Trainer:
     def translate_split(self, split: Split, beam: int, limit: int = 0) -> list[str]:
         """Detokenized translations of a split, decoded in shards over all processes, gathered on every process."""
         d = self.cfg.decode
-        count = min(limit, len(split.src_ids)) if limit else len(split.src_ids)
+        count = min(limit, len(split.src)) if limit else len(split.src)
         mine = list(range(self.env.rank, count, self.env.world_size))
-        ids = translate_ids(self.model, [split.src_ids[i] for i in mine], beam, d.length_penalty, d.max_len_a,
+        ids = translate_ids(self.model, [split.pairs.src[i] for i in mine], beam, d.length_penalty, d.max_len_a,
                             d.max_len_b, d.decode_tokens, self.env.device, self.autocast)
         texts = self.tokenizer.decode_tgt(ids)
         if not self.env.distributed:
