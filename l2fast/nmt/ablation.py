@@ -48,13 +48,17 @@ def run_ablation(run_dir: str, max_steps: int | None = None, only: list[str] | N
         results = run_training(cfg)
         rows.append((label, results, time.perf_counter() - start))
         tokenizer = str(root / f"run{i}" / "tokenizer")
+        table = _table(rows, steps, base.decode.beam)
+        (root / "ablation.md").write_text(table + "\n", encoding="utf-8")  # after every run: partial results survive
+    return table
+
+
+def _table(rows, steps: int, beam: int) -> str:
     lines = [f"Penalty ablation on the demo corpus: {steps} steps each, test set of {rows[0][1]['test_sentences']} "
-             f"sentences, beam {base.decode.beam}", "",
+             f"sentences, beam {beam}", "",
              "| penalty | test BLEU | test chrF | best valid BLEU | train s | total wall s |",
              "|---|---:|---:|---:|---:|---:|"]
     for label, r, wall in rows:
         lines.append(f"| {label} | {r['test_bleu']:.2f} | {r['test_chrf']:.2f} | {r['best_valid_bleu']:.2f} | "
                      f"{r['train_seconds']:.0f} | {wall:.0f} |")
-    table = "\n".join(lines)
-    (root / "ablation.md").write_text(table + "\n", encoding="utf-8")
-    return table
+    return "\n".join(lines)
