@@ -21,7 +21,7 @@ from .train import LossModule, autocast_dtype, autocast_factory
 
 SIZES = {
     "demo": ModelConfig(),
-    "small": ModelConfig(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ff_dim=1024, dropout=0.2),
+    "small": ModelConfig(dropout=0.2, attention_dropout=0.1),  # configs/small.json (with its 8k vocabulary)
     "base": ModelConfig(d_model=512, heads=8, encoder_layers=6, decoder_layers=6, ff_dim=2048),
 }
 VARIANTS = ("no penalty", "naive", "l2fast.penalty", "l2fast.Penalized")
