@@ -40,7 +40,8 @@ def run_ablation(run_dir: str, max_steps: int | None = None, only: list[str] | N
     root = Path(run_dir)
     rows, tokenizer = [], ""
     for i, (label, penalty) in enumerate(chosen.values()):
-        cfg = with_overrides(base, "train", max_steps=steps, run_dir=str(root / f"run{i}"), resume=False)
+        # Equal steps for every setting: no wall-clock cap, which would cut runs on a busy machine.
+        cfg = with_overrides(base, "train", max_steps=steps, max_minutes=0.0, run_dir=str(root / f"run{i}"), resume=False)
         cfg = with_overrides(cfg, "penalty", **penalty)
         if tokenizer:
             cfg = with_overrides(cfg, "data", tokenizer=tokenizer)
