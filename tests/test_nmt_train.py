@@ -14,7 +14,8 @@ pytest.importorskip("sacrebleu")
 from l2fast.nmt import checkpoint  # noqa: E402
 from l2fast.nmt.config import ConfigError, build_config  # noqa: E402
 from l2fast.nmt.demo_corpus import generate  # noqa: E402
-from l2fast.nmt.train import learning_rate, run_training  # noqa: E402
+from l2fast.nmt.recipe import learning_rate  # noqa: E402
+from l2fast.nmt.train import run_training  # noqa: E402
 
 TINY_MODEL = {"d_model": 64, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ff_dim": 128}
 
@@ -57,8 +58,9 @@ def test_tiny_model_overfits_twenty_pairs(tmp_path):
     assert all(r["penalty"] > 0 and r["tok_per_s"] > 0 for r in rows if "loss" in r)
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
-    common = {"valid_every": 3, "valid_max_sentences": 4}
+@pytest.mark.parametrize("average_decay", [0.0, 0.9])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, average_decay):
+    common = {"valid_every": 3, "valid_max_sentences": 4, "average_decay": average_decay}
     penalty = {"l2": 1e-3, "penalty_schedule": json.dumps({"type": "Alternating", "every": 2})}
     straight = tiny_config(tmp_path, "straight", model={"dropout": 0.3}, train={"max_steps": 6, **common}, penalty=penalty)
     run_training(straight)
@@ -71,6 +73,8 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     assert [got[s] for s in (4, 5, 6)] == [expected[s] for s in (4, 5, 6)]  # bitwise, not approximately
     assert got[4] != got[5]  # the steps differ, so the equality above means something
+    final = [checkpoint.inference_weights(checkpoint.load(tmp_path / run / "latest.pt")) for run in ("straight", "resumed")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
 KILL_DURING_SAVE = textwrap.dedent("""
@@ -130,6 +134,8 @@ def test_config_errors_name_the_option(tmp_path):
         build_config({"penalty": {"penalty_schedule": "{nope"}})
     with pytest.raises(ConfigError, match="train.max_tokens must be of type int"):
         build_config({"train": {"max_tokens": "many"}})
+    with pytest.raises(ConfigError, match=r"model.dropout must be in \[0, 1\), got 1.0"):
+        build_config({"model": {"dropout": 1.0}})
     cfg = tiny_config(tmp_path, train={"max_steps": 1}, penalty={"penalty_schedule": '{"type": "Sideways"}'})
     with pytest.raises(ConfigError, match="no schedule 'Sideways'"):
         run_training(cfg)

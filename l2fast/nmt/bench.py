@@ -17,7 +17,8 @@ import l2fast
 
 from .config import ModelConfig
 from .model import Transformer
-from .train import LossModule, autocast_dtype, autocast_factory
+from .precision import autocast_dtype, autocast_factory
+from .train import LossModule
 
 SIZES = {
     "demo": ModelConfig(),

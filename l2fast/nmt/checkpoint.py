@@ -42,6 +42,12 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def inference_weights(state: dict) -> dict:
+    """The weights to translate with: the moving average where the run kept one, else the model's."""
+    average = state.get("average")
+    return average["model"] if average else state["model"]
+
+
 def remove_stale_temporaries(directory: str | Path) -> None:
     """Deletes temporaries left by a process killed mid-write (they are never loaded)."""
     for tmp in Path(directory).glob(".*.pt.*.tmp"):

@@ -68,7 +68,10 @@ class TrainConfig:
     adam_eps: float = opt(1e-9, "Adam epsilon")
     clip_norm: float = opt(1.0, "clip the global gradient norm to this (fused norm op; 0 = off)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy")
-    precision: str = opt("auto", "autocast dtype: auto = bf16 on CUDA, fp32 on CPU (measured faster here)", ("auto", "fp32", "bf16", "fp16"))
+    average_decay: float = opt(0.0, "validate, test and translate with an exponential moving average of the weights "
+                               "with this decay per update, e.g. 0.998 (0 = off, use the last weights)")
+    precision: str = opt("auto", "autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs "
+                          "with native bf16 (AVX512-BF16, AMX) the faster of bf16 and fp32 in a timed probe, else fp32", ("auto", "fp32", "bf16", "fp16"))
     threads: int = opt(0, "CPU threads for torch (0 = all cores)")
     seed: int = opt(1, "random seed (data order, dropout, initialisation)")
     log_every: int = opt(100, "log training loss, throughput and penalty every N updates")
@@ -207,6 +210,10 @@ def check(config: Config) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    for name, value in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
+                        ("train.average_decay", t.average_decay)):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
     if min(p.l2, p.l1) < 0:
         raise ConfigError("penalty.l2 and penalty.l1 must be >= 0")
     if p.penalty_schedule:

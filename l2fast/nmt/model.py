@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import Dropout
 from .tokenizer import PAD
 
 Cache = list[dict[str, torch.Tensor]]
@@ -69,7 +70,7 @@ class CrossAttention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.inner, self.outer, self.dropout = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model), nn.Dropout(dropout)
+        self.inner, self.outer, self.dropout = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model), Dropout(dropout)
 
     def forward(self, x):
         return self.outer(self.dropout(F.relu(self.inner(x))))
@@ -81,7 +82,7 @@ class EncoderLayer(nn.Module):
         self.attn_norm, self.ff_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x, mask):
         x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask))
@@ -95,7 +96,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
         self.cross_attn = CrossAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
         self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x, memory, src_mask, cache: dict | None = None):
         # Training sees whole right-padded targets, so a causal mask also hides every padded key
@@ -127,7 +128,7 @@ class Embedding(nn.Module):
             nn.init.normal_(self.learned.weight, std=cfg.d_model ** -0.5)
         else:
             self.register_buffer("table", sinusoids(cfg.max_positions, cfg.d_model), persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         length = ids.size(1)

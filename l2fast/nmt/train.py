@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,101 +22,18 @@ from torch import nn
 import l2fast
 
 from . import checkpoint
+from .averaging import WeightAverage
 from .config import Config, ConfigError, build_config
 from .data import TokenizedPairs, collate, drop_empty, filter_long, read_parallel, train_batches
 from .demo_corpus import write_demo_corpus
 from .metrics import Scores, score
 from .model import Transformer, label_smoothed_loss
 from .plot import plot_metrics
+from .precision import DTYPES, autocast_dtype, autocast_factory, faster_cpu_dtype
+from .recipe import build_optimizer, learning_rate
+from .runtime import Environment, RunLog, setup_environment
 from .search import translate_ids
 from .tokenizer import PAD, Tokenizer
-
-
-@dataclass
-class Environment:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def setup_environment(threads: int = 0) -> Environment:
-    """Device, threads and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    # Tiny values in Adam's second moments and in activations become denormal floats, which x86 CPUs
-    # handle several times slower: training measured 3-8x slower per step after a few hundred steps.
-    torch.set_flush_denormal(True)
-    # Processes on one CPU share its cores; oversubscribed threads only fight each other.
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Environment(device, rank, world_size)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting on a device (None = float32).
-
-    "auto" is bf16 on GPUs that have it (else fp16) and float32 on CPUs: on an AVX2 CPU without
-    native bf16 instructions, bf16 autocast measured slower than float32 (see docs/nmt.md).
-    """
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on a CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast_factory(dtype: torch.dtype | None, device: torch.device):
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-class RunLog:
-    """Messages to the console (main process) and to RUN_DIR/train.log; metrics rows to metrics.jsonl."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.run_dir, self.enabled = run_dir, enabled
-        self.metrics_path = run_dir / "metrics.jsonl"
-
-    def __call__(self, message: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm  # writes above any progress bar
-        tqdm.write(message)
-        with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
-            f.write(message + "\n")
-
-    def metrics(self, row: dict) -> None:
-        if self.enabled:
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def truncate_metrics(self, step: int) -> None:
-        """Drops rows written after the checkpoint a resumed run starts from."""
-        if not (self.enabled and self.metrics_path.exists()):
-            return
-        rows = [r for r in self.metrics_path.read_text(encoding="utf-8").splitlines() if json.loads(r)["step"] <= step]
-        self.metrics_path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
 
 @dataclass
@@ -186,69 +102,52 @@ class LossModule(nn.Module):
         return label_smoothed_loss(self.model.output(states[keep]), tgt_out[keep], self.smoothing)
 
 
-def build_schedule(spec):
-    """A schedule object from {"type": NAME, "args": [positional...], **keyword arguments}, NAME a class
-    of l2fast.schedules; nested specs become schedules too, e.g.
-    {"type": "Product", "args": [{"type": "Alternating", "every": 100}, {"type": "Cosine", "total": 3000}]}."""
-    if isinstance(spec, dict) and "type" in spec:
-        name = spec["type"]
-        cls = getattr(l2fast.schedules, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, l2fast.schedules.Schedule)):
-            raise ConfigError(f"penalty.penalty_schedule: l2fast.schedules has no schedule {name!r}")
-        args = [build_schedule(v) for v in spec.get("args", [])]
-        kwargs = {k: build_schedule(v) for k, v in spec.items() if k not in ("type", "args")}
-        try:
-            return cls(*args, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"penalty.penalty_schedule: {name}: {e}") from None
-    if isinstance(spec, list):
-        return [build_schedule(s) for s in spec]
-    return spec
-
-
-def build_optimizer(model: nn.Module, cfg: Config):
-    t, p = cfg.train, cfg.penalty
-    groups = l2fast.param_groups(model, l2=p.l2, **({"no_decay": ()} if p.decay_norms_and_biases else {}))
-    adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
-    schedule = build_schedule(json.loads(p.penalty_schedule)) if p.penalty_schedule else None
-    return l2fast.Penalized(adam, l2=p.l2, l1=p.l1, decoupled=p.decoupled, schedule=schedule)
-
-
-def learning_rate(cfg: Config, step: int) -> float:
-    """Peak lr after linear warm-up, then inverse-sqrt or cosine decay: a pure function of the step,
-    so resuming needs no scheduler state."""
-    t = cfg.train
-    if step < t.warmup:
-        return t.lr * (step + 1) / t.warmup
-    if t.lr_schedule == "inverse_sqrt":
-        return t.lr * math.sqrt(max(t.warmup, 1) / (step + 1))
-    if t.lr_schedule == "cosine":
-        progress = min(1.0, (step - t.warmup) / max(1, t.max_steps - t.warmup))
-        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-    return t.lr
-
-
 def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
     return Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
 
 
 class Trainer:
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
-                 train: TokenizedPairs, valid: Split, test: Split | None):
+                 train: TokenizedPairs, valid: Split, test: Split | None, saved_precision: str | None = None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
         self.tokenizer, self.train_pairs, self.valid, self.test = tokenizer, train, valid, test
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, tokenizer).to(env.device)
         self.loss_module = LossModule(self.model, cfg.train.label_smoothing)
+        if cfg.train.precision == "auto" and saved_precision is not None:  # a resumed run keeps its choice
+            self.amp_dtype = DTYPES[saved_precision]
+        else:
+            self.amp_dtype = autocast_dtype(cfg.train.precision, env.device, probe=self._probe_cpu_precision)
         if env.distributed:
             self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.amp_dtype = autocast_dtype(cfg.train.precision, env.device)
+        self.average = WeightAverage(self.model, cfg.train.average_decay) if cfg.train.average_decay else None
         self.autocast = autocast_factory(self.amp_dtype, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_bleu, self.bad_validations = -1.0, 0
         self.elapsed = 0.0  # training wall time over all sessions of this run
+
+    def _probe_cpu_precision(self) -> torch.dtype | None:
+        """Times forward+backward of the first training batch in float32 and under bf16 autocast
+        (the random state is restored afterwards) and returns the faster; rank 0 decides for all."""
+        batch = collate(self.train_pairs, train_batches(self.train_pairs, self.cfg.train.max_tokens, self.cfg.train.seed,
+                                                       0, 0, 1)[0]).to(self.env.device)
+
+        def step(dtype):
+            with torch.random.fork_rng(devices=[]):
+                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                    loss, _ = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
+                loss.backward()
+            self.model.zero_grad(set_to_none=True)
+
+        dtype, seconds = faster_cpu_dtype(step)
+        choice = [dtype]
+        if self.env.distributed:
+            dist.broadcast_object_list(choice, src=0)
+        self.log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
+                 f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
+        return choice[0]
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -259,8 +158,10 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "average": self.average.state_dict() if self.average else None,
             "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_bleu": self.best_bleu, "bad_validations": self.bad_validations, "elapsed": self.elapsed},
+                         "best_bleu": self.best_bleu, "bad_validations": self.bad_validations, "elapsed": self.elapsed,
+                         "precision": next(k for k, v in DTYPES.items() if v == self.amp_dtype)},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
         }
@@ -269,6 +170,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.average:
+            if not state.get("average"):
+                raise ConfigError("train.average_decay is set, but the checkpoint to resume has no weight average")
+            self.average.load_state_dict(state["average"])
         c = state["counters"]
         self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
         self.best_bleu, self.bad_validations, self.elapsed = c["best_bleu"], c["bad_validations"], c["elapsed"]
@@ -316,6 +221,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average:
+            self.average.update(self.model)
         self.step += 1
         return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm,
                 "penalty": torch.as_tensor(self.optimizer.last_penalty)}
@@ -405,12 +312,17 @@ class Trainer:
 
     # ---- validation and test -----------------------------------------------------------------
 
+    @property
+    def eval_model(self) -> Transformer:
+        """The weights validation and test use: the moving average when the run keeps one."""
+        return self.average.model if self.average else self.model
+
     def translate_split(self, split: Split, beam: int, limit: int = 0) -> list[str]:
         """Detokenized translations of a split, decoded in shards over all processes, gathered on every process."""
         d = self.cfg.decode
         count = min(limit, len(split.src)) if limit else len(split.src)
         mine = list(range(self.env.rank, count, self.env.world_size))
-        ids = translate_ids(self.model, [split.pairs.src[i] for i in mine], beam, d.length_penalty, d.max_len_a,
+        ids = translate_ids(self.eval_model, [split.pairs.src[i] for i in mine], beam, d.length_penalty, d.max_len_a,
                             d.max_len_b, d.decode_tokens, self.env.device, self.autocast)
         texts = self.tokenizer.decode_tgt(ids)
         if not self.env.distributed:
@@ -425,7 +337,8 @@ class Trainer:
     @torch.no_grad()
     def valid_loss(self, limit: int) -> float:
         """Per-token NLL of the validation set under teacher forcing (all processes take a share)."""
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         pairs = self.valid.pairs
         count = min(limit, len(pairs.src)) if limit else len(pairs.src)
         indices = list(range(self.env.rank, count, self.env.world_size))
@@ -433,9 +346,9 @@ class Trainer:
         for start in range(0, len(indices), 64):
             batch = collate(pairs, indices[start:start + 64]).to(self.env.device)
             with self.autocast():
-                states = self.model(batch.src, batch.tgt_in)
+                states = model(batch.src, batch.tgt_in)
             keep = batch.tgt_out != PAD
-            _, nll = label_smoothed_loss(self.model.output(states[keep]), batch.tgt_out[keep], 0.0)
+            _, nll = label_smoothed_loss(model.output(states[keep]), batch.tgt_out[keep], 0.0)
             totals += torch.stack([nll.float(), keep.sum().float()])
         if self.env.distributed:
             dist.all_reduce(totals)
@@ -470,7 +383,7 @@ class Trainer:
         self.env.barrier()  # the main process may still be writing best.pt
         best_path = self.run_dir / checkpoint.BEST
         if best_path.exists():
-            self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
+            self.eval_model.load_state_dict(checkpoint.inference_weights(checkpoint.load(best_path, self.env.device)))
         start = time.perf_counter()
         hyps = self.translate_split(self.test, self.cfg.decode.beam)
         scores = score(hyps, self.test.ref)
@@ -510,7 +423,8 @@ def run_training(cfg: Config) -> dict | None:
     if env.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
-    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test)
+    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test,
+                      saved_precision=saved["counters"].get("precision") if resuming else None)
     if resuming:
         trainer.load_state_dict(saved)
         log.truncate_metrics(trainer.step)
@@ -530,6 +444,6 @@ def load_for_inference(path: str | Path, device) -> tuple[Transformer, Tokenizer
     cfg = build_config(state["config"], where=str(path))
     tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
     model = build_model(cfg, tokenizer).to(device)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(checkpoint.inference_weights(state))
     model.eval()
     return model, tokenizer, cfg
