@@ -136,7 +136,7 @@ class Trainer:
 
         def step(dtype):
             with torch.random.fork_rng(devices=[]):
-                with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                with autocast_factory(dtype, self.env.device)():
                     loss, _ = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
                 loss.backward()
             self.model.zero_grad(set_to_none=True)
