@@ -18,7 +18,7 @@ import l2fast
 from .config import ModelConfig
 from .model import Transformer
 from .precision import autocast_dtype, autocast_factory
-from .train import LossModule
+from .loss import LossModule
 
 SIZES = {
     "demo": ModelConfig(),
