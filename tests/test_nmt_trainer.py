@@ -1,6 +1,5 @@
 """The trainer's step and stop decisions: collective stopping under several processes, a skipped
 fp16 update, validation that survives over-long lines, and the validation loss itself."""
-import json
 import subprocess
 import sys
 import textwrap

@@ -1,4 +1,4 @@
-"""Input for ``translate``: lines split on "\n" only, read as they arrive, handed out in batches.
+"""Input for ``translate``: lines split on newline characters only, read as they arrive, handed out in batches.
 
 A reader thread puts each line on a queue; a batch is the first line waiting plus whatever else has
 arrived by then (up to a cap). So a file or a fast pipe gives large batches, and an interactive
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from .data import DataError, decode_line
+from .data import decode_line
 
 _END = object()
 
