@@ -16,6 +16,7 @@ def train_args(corpus, run_dir, extra=()):
     return ["train", "--train", corpus, "--valid", corpus, "--vocab-size", "100", "--d-model", "32", "--heads", "2",
             "--encoder-layers", "1", "--decoder-layers", "1", "--ff-dim", "64", "--dropout", "0", "--max-tokens", "300",
             "--max-steps", "3", "--log-every", "1", "--valid-every", "3", "--valid-max-sentences", "8", "--l2", "1e-3",
+            "--precision", "fp32",  # not "auto": its timed probe could choose bf16 in one run and not the other
             "--run-dir", str(run_dir), *extra]
 
 
