@@ -1,6 +1,7 @@
 """The l2fast command, run as a user runs it: train a few steps, translate, evaluate, bad input."""
 import json
 import os
+import select
 import subprocess
 import sys
 
@@ -91,3 +92,41 @@ def test_bad_data_is_a_clear_error(tmp_path):
     assert "bad.src has 2 lines but" in proc.stderr and "Traceback" not in proc.stderr
     proc = l2fast("train", "--heads", "3", check=False)
     assert proc.returncode == 2 and "divisible by model.heads" in proc.stderr
+
+
+def test_translate_splits_lines_on_newline_only(trained):
+    _, run_dir, _ = trained
+    lines = ["a\x0cb", "c\x85d", "e\u2028f", "g\u2029h", "i\x1cj", "plain"]
+    out = l2fast("translate", "--checkpoint", str(run_dir / "best.pt"), "--beam", "1", stdin="\n".join(lines) + "\n")
+    assert out.stdout.count("\n") == len(lines)
+
+
+def test_translate_streams_each_line_as_it_arrives(trained):
+    """The first translation comes out while stdin is still open: no waiting for the end of input."""
+    _, run_dir, _ = trained
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "l2fast", "translate", "--checkpoint", str(run_dir / "best.pt"),
+                             "--beam", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(b"the first line\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # stdin stays open meanwhile
+        assert ready, "no translation while the input was still open"
+        first = proc.stdout.readline()
+        assert first.endswith(b"\n") and proc.poll() is None
+        proc.stdin.write(b"the second line\n")
+        proc.stdin.close()
+        assert len(proc.stdout.read().splitlines()) == 1
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_invalid_utf8_on_stdin_is_an_error_naming_the_line(trained):
+    _, run_dir, _ = trained
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "l2fast", "translate", "--checkpoint", str(run_dir / "best.pt")],
+                          input=b"fine\nbad \xff byte\n", capture_output=True, env=env)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2 and "stdin:2: invalid UTF-8 at byte 4" in stderr and "Traceback" not in stderr

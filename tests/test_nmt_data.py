@@ -7,7 +7,7 @@ from l2fast.nmt.data import (  # noqa: E402
     DataError, TokenizedPairs, collate, decode_batches, drop_empty, filter_long, read_parallel, train_batches,
 )
 from l2fast.nmt.demo_corpus import generate, number_words, write_demo_corpus  # noqa: E402
-from l2fast.nmt.tokenizer import BOS, EOS, PAD  # noqa: E402
+from l2fast.nmt.special_tokens import BOS, EOS, PAD  # noqa: E402
 
 
 def write(path, text, mode="w"):
@@ -25,6 +25,18 @@ def test_reads_line_aligned_files_and_tsv(tmp_path):
     write(tmp_path / "c.tsv", "Hallo Welt\tHello world\nGuten Tag\tGood day")
     tsv = read_parallel(str(tmp_path / "c.tsv"), "de", "en")
     assert (tsv.src, tsv.tgt) == (text.src, text.tgt)
+
+
+def test_a_byte_order_mark_on_line_one_is_stripped_and_only_newline_ends_a_line(tmp_path):
+    write(tmp_path / "c.tsv", "\ufeffHallo\tHello\nein\x0czwei\u2028drei\tone two three\n\ufeffmitten\tmiddle\n")
+    text = read_parallel(str(tmp_path / "c.tsv"), "de", "en")
+    assert text.src == ["Hallo", "ein\x0czwei\u2028drei", "\ufeffmitten"]  # a mark inside the file is text
+
+
+def test_a_directory_as_corpus_is_a_data_error(tmp_path):
+    (tmp_path / "c.tsv").mkdir()
+    with pytest.raises(DataError, match=r"c\.tsv: cannot be read: Is a directory"):
+        read_parallel(str(tmp_path / "c.tsv"), "src", "tgt")
 
 
 def test_unequal_line_counts_name_both_files(tmp_path):

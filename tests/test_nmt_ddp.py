@@ -16,6 +16,7 @@ def train_args(corpus, run_dir, extra=()):
     return ["train", "--train", corpus, "--valid", corpus, "--vocab-size", "100", "--d-model", "32", "--heads", "2",
             "--encoder-layers", "1", "--decoder-layers", "1", "--ff-dim", "64", "--dropout", "0", "--max-tokens", "300",
             "--max-steps", "3", "--log-every", "1", "--valid-every", "3", "--valid-max-sentences", "8", "--l2", "1e-3",
+            "--precision", "fp32",  # not "auto": its timed probe could choose bf16 in one run and not the other
             "--run-dir", str(run_dir), *extra]
 
 
@@ -44,3 +45,19 @@ def test_two_process_gloo_run_matches_single_process_accumulation(tmp_path):
     assert "2 process(es) on cpu" in (ddp / "train.log").read_text()
     assert step_losses(ddp) == pytest.approx(step_losses(single), rel=1e-5)
     assert len(step_losses(ddp)) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_at_the_time_limit(tmp_path):
+    """Validation every step makes rank 0 (which also writes checkpoints and the plot) spend more
+    time than rank 1, so their clocks pass --max-minutes at different steps; they must stop at one."""
+    pairs = generate(80, seed=5)
+    (tmp_path / "c.src").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+    (tmp_path / "c.tgt").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = train_args(str(tmp_path / "c"), tmp_path / "run", ["--max-steps", "0", "--max-minutes", "0.02",
+                                                             "--valid-every", "1", "--valid-max-sentences", "2"])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "l2fast", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "reached max_minutes = 0.02" in (tmp_path / "run" / "train.log").read_text()

@@ -56,7 +56,7 @@ def test_probe_runs_real_steps_and_leaves_the_run_unchanged(tmp_path, monkeypatc
     train.run_training(tiny_config(tmp_path, "fp32", train={**settings["train"], "precision": "fp32"}, model=settings["model"]))
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
     monkeypatch.setattr(train, "faster_cpu_dtype", measured_but_fp32)
-    train.run_training(tiny_config(tmp_path, "auto", **settings))
+    train.run_training(tiny_config(tmp_path, "auto", model=settings["model"], train={**settings["train"], "precision": "auto"}))
     assert len(timed) == 1 and timed[0]["fp32"] > 0 and timed[0]["bf16"] > 0
     assert "precision auto: this CPU has native bf16" in (tmp_path / "auto" / "train.log").read_text()
     assert losses(tmp_path / "auto") == losses(tmp_path / "fp32")

@@ -31,8 +31,9 @@ def tiny_config(tmp_path, run="run", pairs=20, **sections):
     settings = {
         "data": {"train": corpus, "valid": corpus, "test": corpus, "vocab_size": 120},
         "model": dict(TINY_MODEL),
+        # precision fp32, not "auto": on a CPU with native bf16 its timed probe may choose either dtype.
         "train": {"run_dir": str(tmp_path / run), "max_tokens": 2000, "lr": 3e-3, "warmup": 10, "log_every": 1,
-                  "threads": 1},
+                  "threads": 1, "precision": "fp32"},
         "decode": {"beam": 3},
     }
     for section, values in sections.items():

@@ -41,7 +41,9 @@ def run_ablation(run_dir: str, max_steps: int | None = None, only: list[str] | N
     rows, tokenizer = [], ""
     for i, (label, penalty) in enumerate(chosen.values()):
         # Equal steps for every setting: no wall-clock cap, which would cut runs on a busy machine.
-        cfg = with_overrides(base, "train", max_steps=steps, max_minutes=0.0, run_dir=str(root / f"run{i}"), resume=False)
+        # overwrite: a repeated ablation moves the runs of the previous one aside instead of stopping at them.
+        cfg = with_overrides(base, "train", max_steps=steps, max_minutes=0.0, run_dir=str(root / f"run{i}"), resume=False,
+                             overwrite=True)
         cfg = with_overrides(cfg, "penalty", **penalty)
         if tokenizer:
             cfg = with_overrides(cfg, "data", tokenizer=tokenizer)

@@ -18,7 +18,7 @@ import l2fast
 from .config import ModelConfig
 from .model import Transformer
 from .precision import autocast_dtype, autocast_factory
-from .train import LossModule
+from .loss import LossModule
 
 SIZES = {
     "demo": ModelConfig(),
@@ -49,7 +49,7 @@ class Variant:
         self.decay = _decay_params(self.model)
         adam = dict(lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
         if name == "l2fast.Penalized":
-            self.optimizer = l2fast.Penalized(torch.optim.Adam(l2fast.param_groups(self.model, l2=L2), **adam), l2=L2)
+            self.optimizer = l2fast.Penalized(torch.optim.Adam(l2fast.param_groups(self.model, l2=L2), **adam))
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), **adam)
 

@@ -14,6 +14,10 @@ import torch
 LATEST, BEST = "latest.pt", "best.pt"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that is not a checkpoint of this trainer."""
+
+
 def atomic_save(state: dict, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -34,12 +38,24 @@ def atomic_save(state: dict, path: str | Path) -> None:
             os.close(fd)
 
 
-def load(path: str | Path, map_location="cpu") -> dict:
+def load(path: str | Path, map_location="cpu", require: tuple[str, ...] = ()) -> dict:
+    """The state saved in path; a missing, unreadable or incomplete file is a CheckpointError naming it
+    (``require``: the keys the caller needs)."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    # weights_only: a checkpoint holds tensors, numbers, strings and bytes, never code to run.
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    try:
+        # weights_only: a checkpoint holds tensors, numbers, strings and bytes, never code to run.
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many kinds here (EOFError, RuntimeError from the zip reader, pickle errors)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read, it is truncated or corrupt ({reason})") from None
+    missing = [key for key in require if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (it has no {missing[0]!r})")
+    return state
 
 
 def inference_weights(state: dict) -> dict:
@@ -48,7 +64,13 @@ def inference_weights(state: dict) -> dict:
     return average["model"] if average else state["model"]
 
 
+def is_temporary(path: Path) -> bool:
+    """A file atomic_save was writing (it is never loaded)."""
+    return path.match(".*.pt.*.tmp")
+
+
 def remove_stale_temporaries(directory: str | Path) -> None:
     """Deletes temporaries left by a process killed mid-write (they are never loaded)."""
-    for tmp in Path(directory).glob(".*.pt.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    for tmp in Path(directory).iterdir():
+        if is_temporary(tmp):
+            tmp.unlink(missing_ok=True)

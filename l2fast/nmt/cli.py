@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, merge, read_config_file, section_fields
 from .data import DataError
 
@@ -59,12 +61,30 @@ def config_from_args(args: argparse.Namespace):
     return build_config(merge(overrides, flags), where=args.config or "command line")
 
 
+def _number(kind, low: float, what: str):
+    """An argparse type: a finite number of kind that is at least low (its error names what it wanted)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE = _number(int, 1, "a positive integer")
+NOT_NEGATIVE = _number(int, 0, "an integer >= 0")
+FINITE = _number(float, -math.inf, "a finite number")
+
+
 def _decode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, tokenizer and config")
-    parser.add_argument("--beam", type=int, help="beam size (default: the checkpoint's decode.beam; 1 = greedy)")
-    parser.add_argument("--length-penalty", type=float, help="length normalisation exponent (default: the checkpoint's)")
-    parser.add_argument("--decode-tokens", type=int, help="source tokens per decoding batch (default: the checkpoint's)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    parser.add_argument("--beam", type=POSITIVE, help="beam size (default: the checkpoint's decode.beam; 1 = greedy)")
+    parser.add_argument("--length-penalty", type=FINITE, help="length normalisation exponent (default: the checkpoint's)")
+    parser.add_argument("--decode-tokens", type=POSITIVE, help="source tokens per decoding batch (default: the checkpoint's)")
+    parser.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
 
     translate = commands.add_parser("translate", help="translate a file or stdin to stdout",
-                                    description="Translate one sentence per line, in batches, to stdout (or --output).")
+                                    description="Translate one sentence per line (lines end at \\n only) to stdout "
+                                                "(or --output), in batches of the lines that have arrived, so each "
+                                                "translation is written as soon as its line is in.")
     _decode_flags(translate)
     translate.add_argument("--input", help="input file (default: stdin)")
     translate.add_argument("--output", help="output file (default: stdout)")
@@ -98,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "model on one fixed batch, for each way of applying the penalty, and prints "
                                             "a markdown table with the penalty's share of the step.")
     bench.add_argument("--size", choices=("demo", "small", "base"), nargs="+", default=["demo"], help="model sizes to time (default: demo)")
-    bench.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens in the batch (default: 4096)")
-    bench.add_argument("--steps", type=int, default=20, help="timed steps per variant, after warm-up (default: 20)")
-    bench.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    bench.add_argument("--batch-tokens", type=POSITIVE, default=4096, help="padded tokens in the batch (default: 4096)")
+    bench.add_argument("--steps", type=POSITIVE, default=20, help="timed steps per variant, after warm-up (default: 20)")
+    bench.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
     bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (default: fp32)")
 
     ablation = commands.add_parser("ablation", help="penalty ablation on the demo corpus",
                                    description="Trains the demo model once per penalty setting (none, constant L2 at three "
                                                "strengths, decayed, alternating) and prints test BLEU and wall time as a table.")
     ablation.add_argument("--run-dir", default="runs/ablation", help="parent directory of the runs (default: runs/ablation)")
-    ablation.add_argument("--max-steps", type=int, help="updates per run (default: the demo's)")
+    ablation.add_argument("--max-steps", type=POSITIVE, help="updates per run (default: the demo's)")
     ablation.add_argument("--only", nargs="+", choices=("none", "l2-1e-5", "l2-1e-4", "l2-1e-3", "decayed", "alternating"),
                           help="run only these settings (default: all)")
     return parser
@@ -119,10 +141,21 @@ def _decode_settings(args, cfg):
             args.decode_tokens or d.decode_tokens)
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Refuses an output path that cannot be written, before any translating."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {path.parent} does not exist")
+
+
 def _load(args):
     import torch
 
-    from .train import load_for_inference
+    from .inference import load_for_inference
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,9 +163,7 @@ def _load(args):
     return model, tokenizer, cfg, device
 
 
-def _translate_lines(lines, model, tokenizer, cfg, device, args, desc) -> list[str]:
-    from tqdm import tqdm
-
+def _translate_lines(lines, model, tokenizer, cfg, device, args, progress=None) -> list[str]:
     from .search import translate_ids
 
     beam, length_penalty, decode_tokens = _decode_settings(args, cfg)
@@ -141,33 +172,45 @@ def _translate_lines(lines, model, tokenizer, cfg, device, args, desc) -> list[s
     too_long = sum(len(ids) > limit for ids in src_ids)
     if too_long:
         print(f"warning: {too_long} input lines exceed the model's {limit} source tokens and are truncated", file=sys.stderr)
-    with tqdm(total=len(lines), desc=desc, unit="sent", disable=None, file=sys.stderr) as bar:
-        ids = translate_ids(model, src_ids, beam, length_penalty, cfg.decode.max_len_a,
-                            cfg.decode.max_len_b, decode_tokens, device, progress=bar)
+    ids = translate_ids(model, src_ids, beam, length_penalty, cfg.decode.max_len_a, cfg.decode.max_len_b, decode_tokens,
+                        device, progress=progress)
     return tokenizer.decode_tgt(ids)
 
 
 def command_translate(args) -> None:
-    from .data import read_lines
+    from .streaming import batches_as_available, utf8_lines
 
+    _check_output(args.output, "--output")
+    try:
+        source = open(args.input, "rb") if args.input else sys.stdin.buffer
+    except OSError as e:
+        raise DataError(f"--input {args.input}: {e.strerror}") from None
     model, tokenizer, cfg, device = _load(args)
-    lines = read_lines(args.input) if args.input else sys.stdin.read().splitlines()
-    hyps = _translate_lines(lines, model, tokenizer, cfg, device, args, "translate")
-    text = "".join(h + "\n" for h in hyps)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for lines in batches_as_available(utf8_lines(source, args.input or "stdin")):
+            out.write("".join(h + "\n" for h in _translate_lines(lines, model, tokenizer, cfg, device, args)))
+            out.flush()
+    finally:
+        if args.output:
+            out.close()
+        if args.input:
+            source.close()
 
 
 def command_evaluate(args) -> None:
+    from tqdm import tqdm
+
     from .data import read_parallel
     from .metrics import score
 
+    _check_output(args.hyp, "--hyp")
+    _check_output(args.json, "--json")
     model, tokenizer, cfg, device = _load(args)
     test = read_parallel(args.test, args.src_suffix or cfg.data.src_suffix, args.tgt_suffix or cfg.data.tgt_suffix)
     start = time.perf_counter()
-    hyps = _translate_lines(test.src, model, tokenizer, cfg, device, args, "evaluate")
+    with tqdm(total=len(test.src), desc="evaluate", unit="sent", disable=None, file=sys.stderr) as bar:
+        hyps = _translate_lines(test.src, model, tokenizer, cfg, device, args, progress=bar)
     scores = score(hyps, test.tgt)
     print(f"{test.name}: {len(hyps)} sentences, beam {_decode_settings(args, cfg)[0]}, "
           f"{time.perf_counter() - start:.1f}s: {scores.line()}")
@@ -210,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             from .ablation import run_ablation
 
             print(run_ablation(args.run_dir, args.max_steps, args.only))
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, OSError) as e:
         print(f"l2fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

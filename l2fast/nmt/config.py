@@ -6,6 +6,7 @@ place, and every field has one flag named after it (``max_tokens`` -> ``--max-to
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -81,13 +82,17 @@ class TrainConfig:
     patience: int = opt(0, "early stopping: stop after N validations without a better BLEU (0 = off)")
     run_dir: str = opt("runs/demo", "directory for checkpoints, tokenizer, metrics, plot and results")
     resume: bool = opt(True, "continue from RUN_DIR/latest.pt if it exists")
+    overwrite: bool = opt(False, "start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
+                          "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
+                          "can be resumed)")
 
 
 @dataclass(frozen=True)
 class PenaltyConfig:
     l2: float = opt(1e-5, "L2 coefficient: the gradient gains l2*w (as weight_decay in torch.optim.Adam)")
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w)")
-    decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term")
+    decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term; L2 only, "
+                          "so --l1 with --decoupled is an error")
     penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
                                 "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
                                 "nested objects with \"type\" are schedules too; empty = constant")
@@ -144,7 +149,7 @@ def _coerce(section: str, f, value: Any, where: str) -> Any:
             value = int(value)
         elif kind is str and not isinstance(value, str):
             value = json.dumps(value) if isinstance(value, dict) else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {section}.{f.name} must be of type {kind.__name__}, got {value!r}") from None
     choices = f.metadata.get("choices")
     if choices and value not in choices:
@@ -154,6 +159,7 @@ def _coerce(section: str, f, value: Any, where: str) -> Any:
 
 def build_config(overrides: dict[str, dict[str, Any]], where: str = "config") -> Config:
     """A Config from {section: {field: value}}, coercing types and naming any unknown key."""
+    _sections(overrides, where)
     sections = {}
     for section, cls in SECTIONS.items():
         values = dict(overrides.get(section, {}))
@@ -170,21 +176,36 @@ def build_config(overrides: dict[str, dict[str, Any]], where: str = "config") ->
     return config
 
 
+def _sections(content: Any, where) -> dict:
+    """content itself when it has the shape {section: {option: value}}, else a ConfigError."""
+    if not isinstance(content, dict):
+        raise ConfigError(f"{where}: expected sections {', '.join(SECTIONS)} as an object, got a {type(content).__name__}")
+    for section, values in content.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section [{section}] must be an object of options, got a {type(values).__name__}")
+    return content
+
+
 def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     try:
         if path.suffix == ".toml":
             with open(path, "rb") as f:
-                return tomllib.load(f)
+                return _sections(tomllib.load(f), path)
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return _sections(json.load(f), path)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
 
 
 def merge(base: dict, extra: dict) -> dict:
+    """extra's options over base's, section by section (both already shaped as {section: {option: value}})."""
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for section, values in extra.items():
         merged.setdefault(section, {}).update(values)
@@ -192,30 +213,51 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def check(config: Config) -> None:
-    """Cross-field checks, so a bad combination fails before any data is read."""
-    m, d, t, p = config.model, config.data, config.train, config.penalty
+    """Every value and combination that can be judged without data, so a bad setting fails before any
+    data is read or a tokenizer trained."""
+    m, d, t, p, dec = config.model, config.data, config.train, config.penalty, config.decode
+    for section, f in section_fields():
+        value = getattr(getattr(config, section), f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if isinstance(values[0], float) and not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"{section}.{f.name} must be finite, got {value!r}")
+    positive = {"data.vocab_size": d.vocab_size, "data.max_len": d.max_len, "data.demo_train_size": d.demo_train_size,
+                "model.d_model": m.d_model, "model.heads": m.heads, "model.encoder_layers": m.encoder_layers,
+                "model.decoder_layers": m.decoder_layers, "model.ff_dim": m.ff_dim, "model.max_positions": m.max_positions,
+                "train.max_tokens": t.max_tokens, "train.accumulate": t.accumulate, "train.log_every": t.log_every,
+                "train.valid_every": t.valid_every, "train.valid_beam": t.valid_beam, "train.lr": t.lr,
+                "train.adam_eps": t.adam_eps, "decode.beam": dec.beam, "decode.decode_tokens": dec.decode_tokens}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    not_negative = {"train.max_steps": t.max_steps, "train.max_epochs": t.max_epochs, "train.max_minutes": t.max_minutes,
+                    "train.warmup": t.warmup, "train.min_lr": t.min_lr, "train.clip_norm": t.clip_norm,
+                    "train.threads": t.threads, "train.valid_max_sentences": t.valid_max_sentences,
+                    "train.patience": t.patience, "penalty.l2": p.l2, "penalty.l1": p.l1,
+                    "decode.max_len_a": dec.max_len_a, "decode.max_len_b": dec.max_len_b}
+    for name, value in not_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value}")
+    for name, value in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
+                        ("train.average_decay", t.average_decay), ("train.label_smoothing", t.label_smoothing),
+                        ("train.adam_betas[0]", t.adam_betas[0]), ("train.adam_betas[1]", t.adam_betas[1])):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    if not 0.0 < d.character_coverage <= 1.0:
+        raise ConfigError(f"data.character_coverage must be in (0, 1], got {d.character_coverage}")
     if m.d_model % m.heads:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.heads ({m.heads})")
     if m.tie == "all" and not d.joint_vocab:
         raise ConfigError("model.tie = 'all' shares one embedding across languages and needs data.joint_vocab = true")
-    if m.positions == "learned" and d.max_len + 2 > m.max_positions:
-        raise ConfigError(f"data.max_len + 2 ({d.max_len + 2}) exceeds model.max_positions ({m.max_positions})")
+    if d.max_len + 1 > m.max_positions:  # a kept pair has max_len tokens plus EOS (source) or BOS (target)
+        raise ConfigError(f"data.max_len + 1 ({d.max_len + 1}) exceeds model.max_positions ({m.max_positions})")
     if t.max_steps == 0 and t.max_epochs == 0 and t.max_minutes == 0:
         raise ConfigError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
     if t.lr_schedule == "cosine" and t.max_steps == 0:
         raise ConfigError("train.lr_schedule = 'cosine' decays to train.max_steps, so set it")
-    positive = {"data.vocab_size": d.vocab_size, "data.max_len": d.max_len, "train.max_tokens": t.max_tokens,
-                "train.accumulate": t.accumulate, "train.log_every": t.log_every, "train.valid_every": t.valid_every,
-                "decode.beam": config.decode.beam, "train.valid_beam": t.valid_beam, "decode.decode_tokens": config.decode.decode_tokens}
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    for name, value in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
-                        ("train.average_decay", t.average_decay)):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name} must be in [0, 1), got {value}")
-    if min(p.l2, p.l1) < 0:
-        raise ConfigError("penalty.l2 and penalty.l1 must be >= 0")
+    if p.decoupled and p.l1:
+        raise ConfigError(f"penalty.decoupled applies L2 only (as AdamW's weight_decay), but penalty.l1 = {p.l1}: "
+                          "use --no-decoupled for an L1 penalty")
     if p.penalty_schedule:
         try:
             spec = json.loads(p.penalty_schedule)

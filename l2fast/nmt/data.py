@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .tokenizer import BOS, EOS, PAD
+from .special_tokens import BOS, EOS, PAD
 
 
 class DataError(ValueError):
@@ -28,23 +28,31 @@ class ParallelText:
     line_numbers: list[int]  # 1-based line of each pair in its file(s)
 
 
+def decode_line(raw: bytes, name: str, number: int) -> str:
+    """One line of a UTF-8 text without its line ending (and, on line 1, without a byte-order mark);
+    invalid UTF-8 is an error naming the file and line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{name}:{number}: invalid UTF-8 at byte {e.start} of the line ({e.reason})") from None
+    if number == 1:
+        text = text.removeprefix("\ufeff")
+    return text.removesuffix("\n").removesuffix("\r")
+
+
 def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 file, without line endings; invalid UTF-8 is an error naming the line."""
+    """The lines of a UTF-8 file, split on "\\n" only (other Unicode line breaks stay inside a line)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read: {e.strerror}") from None
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
-    text = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            text.append(line.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {e.start} of the line ({e.reason})") from None
-    return text
+    return [decode_line(line, str(path), number) for number, line in enumerate(lines, start=1)]
 
 
 def read_parallel(spec: str, src_suffix: str, tgt_suffix: str) -> ParallelText:
@@ -101,6 +109,16 @@ def filter_long(pairs: TokenizedPairs, max_len: int, name: str, log=print) -> To
     return TokenizedPairs([pairs.src[i] for i in keep], [pairs.tgt[i] for i in keep])
 
 
+def fit_positions(pairs: TokenizedPairs, limit: int, text: ParallelText, log=print) -> TokenizedPairs:
+    """Cuts token lists to limit tokens on each side (the model's positions less EOS or BOS), so that
+    a long validation or test line cannot stop training; the references stay whole for scoring."""
+    long = [i for i, (s, t) in enumerate(zip(pairs.src, pairs.tgt)) if len(s) > limit or len(t) > limit]
+    if long:
+        log(f"{text.name}: {len(long)} of {len(pairs.src)} pairs longer than {limit} subword tokens (first at line "
+            f"{text.line_numbers[long[0]]}) are cut to {limit} tokens for the validation loss and decoding")
+    return TokenizedPairs([s[:limit] for s in pairs.src], [t[:limit] for t in pairs.tgt])
+
+
 def _pack(order: list[int], src_lens: list[int], tgt_lens: list[int], max_tokens: int) -> list[list[int]]:
     """Greedy batches over an ordered index list, so that batch size x longest (padded) length stays
     within max_tokens, counting source and target."""
@@ -136,6 +154,15 @@ def train_batches(pairs: TokenizedPairs, max_tokens: int, seed: int, epoch: int,
     if per_rank == 0:
         raise DataError(f"{len(batches)} batches cannot be shared by {world_size} processes; lower train.max_tokens")
     return batches[rank:per_rank * world_size:world_size]
+
+
+def eval_batches(pairs: TokenizedPairs, indices: list[int], max_tokens: int) -> list[list[int]]:
+    """Batches of the given pairs for teacher-forced scoring: sorted by length, at most max_tokens
+    padded tokens (source + target) each."""
+    src_lens = [len(s) + 1 for s in pairs.src]
+    tgt_lens = [len(t) + 1 for t in pairs.tgt]
+    order = sorted(indices, key=lambda i: (tgt_lens[i], src_lens[i]))
+    return _pack(order, src_lens, tgt_lens, max_tokens)
 
 
 def decode_batches(src: list[list[int]], max_tokens: int) -> list[list[int]]:

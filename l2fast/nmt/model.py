@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .dropout import Dropout
-from .tokenizer import PAD
+from .special_tokens import PAD
 
 Cache = list[dict[str, torch.Tensor]]
 
@@ -204,14 +204,3 @@ class Transformer(nn.Module):
                 for key in part:
                     part[key] = part[key].index_select(0, index)
 
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross-entropy and summed NLL over rows of logits, in float32.
-
-    Same definition as ``F.cross_entropy(label_smoothing=...)``: (1 - e) * NLL + e * mean over the
-    vocabulary of -log p; the NLL comes from the same log-softmax for perplexity.
-    """
-    logp = F.log_softmax(logits.float(), dim=-1)
-    nll = -logp.gather(1, target[:, None]).squeeze(1)
-    loss = (1.0 - smoothing) * nll - smoothing * logp.mean(dim=-1)
-    return loss.sum(), nll.sum()

@@ -47,9 +47,14 @@ def autocast_dtype(precision: str, device: torch.device,
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return probe() if probe is not None and native_bf16_cpu() else None
+    check_precision(precision, device)
+    return DTYPES[precision]
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuses a precision the device cannot train in (before any data is read)."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision = 'fp16' needs a GPU; use 'bf16' or 'fp32' on a CPU")
-    return DTYPES[precision]
 
 
 def autocast_factory(dtype: torch.dtype | None, device: torch.device):

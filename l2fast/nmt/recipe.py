@@ -19,9 +19,11 @@ def build_schedule(spec):
     {"type": "Product", "args": [{"type": "Alternating", "every": 100}, {"type": "Cosine", "total": 3000}]}."""
     if isinstance(spec, dict) and "type" in spec:
         name = spec["type"]
-        cls = getattr(l2fast.schedules, name, None)
+        cls = getattr(l2fast.schedules, name, None) if isinstance(name, str) else None
         if not (isinstance(cls, type) and issubclass(cls, l2fast.schedules.Schedule)):
             raise ConfigError(f"penalty.penalty_schedule: l2fast.schedules has no schedule {name!r}")
+        if not isinstance(spec.get("args", []), list):
+            raise ConfigError(f"penalty.penalty_schedule: {name}: \"args\" must be a list, got {spec['args']!r}")
         args = [build_schedule(v) for v in spec.get("args", [])]
         kwargs = {k: build_schedule(v) for k, v in spec.items() if k not in ("type", "args")}
         try:
@@ -34,11 +36,29 @@ def build_schedule(spec):
 
 
 def build_optimizer(model: nn.Module, cfg: Config):
+    """Adam over the two parameter groups of l2fast.param_groups, wrapped by l2fast.Penalized.
+
+    The coefficients are written in one place only, the decayed group (the exempt one carries 0): a
+    group's own "l2" / "l1" override the wrapper's arguments, so passing them to both could let one
+    silently defeat the other."""
     t, p = cfg.train, cfg.penalty
-    groups = l2fast.param_groups(model, l2=p.l2, **({"no_decay": ()} if p.decay_norms_and_biases else {}))
+    groups = l2fast.param_groups(model, l2=p.l2, l1=p.l1, **({"no_decay": ()} if p.decay_norms_and_biases else {}))
     adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     schedule = build_schedule(json.loads(p.penalty_schedule)) if p.penalty_schedule else None
-    return l2fast.Penalized(adam, l2=p.l2, l1=p.l1, decoupled=p.decoupled, schedule=schedule)
+    return l2fast.Penalized(adam, decoupled=p.decoupled, schedule=schedule)
+
+
+def check_recipe(cfg: Config) -> None:
+    """Builds the optimizer over a two-parameter stand-in (one decayed tensor, one exempt) and asks it
+    for its first coefficients, so that a schedule or penalty the library refuses fails before any data
+    is read, with the library's own message."""
+    stand_in = nn.Sequential(nn.Linear(1, 1, bias=False), nn.LayerNorm(1, bias=False))
+    try:
+        build_optimizer(stand_in, cfg).coefficients()
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"penalty: {e}") from None
 
 
 def learning_rate(cfg: Config, step: int) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,15 @@ class Environment:
         if self.distributed:
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """flag of any process, on every process: decisions taken on one process's own measurements (its
+        clock) must be taken by all, or the ones that go on wait forever in a collective."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
 
 def setup_environment(threads: int = 0) -> Environment:
     """Device, threads and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
@@ -49,8 +59,13 @@ def setup_environment(threads: int = 0) -> Environment:
     return Environment(device, rank, world_size)
 
 
+def timestamped(message: str) -> str:
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {message}"
+
+
 class RunLog:
-    """Messages to the console (main process) and to RUN_DIR/train.log; metrics rows to metrics.jsonl."""
+    """Messages, each with the local time, to the console (main process) and to RUN_DIR/train.log;
+    metrics rows to metrics.jsonl."""
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.run_dir, self.enabled = run_dir, enabled
@@ -60,9 +75,10 @@ class RunLog:
         if not self.enabled:
             return
         from tqdm import tqdm  # writes above any progress bar
-        tqdm.write(message)
+        line = timestamped(message)
+        tqdm.write(line)
         with open(self.run_dir / "train.log", "a", encoding="utf-8") as f:
-            f.write(message + "\n")
+            f.write(line + "\n")
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
@@ -70,8 +86,21 @@ class RunLog:
                 f.write(json.dumps(row) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
-        """Drops rows written after the checkpoint a resumed run starts from."""
+        """Drops rows written after the checkpoint a resumed run starts from, and lines that are not
+        whole rows (a process killed mid-write leaves a torn last line), saying which."""
         if not (self.enabled and self.metrics_path.exists()):
             return
-        rows = [r for r in self.metrics_path.read_text(encoding="utf-8").splitlines() if json.loads(r)["step"] <= step]
-        self.metrics_path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        kept, torn = [], []
+        for number, line in enumerate(self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            try:
+                row = json.loads(line)
+                after = row["step"] > step
+            except (json.JSONDecodeError, TypeError, KeyError):
+                torn.append(number)
+                continue
+            if not after:
+                kept.append(line)
+        self.metrics_path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+        if torn:
+            self(f"{self.metrics_path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn[:5]))}), "
+                 "left by a process killed while writing")

@@ -1,8 +1,8 @@
 """Subword tokenization with sentencepiece: trained on the training data, saved beside the model.
 
-One joint model for both languages, or one per language. Special ids are the same in every model
-(PAD 0, UNK 1, BOS 2, EOS 3), so batches and the decoder never ask which model made them. The
-serialized models also travel inside every checkpoint, so translating needs nothing but the checkpoint.
+One joint model for both languages, or one per language, with the special ids of
+``special_tokens`` in every model. The serialized models also travel inside every checkpoint, so
+translating needs nothing but the checkpoint.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+from .special_tokens import BOS, EOS, PAD, UNK
 
 
 def train_sentencepiece(lines: list[str], vocab_size: int, model_type: str = "unigram",

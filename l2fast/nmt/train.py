@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +22,21 @@ import l2fast
 
 from . import checkpoint
 from .averaging import WeightAverage
-from .config import Config, ConfigError, build_config
-from .data import TokenizedPairs, collate, drop_empty, filter_long, read_parallel, train_batches
+from .config import Config
+from .data import (TokenizedPairs, collate, drop_empty, eval_batches, filter_long, fit_positions, read_parallel,
+                   train_batches)
 from .demo_corpus import write_demo_corpus
+from .inference import build_model
+from .loss import LossModule
 from .metrics import Scores, score
-from .model import Transformer, label_smoothed_loss
+from .model import Transformer
 from .plot import plot_metrics
-from .precision import DTYPES, autocast_dtype, autocast_factory, faster_cpu_dtype
-from .recipe import build_optimizer, learning_rate
+from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
+from .recipe import build_optimizer, check_recipe, learning_rate
+from .rundir import open_run_dir
 from .runtime import Environment, RunLog, setup_environment
 from .search import translate_ids
-from .tokenizer import PAD, Tokenizer
+from .tokenizer import Tokenizer
 
 
 @dataclass
@@ -84,40 +87,51 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
 
     def split(text) -> Split:
         pairs = TokenizedPairs(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
-        return Split(text.src, text.tgt, pairs)
+        return Split(text.src, text.tgt, fit_positions(pairs, cfg.model.max_positions - 1, text, log))
 
     return tokenizer, train, split(valid_text), (split(test_text) if test_text else None)
 
 
-class LossModule(nn.Module):
-    """Model + loss in one forward, so DistributedDataParallel sees every parameter used."""
+def probe_cpu_precision(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: TokenizedPairs, log) -> torch.dtype | None:
+    """Times forward+backward of the first training batch on a throwaway model in float32 and under
+    bf16 autocast and returns the faster; the random state is left as it was, and rank 0 decides for all."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        loss_module = LossModule(build_model(cfg, tokenizer).to(env.device), cfg.train.label_smoothing)
+        batch = collate(pairs, train_batches(pairs, cfg.train.max_tokens, cfg.train.seed, 0, 0, 1)[0]).to(env.device)
 
-    def __init__(self, model: Transformer, smoothing: float):
-        super().__init__()
-        self.model, self.smoothing = model, smoothing
+        def step(dtype):
+            with autocast_factory(dtype, env.device)():
+                loss, _ = loss_module(batch.src, batch.tgt_in, batch.tgt_out)
+            loss.backward()
+            loss_module.zero_grad(set_to_none=True)
 
-    def forward(self, src, tgt_in, tgt_out):
-        states = self.model(src, tgt_in)
-        keep = tgt_out != PAD  # the output layer only sees real target positions
-        return label_smoothed_loss(self.model.output(states[keep]), tgt_out[keep], self.smoothing)
+        dtype, seconds = faster_cpu_dtype(step)
+    choice = [dtype]
+    if env.distributed:
+        dist.broadcast_object_list(choice, src=0)
+    log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
+        f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
+    return choice[0]
 
 
-def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
-    return Transformer(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+def choose_amp_dtype(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: TokenizedPairs, log,
+                     saved_precision: str | None) -> torch.dtype | None:
+    """The autocast dtype of the run (None = float32); a resumed run keeps the choice it saved."""
+    if cfg.train.precision == "auto" and saved_precision is not None:
+        return DTYPES[saved_precision]
+    return autocast_dtype(cfg.train.precision, env.device, probe=lambda: probe_cpu_precision(cfg, env, tokenizer, pairs, log))
 
 
 class Trainer:
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
-                 train: TokenizedPairs, valid: Split, test: Split | None, saved_precision: str | None = None):
+                 train: TokenizedPairs, valid: Split, test: Split | None, amp_dtype: torch.dtype | None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
         self.tokenizer, self.train_pairs, self.valid, self.test = tokenizer, train, valid, test
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, tokenizer).to(env.device)
         self.loss_module = LossModule(self.model, cfg.train.label_smoothing)
-        if cfg.train.precision == "auto" and saved_precision is not None:  # a resumed run keeps its choice
-            self.amp_dtype = DTYPES[saved_precision]
-        else:
-            self.amp_dtype = autocast_dtype(cfg.train.precision, env.device, probe=self._probe_cpu_precision)
+        self.amp_dtype = amp_dtype
         if env.distributed:
             self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -127,27 +141,6 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_bleu, self.bad_validations = -1.0, 0
         self.elapsed = 0.0  # training wall time over all sessions of this run
-
-    def _probe_cpu_precision(self) -> torch.dtype | None:
-        """Times forward+backward of the first training batch in float32 and under bf16 autocast
-        (the random state is restored afterwards) and returns the faster; rank 0 decides for all."""
-        batch = collate(self.train_pairs, train_batches(self.train_pairs, self.cfg.train.max_tokens, self.cfg.train.seed,
-                                                       0, 0, 1)[0]).to(self.env.device)
-
-        def step(dtype):
-            with torch.random.fork_rng(devices=[]):
-                with autocast_factory(dtype, self.env.device)():
-                    loss, _ = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
-                loss.backward()
-            self.model.zero_grad(set_to_none=True)
-
-        dtype, seconds = faster_cpu_dtype(step)
-        choice = [dtype]
-        if self.env.distributed:
-            dist.broadcast_object_list(choice, src=0)
-        self.log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
-                 f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
-        return choice[0]
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -171,8 +164,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if self.average:
-            if not state.get("average"):
-                raise ConfigError("train.average_decay is set, but the checkpoint to resume has no weight average")
             self.average.load_state_dict(state["average"])
         c = state["counters"]
         self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
@@ -218,14 +209,17 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = (l2fast.clip_grad_norm_(params, self.cfg.train.clip_norm) if self.cfg.train.clip_norm > 0
                      else l2fast.sq_norm([p.grad for p in params]).sqrt())
-        self.scaler.step(self.optimizer)
+        before = self.optimizer.last_penalty
+        self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        penalty = self.optimizer.last_penalty
+        if penalty is before:
+            penalty = torch.tensor(float("nan"), device=self.env.device)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.average:
             self.average.update(self.model)
         self.step += 1
-        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm,
-                "penalty": torch.as_tensor(self.optimizer.last_penalty)}
+        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm, "penalty": penalty}
 
     def should_stop(self) -> str | None:
         t = self.cfg.train
@@ -233,7 +227,8 @@ class Trainer:
             return f"reached max_steps = {t.max_steps}"
         if t.max_epochs and self.epoch >= t.max_epochs:
             return f"reached max_epochs = {t.max_epochs}"
-        if t.max_minutes and self.elapsed >= t.max_minutes * 60:
+        # The clocks of several processes disagree: the first process over the limit stops them all.
+        if t.max_minutes and self.env.any(self.elapsed >= t.max_minutes * 60):
             return f"reached max_minutes = {t.max_minutes}"
         if t.patience and self.bad_validations >= t.patience:
             return f"early stopping: {t.patience} validations without a better BLEU"
@@ -336,20 +331,22 @@ class Trainer:
 
     @torch.no_grad()
     def valid_loss(self, limit: int) -> float:
-        """Per-token NLL of the validation set under teacher forcing (all processes take a share)."""
+        """Per-token NLL of the validation set under teacher forcing, in token-count batches (all
+        processes take a share)."""
         model = self.eval_model
         model.eval()
+        scorer = LossModule(model, smoothing=0.0)
         pairs = self.valid.pairs
         count = min(limit, len(pairs.src)) if limit else len(pairs.src)
         indices = list(range(self.env.rank, count, self.env.world_size))
-        totals = torch.zeros(2, device=self.env.device)
-        for start in range(0, len(indices), 64):
-            batch = collate(pairs, indices[start:start + 64]).to(self.env.device)
+        nll_sum, tokens = torch.zeros((), dtype=torch.float64, device=self.env.device), 0
+        for batch_indices in eval_batches(pairs, indices, self.cfg.train.max_tokens):
+            batch = collate(pairs, batch_indices).to(self.env.device)
             with self.autocast():
-                states = model(batch.src, batch.tgt_in)
-            keep = batch.tgt_out != PAD
-            _, nll = label_smoothed_loss(model.output(states[keep]), batch.tgt_out[keep], 0.0)
-            totals += torch.stack([nll.float(), keep.sum().float()])
+                _, nll = scorer(batch.src, batch.tgt_in, batch.tgt_out)
+            nll_sum += nll
+            tokens += batch.tgt_tokens
+        totals = torch.stack([nll_sum, torch.tensor(float(tokens), dtype=torch.float64, device=self.env.device)])
         if self.env.distributed:
             dist.all_reduce(totals)
         self.model.train()
@@ -400,35 +397,28 @@ class Trainer:
 
 
 def run_training(cfg: Config) -> dict | None:
-    """Trains (or resumes) the run described by cfg and scores the test set; returns the results."""
+    """Trains (or resumes) the run described by cfg and scores the test set; returns the results.
+    Everything that can be checked without data is checked before any data is read."""
     env = setup_environment(cfg.train.threads)
-    run_dir = Path(cfg.train.run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_stale_temporaries(run_dir)
-    env.barrier()
+    check_precision(cfg.train.precision, env.device)
+    check_recipe(cfg)
+    run = open_run_dir(cfg, env)
+    run_dir, saved = run.path, run.saved
     log = RunLog(run_dir, env.is_main)
-    latest = run_dir / checkpoint.LATEST
-    resuming = cfg.train.resume and latest.exists()
-    if resuming:
-        saved = checkpoint.load(latest, env.device)
-        if saved["config"] != cfg.to_dict():
-            log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
-    elif env.is_main:
-        for stale in ("metrics.jsonl", "train.log", checkpoint.BEST):  # a fresh run starts clean
-            (run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)
-    env.barrier()
+    if run.moved_to:
+        log(f"the earlier run in {run_dir} was moved to {run.moved_to} (--overwrite)")
+    if saved is not None and saved["config"] != cfg.to_dict():
+        log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
     started = time.perf_counter()
     if env.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
-    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test,
-                      saved_precision=saved["counters"].get("precision") if resuming else None)
-    if resuming:
+    amp_dtype = choose_amp_dtype(cfg, env, tokenizer, train, log, saved["counters"].get("precision") if saved else None)
+    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype)
+    if saved is not None:
         trainer.load_state_dict(saved)
         log.truncate_metrics(trainer.step)
-        log(f"resumed from {latest} at step {trainer.step}")
+        log(f"resumed from {run_dir / checkpoint.LATEST} at step {trainer.step}")
     log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
     trainer.train()
     results = trainer.evaluate_test()
@@ -436,14 +426,3 @@ def run_training(cfg: Config) -> dict | None:
         plot_metrics(log.metrics_path, run_dir / "metrics.png")
         log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
     return results
-
-
-def load_for_inference(path: str | Path, device) -> tuple[Transformer, Tokenizer, Config]:
-    """Model, tokenizer and config from one checkpoint file (it carries all three)."""
-    state = checkpoint.load(path, device)
-    cfg = build_config(state["config"], where=str(path))
-    tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
-    model = build_model(cfg, tokenizer).to(device)
-    model.load_state_dict(checkpoint.inference_weights(state))
-    model.eval()
-    return model, tokenizer, cfg

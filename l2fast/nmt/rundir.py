@@ -1,0 +1,91 @@
+"""The run directory's life cycle: resume the run it holds, or start a fresh one, never deleting work.
+
+A directory that holds an earlier run is resumed from its ``latest.pt``. Where it cannot be (no
+``latest.pt``, or ``--no-resume``), it is refused, as joeynmt refuses an existing model directory,
+unless ``--overwrite`` is given, which moves the earlier run aside to a timestamped sibling: a
+checkpoint is never deleted without being asked for by name.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from . import checkpoint
+from .config import Config, ConfigError, ModelConfig
+from .runtime import Environment
+
+# What a resumed run cannot change: the shapes of the saved weights and the optimizer's kind of decay.
+# Dropout rates are not shapes, so a resumed run may change them.
+FIXED_ON_RESUME = tuple(("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout")) + (
+    ("penalty", "decoupled"),)
+RUN_STATE_KEYS = ("config", "tokenizer", "model", "optimizer", "scaler", "counters", "rng")
+FRESH_RUN = "pass --overwrite to start afresh (the earlier run is moved aside, nothing is deleted) or choose another --run-dir"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    saved: dict | None  # the state to resume from, or None for a fresh run
+    moved_to: Path | None = None  # where an earlier run was moved aside
+
+
+def _check_can_be_directory(path: Path) -> None:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ConfigError(f"train.run_dir {path}: {candidate} is a file, not a directory")
+            return
+
+
+def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
+    new = cfg.to_dict()
+    for section, name in FIXED_ON_RESUME:
+        old = saved_config.get(section, {}).get(name)
+        if old != new[section][name]:
+            raise ConfigError(f"{where} was trained with {section}.{name} = {old!r}, but this run asks for "
+                              f"{new[section][name]!r}, which a resumed run cannot change: keep {old!r}, or {FRESH_RUN}")
+    if bool(saved_config.get("train", {}).get("average_decay")) != bool(cfg.train.average_decay):
+        raise ConfigError(f"{where} was trained with train.average_decay = {saved_config['train']['average_decay']!r}; "
+                          f"a resumed run cannot switch the weight average {'on' if cfg.train.average_decay else 'off'}: "
+                          f"keep it, or {FRESH_RUN}")
+
+
+def _aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = path.with_name(f"{path.name}.old-{stamp}"), 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.name}.old-{stamp}-{n}"), n + 1
+    return candidate
+
+
+def open_run_dir(cfg: Config, env: Environment) -> RunDir:
+    """Decides, on every process alike, whether the run resumes or starts afresh, and readies the directory.
+    Every refusal happens on every process before any of them changes anything."""
+    path = Path(cfg.train.run_dir)
+    _check_can_be_directory(path)
+    latest = path / checkpoint.LATEST
+    if cfg.train.resume and not cfg.train.overwrite and latest.exists():
+        try:
+            saved = checkpoint.load(latest, env.device, require=RUN_STATE_KEYS)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{e}: restore it (best.pt is untouched), or {FRESH_RUN}") from None
+        check_resumable(saved["config"], cfg, latest)
+        if env.is_main:
+            checkpoint.remove_stale_temporaries(path)
+        env.barrier()
+        return RunDir(path, saved)
+    earlier = sorted(p.name for p in path.iterdir() if not checkpoint.is_temporary(p)) if path.is_dir() else []
+    if earlier and not cfg.train.overwrite:
+        why = "--no-resume was given" if latest.exists() else "it has no latest.pt to resume from"
+        shown = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise ConfigError(f"train.run_dir {path} holds an earlier run ({shown}) and {why}: {FRESH_RUN}")
+    moved_to = _aside(path) if earlier else None
+    env.barrier()  # every process has decided before the main one changes the directory
+    if env.is_main:
+        if moved_to:
+            path.rename(moved_to)
+        path.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_stale_temporaries(path)
+    env.barrier()
+    return RunDir(path, None, moved_to)
