@@ -20,7 +20,8 @@ def rebuild_command() -> str:
     source = PACKAGE_DIR.parent
     if (source / "setup.py").is_file():  # a source checkout (editable install or in-place build)
         return f"pip install --no-build-isolation -e {source}"
-    return "pip install --no-build-isolation --force-reinstall --no-deps <l2fast sdist or source directory>"
+    # --no-cache-dir: pip would otherwise reuse the wheel it cached when it built this sdist last time
+    return "pip install --no-build-isolation --no-cache-dir --force-reinstall --no-deps <l2fast sdist or source directory>"
 
 
 def minor_version(version: str | None) -> str | None:

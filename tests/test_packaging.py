@@ -166,7 +166,6 @@ def test_building_without_torch_stops_at_once_with_the_no_build_isolation_advice
 
 
 @in_git_checkout
-@pytest.mark.slow
 def test_sdist_holds_every_source_and_header_and_no_build_record(tmp_path):
     result = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
