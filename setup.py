@@ -30,8 +30,10 @@ NEEDS_TORCH = (
     "  a torch that is not the one you run."
 )
 
-# Commands that compile the extension; the rest (sdist, egg_info, dist_info) need no torch.
-BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "develop", "editable_wheel"}
+# Commands that need torch: they compile the extension, or write a wheel's metadata (pip's first step,
+# so an isolated build stops there, before it resolves dependencies), which pins the torch version.
+# sdist and egg_info need none.
+TORCH_COMMANDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "develop", "editable_wheel", "dist_info"}
 
 
 def env_flag(name: str) -> bool:
@@ -129,7 +131,7 @@ def main():
     try:
         import torch
     except ImportError:
-        if BUILD_COMMANDS & set(sys.argv[1:]):
+        if TORCH_COMMANDS & set(sys.argv[1:]):
             raise SystemExit(NEEDS_TORCH)
         torch = None  # sdist or metadata only: nothing to compile
 
