@@ -19,7 +19,8 @@ import sys
 
 from setuptools import find_packages, setup
 
-# One GPU generation back from the newest, the newest, and PTX for later ones (compiled by the driver).
+# For a build that sees no GPU: Turing (T4), Ampere (sm_80 code also runs on 8.6 and 8.9), Hopper, and
+# PTX that newer GPUs compile when the library loads.
 DEFAULT_CUDA_ARCHS = "7.5;8.0;9.0+PTX"
 
 NEEDS_TORCH = (
