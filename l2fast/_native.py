@@ -24,8 +24,8 @@ def rebuild_command() -> str:
     return "pip install --no-build-isolation --no-cache-dir --force-reinstall --no-deps <l2fast sdist or source directory>"
 
 
-def minor_version(version: str | None) -> str | None:
-    return None if version is None else ".".join(version.split("+")[0].split(".")[:2])
+def minor_version(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
 
 
 def version_mismatch(built_torch: str, built_cuda: str | None) -> str | None:
