@@ -1,4 +1,7 @@
 """l2fast: fused multi-tensor weight penalties for PyTorch."""
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
+from ._ops import backend_reason
 from .functional import (
     add_penalty_grad_,
     backend,
@@ -16,6 +19,7 @@ __all__ = [
     "Penalized",
     "add_penalty_grad_",
     "backend",
+    "backend_reason",
     "clip_grad_norm_",
     "decay_",
     "l1_norm",
@@ -24,4 +28,3 @@ __all__ = [
     "schedules",
     "sq_norm",
 ]
-__version__ = "0.1.0"

@@ -1,8 +1,9 @@
 """Loads the native library and gives every op its fake (meta) kernel and autograd formula.
 
 `impl` is what the rest of l2fast calls: `torch.ops.l2fast` when the native library loaded, else
-the pure-PyTorch `reference` module (with one warning). L2FAST_REQUIRE_NATIVE=1 turns a failed load
-into an ImportError, so a broken build can never pass unnoticed.
+the pure-PyTorch `reference` module (with one warning that says why; `REASON` keeps that line).
+L2FAST_REQUIRE_NATIVE=1 turns a failed load into an ImportError, so a broken build can never pass
+unnoticed.
 """
 from __future__ import annotations
 
@@ -11,28 +12,24 @@ import warnings
 
 import torch
 
-from . import reference
+from . import _native, reference
 
-try:
-    from . import _C  # noqa: F401  (loading it registers torch.ops.l2fast.*)
+LOADED, REASON = _native.load()  # loading registers torch.ops.l2fast.*
 
-    LOAD_ERROR: Exception | None = None
-except ImportError as error:  # pragma: no cover - exercised only without a build
-    LOAD_ERROR = error
-
-if LOAD_ERROR is not None:
+if not LOADED:
     if os.environ.get("L2FAST_REQUIRE_NATIVE") == "1":
-        raise ImportError(f"l2fast: L2FAST_REQUIRE_NATIVE=1 but the native library did not load: {LOAD_ERROR}")
-    warnings.warn(
-        f"l2fast: native library not available ({LOAD_ERROR}); using the slower pure-PyTorch reference ops",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+        raise ImportError(f"l2fast: L2FAST_REQUIRE_NATIVE=1 but the native library did not load: {REASON}")
+    warnings.warn(f"l2fast: {REASON}; using the slower pure-PyTorch reference ops", RuntimeWarning, stacklevel=2)
     impl = reference
     BACKEND = "reference"
 else:
     impl = torch.ops.l2fast
     BACKEND = "native"
+
+
+def backend_reason() -> str:
+    """One line on why backend() is what it is: the torch the build was made for, or why it is unused."""
+    return REASON
 
 
 def _new_result(tensors, per_tensor: bool) -> torch.Tensor:

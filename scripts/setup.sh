@@ -21,14 +21,17 @@ PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 
 "$PY" -c "import torch" 2>/dev/null || pip_install "${L2FAST_TORCH:-torch==2.13.0}"
-pip_install "setuptools>=77" wheel ninja numpy pytest pytest-benchmark "sentencepiece>=0.2" "sacrebleu>=2.4" \
+pip_install "setuptools>=77" ninja numpy pytest pytest-benchmark "sentencepiece>=0.2" "sacrebleu>=2.4" \
   "matplotlib>=3.7" "tqdm>=4.60"
 
 stamp="$VENV/.l2fast-source-hash"
 source_hash=$(cat setup.py pyproject.toml $(find csrc -type f | sort) | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ] || ! "$PY" -c "import l2fast._C" 2>/dev/null; then
+# Also rebuilt when the build does not load natively, e.g. after a torch upgrade (l2fast checks the
+# torch version the library was built against).
+native() { "$PY" -W ignore -c "import l2fast, sys; sys.exit(l2fast.backend() != 'native')" 2>/dev/null; }
+if [ "$(cat "$stamp" 2>/dev/null)" != "$source_hash" ] || ! native; then
   echo "building l2fast (native kernels) ..."
   pip_install --no-build-isolation --no-deps -e .
   echo "$source_hash" >"$stamp"
 fi
-"$PY" -c "import l2fast; print('l2fast', l2fast.__version__, 'backend:', l2fast.backend())"
+"$PY" -m l2fast --version

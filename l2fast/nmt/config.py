@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, packaged (the nmt extra depends on it there)
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
