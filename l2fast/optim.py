@@ -164,8 +164,9 @@ class Penalized(torch.optim.Optimizer):
     FSDP2 on a 1-D mesh), so ``last_penalty`` is the whole model's value on every process.
 
     Parameters are penalised only when they have a ``.grad`` (torch optimizers skip the others too).
-    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero. A tensor
-    learning rate on an accelerator makes decoupled decay read it back to the host.
+    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero (its gradient is
+    subtracted, which costs two extra passes over that group's gradients). A tensor learning rate on
+    an accelerator makes decoupled decay read it back to the host.
 
     Attributes:
         optimizer: the inner optimizer.
@@ -347,6 +348,7 @@ class Penalized(torch.optim.Optimizer):
     def _buckets(self, coefficients: list[tuple[float, float]]) -> dict[tuple, _Bucket]:
         """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over)."""
         buckets: dict[tuple, _Bucket] = {}
+        dtensor = _dtensor_type()
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
                 continue
@@ -355,7 +357,7 @@ class Penalized(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                param, grad, reduce_over = self._local(p)
+                param, grad, reduce_over = self._local(p, dtensor)
                 key = (param.device, maximize, reduce_over)
                 bucket = buckets.get(key)
                 if bucket is None:
@@ -366,10 +368,9 @@ class Penalized(torch.optim.Optimizer):
                 bucket.end_group(l2=l2, l1=l1, decay=decay)
         return buckets
 
-    def _local(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    def _local(self, p: torch.Tensor, dtensor: type | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """What this process penalises for p, and the process groups its value is summed over: a
         DTensor's local shard over its mesh's groups, else p itself over ``shard_group`` (if any)."""
-        dtensor = _dtensor_type()
         if dtensor is not None and isinstance(p, dtensor):
             return p.to_local(), p.grad.to_local(), _mesh_groups(p)
         return p, p.grad, () if self.shard_group is None else (self.shard_group,)

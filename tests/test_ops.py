@@ -300,6 +300,23 @@ def test_compile_fullgraph(device, backend):
         torch.testing.assert_close(p.grad, w)
 
 
+def test_compile_fullgraph_in_place_ops(device):
+    """The mutating ops (with their Autograd and ADInplaceOrView kernels) trace without graph breaks."""
+    params = random_tensors([5, 130], torch.float32, device, seed=12)
+    grads = random_tensors([5, 130], torch.float32, device, seed=13)
+    want_params, want_grads = [p.clone() for p in params], [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(want_params, want_grads, [0.1], [0.01])
+    want = want + reference.decay_(want_params, [0.02], [0.1])
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(ps, gs):
+        return l2fast.add_penalty_grad_(ps, gs, l2=0.1, l1=0.01) + l2fast.decay_(ps, 0.02, l2=0.1)
+
+    torch.testing.assert_close(step(params, grads), want)
+    for got, expected in zip(params + grads, want_params + want_grads):
+        torch.testing.assert_close(got, expected)
+
+
 def test_clip_grad_norm_matches_torch(device):
     model = torch.nn.Linear(50, 40).to(device)
     model(torch.randn(3, 50, device=device)).sum().backward()
