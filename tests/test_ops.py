@@ -216,6 +216,12 @@ def test_opcheck_every_op(device, dtype):
         (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
         (ops.decay_.default, (params, [0.01], [0.0])),
         (ops.decay_.default, (params, [0.01, 0.0, 0.02], [0.5])),
+        # empty lists: no tensor to dispatch on (penalty_grad still has scale)
+        (ops.sq_norm.default, ([], [1.0], True)),
+        (ops.penalty.default, ([], [0.1], [0.0])),
+        (ops.penalty_grad.default, ([], scale, [0.1], [0.0])),
+        (ops.add_penalty_grad_.default, ([], [], [0.1], [0.0])),
+        (ops.decay_.default, ([], [0.01], [0.0])),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

@@ -61,6 +61,26 @@ Span span_of(const at::Tensor& t, int list, size_t index) {
   return {reinterpret_cast<uintptr_t>(storage.unsafeGetStorageImpl()), offset, offset + bytes, list, index};
 }
 
+// The order of the sweep below: by place in memory, then written before read, then by index.
+bool before(const Span& a, const Span& b) {
+  if (a.base != b.base) return a.base < b.base;
+  if (a.start != b.start) return a.start < b.start;
+  if (a.list != b.list) return a.list < b.list;
+  return a.index < b.index;
+}
+
+// Tensor lists usually lie in memory in list order, or in reverse order (backward allocates grads
+// last layer first): a list already in either order is sorted in O(n), and only others are sorted.
+void sort_spans(std::vector<Span>& spans) {
+  const auto after = [](const Span& a, const Span& b) { return before(b, a); };
+  if (std::is_sorted(spans.begin(), spans.end(), before)) return;
+  if (std::is_sorted(spans.begin(), spans.end(), after)) {
+    std::reverse(spans.begin(), spans.end());
+    return;
+  }
+  std::sort(spans.begin(), spans.end(), before);
+}
+
 [[noreturn]] void overlap_error(const Span& a, const Span& b, const char* written_name, const char* read_name) {
   if (a.list == 0 && b.list == 0) {
     const bool same = a.start == b.start && a.end == b.end;
@@ -121,10 +141,12 @@ void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {
 }
 
 void check_no_overlap(at::TensorList written, const char* written_name, at::TensorList read, const char* read_name) {
-  std::vector<Span> spans;
-  spans.reserve(written.size() + read.size());
+  std::vector<Span> written_spans;
+  std::vector<Span> read_spans;
+  written_spans.reserve(written.size());
+  read_spans.reserve(read.size());
   for (size_t i = 0; i < written.size(); ++i)
-    if (written[i].numel() > 0) spans.push_back(span_of(written[i], 0, i));
+    if (written[i].numel() > 0) written_spans.push_back(span_of(written[i], 0, i));
   for (size_t i = 0; i < read.size(); ++i) {
     if (read[i].numel() == 0) continue;
     const Span span = span_of(read[i], 1, i);
@@ -132,14 +154,12 @@ void check_no_overlap(at::TensorList written, const char* written_name, at::Tens
       const Span own = span_of(written[i], 0, i);  // read in place, element by element: covered by `own`
       if (own.base == span.base && own.start == span.start && own.end == span.end) continue;
     }
-    spans.push_back(span);
+    read_spans.push_back(span);
   }
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    if (a.base != b.base) return a.base < b.base;
-    if (a.start != b.start) return a.start < b.start;
-    if (a.list != b.list) return a.list < b.list;
-    return a.index < b.index;
-  });
+  sort_spans(written_spans);
+  sort_spans(read_spans);
+  std::vector<Span> spans(written_spans.size() + read_spans.size());
+  std::merge(written_spans.begin(), written_spans.end(), read_spans.begin(), read_spans.end(), spans.begin(), before);
   // Sweep in start order: a span overlaps an earlier one exactly when it starts before the furthest
   // end reached so far, so keeping the furthest-reaching written and read span is enough.
   const Span* furthest[2] = {nullptr, nullptr};
