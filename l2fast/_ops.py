@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from . import _native, reference
+from . import _native, checks, reference
 
 LOADED, REASON = _native.load()  # loading registers torch.ops.l2fast.*
 
@@ -33,51 +33,48 @@ def backend_reason() -> str:
 
 
 def _new_result(tensors, per_tensor: bool) -> torch.Tensor:
-    dtype = reference.result_dtype(tensors)
+    if not tensors:  # as the native ops answer empty lists: an empty sum, float32 on the CPU
+        return torch.zeros((0,) if per_tensor else (), dtype=torch.float32)
     shape = (len(tensors),) if per_tensor else ()
-    return tensors[0].new_empty(shape, dtype=dtype)
+    return tensors[0].new_empty(shape, dtype=checks.result_dtype(tensors))
 
 
 def _register_fakes() -> None:
-    # Fake kernels run the same argument checks as the native ones, so tracing fails as eagerly would.
+    # Fake kernels run exactly the checks of the native ones (checks.py mirrors checks.cpp), so a
+    # traced or meta call fails as the eager one would.
     @torch.library.register_fake("l2fast::sq_norm")
     def _(tensors, coeffs, per_tensor):
-        reference.check_tensors(tensors)
-        reference.expand_coeffs(coeffs, len(tensors), "coeffs")
+        checks.check_norm_args(tensors, coeffs)
         return _new_result(tensors, per_tensor)
 
     torch.library.register_fake("l2fast::l1_norm")(_)
 
     @torch.library.register_fake("l2fast::penalty")
     def _(params, l2, l1):
-        reference.check_tensors(params, "params")
-        reference.expand_coeffs(l2, len(params), "l2")
-        reference.expand_coeffs(l1, len(params), "l1")
+        checks.check_penalty_args(params, l2, l1)
         return _new_result(params, per_tensor=False)
 
     @torch.library.register_fake("l2fast::penalty_grad")
     def _(params, scale, l2, l1):
-        reference.check_tensors(params, "params")
-        torch._check(scale.numel() == 1, lambda: "l2fast: scale must hold one value")
+        checks.check_penalty_grad_args(params, scale, l2, l1)
         return [torch.empty_like(p) for p in params]
 
     @torch.library.register_fake("l2fast::add_penalty_grad_")
     def _(params, grads, l2, l1):
-        reference.check_tensors(params, "params")
-        reference.check_pairs(params, grads)
+        checks.check_add_penalty_grad_args(params, grads, l2, l1)
         return _new_result(params, per_tensor=False)
 
     @torch.library.register_fake("l2fast::decay_")
     def _(params, factors, l2):
-        reference.check_tensors(params, "params")
-        reference.expand_coeffs(factors, len(params), "factors")
-        reference.expand_coeffs(l2, len(params), "l2")
+        checks.check_decay_args(params, factors, l2)
         return _new_result(params, per_tensor=False)
 
 
 def _register_autograd() -> None:
-    # Every backward is one fused pass of penalty_grad: d/dw of l2/2 ||w||^2 + l1 |w|_1, times the
-    # incoming gradient.
+    # The backward of every reduction is one fused pass of penalty_grad: d/dw of l2/2 ||w||^2 + l1 |w|_1,
+    # times the incoming gradient. penalty_grad has its own derivative, so second derivatives (Hessian-
+    # vector products, gradgradcheck) are exact too. (add_penalty_grad_ and decay_ write their arguments
+    # and have no derivative: their Autograd kernels are in csrc/common/inplace_autograd.cpp.)
     def save_params(ctx, tensors, l2, l1, per_tensor=False):
         ctx.save_for_backward(*tensors)
         ctx.l2, ctx.l1, ctx.per_tensor = l2, l1, per_tensor
@@ -87,8 +84,7 @@ def _register_autograd() -> None:
         if not ctx.per_tensor:
             return torch.ops.l2fast.penalty_grad(tensors, grad_output, ctx.l2, ctx.l1)
         grads = torch.ops.l2fast.penalty_grad(tensors, grad_output.new_ones(()), ctx.l2, ctx.l1)
-        torch._foreach_mul_(grads, list(grad_output.unbind()))
-        return grads
+        return list(torch._foreach_mul(grads, list(grad_output.unbind())))
 
     def penalty_setup(ctx, inputs, output):
         params, l2, l1 = inputs
@@ -107,6 +103,34 @@ def _register_autograd() -> None:
         torch.library.register_autograd(
             f"l2fast::{name}", lambda ctx, g: (backward(ctx, g),) + (None,) * n_extra, setup_context=setup
         )
+
+    def penalty_grad_setup(ctx, inputs, output):
+        params, scale, l2, l1 = inputs
+        ctx.save_for_backward(scale, *params)
+        ctx.l2, ctx.l1 = l2, l1
+
+    def penalty_grad_backward(ctx, grad_outs):
+        # out_i = scale * (l2_i w_i + l1_i sign(w_i)). d out_i / d w_i = scale * l2_i, elementwise (sign is
+        # flat almost everywhere); d out_i / d scale = l2_i w_i + l1_i sign(w_i), the step at scale 1. A
+        # tensor with zero coefficients is not read: its gradients are exactly 0, as its output is.
+        scale, *params = ctx.saved_tensors
+        l2s = checks.expand_coeffs(ctx.l2, len(params))
+        grad_params = None
+        if any(ctx.needs_input_grad[0]):
+            s = scale.reshape(())
+            grad_params = [
+                (g * (s * a)).to(w.dtype) if a != 0.0 else torch.zeros_like(w) for g, w, a in zip(grad_outs, params, l2s)
+            ]
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            steps = torch.ops.l2fast.penalty_grad(params, torch.ones_like(scale), ctx.l2, ctx.l1)
+            total = scale.new_zeros((), dtype=torch.float64)
+            for g, step in zip(grad_outs, steps):
+                total = total + (g.double() * step.double()).sum()
+            grad_scale = total.to(scale.dtype).reshape(scale.shape)
+        return grad_params, grad_scale, None, None
+
+    torch.library.register_autograd("l2fast::penalty_grad", penalty_grad_backward, setup_context=penalty_grad_setup)
 
 
 if BACKEND == "native":

@@ -4,6 +4,7 @@ one tensor) and coefficients (one float for every tensor, or a sequence with one
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from numbers import Real
 
 import torch
 
@@ -31,30 +32,29 @@ def _tensor_list(tensors: Tensors, name: str) -> list[torch.Tensor]:
 
 
 def _coeff_list(coeffs: Coeffs, name: str) -> list[float]:
-    if isinstance(coeffs, torch.Tensor):
-        raise TypeError(f"l2fast: {name} must be a float or a sequence of floats, not a tensor")
-    if isinstance(coeffs, (int, float)):
+    """Coefficients as floats. Their values are checked by the ops themselves (finite, >= 0), so
+    torch.ops.l2fast.* calls are checked too; here only what the ops cannot see: the types (a string
+    would otherwise be read character by character)."""
+    if isinstance(coeffs, Real) and not isinstance(coeffs, bool):
         return [float(coeffs)]
-    return [float(c) for c in coeffs]
-
-
-def _empty_result(per_tensor: bool) -> torch.Tensor:
-    return torch.zeros(0) if per_tensor else torch.zeros(())
+    if isinstance(coeffs, (str, bytes, torch.Tensor)) or not isinstance(coeffs, Iterable):
+        raise TypeError(f"l2fast: {name} must be a float or a sequence of floats, got {type(coeffs).__name__}")
+    values = list(coeffs)
+    for i, c in enumerate(values):
+        if isinstance(c, bool) or not isinstance(c, Real):
+            raise TypeError(f"l2fast: {name}[{i}] is a {type(c).__name__}, not a number")
+    return [float(c) for c in values]
 
 
 def sq_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
     """sum_i c_i * ||x_i||^2 (c_i = 1 by default), or one value per tensor when per_tensor."""
     tensors = _tensor_list(tensors, "tensors")
-    if not tensors:
-        return _empty_result(per_tensor)
     return _ops.impl.sq_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
 
 
 def l1_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
     """sum_i c_i * |x_i|_1 (c_i = 1 by default), or one value per tensor when per_tensor."""
     tensors = _tensor_list(tensors, "tensors")
-    if not tensors:
-        return _empty_result(per_tensor)
     return _ops.impl.l1_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
 
 
@@ -65,8 +65,6 @@ def penalty(params: Tensors, l2: Coeffs = 0.0, l1: Coeffs = 0.0) -> torch.Tensor
     gives every weight the gradient ``l2 * w``, exactly what ``weight_decay=l2`` means in torch.optim.SGD.
     """
     params = _tensor_list(params, "params")
-    if not params:
-        return _empty_result(per_tensor=False)
     return _ops.impl.penalty(params, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
 
 
@@ -85,8 +83,6 @@ def add_penalty_grad_(
         if missing:
             raise RuntimeError(f"l2fast: params{missing[:5]} have no .grad; run backward first or pass grads")
     grads = _tensor_list(grads, "grads")
-    if not params and not grads:
-        return _empty_result(per_tensor=False)
     with torch.no_grad():  # the op reads params and writes grads: nothing for autograd to record
         return _ops.impl.add_penalty_grad_(params, grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
 
@@ -94,12 +90,13 @@ def add_penalty_grad_(
 def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0) -> torch.Tensor:
     """w_i *= (1 - f_i), in place: decoupled weight decay, as torch.optim.AdamW applies lr * weight_decay.
 
+    ``factors`` are the decay fractions f_i (AdamW's ``lr * weight_decay``): finite and >= 0, like
+    AdamW's lr and weight_decay (a fraction above 1 is allowed, as AdamW allows it).
+
     Returns l2/2 * sum ||w||^2 of the weights before the decay, measured in the same pass (zero when
     l2 is zero), so decoupled training reports its penalty without a second read of the weights.
     """
     params = _tensor_list(params, "params")
-    if not params:
-        return _empty_result(per_tensor=False)
     with torch.no_grad():  # an in-place update of leaf parameters, as optimizers make it
         return _ops.impl.decay_(params, _coeff_list(factors, "factors"), _coeff_list(l2, "l2"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from numbers import Real
 
 from torch import nn
 
@@ -47,17 +48,30 @@ def _rules(no_decay: str | Rule | Iterable[str | Rule]) -> list[Rule]:
     return rules
 
 
+def _coefficient(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"l2fast.param_groups: {name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0.0:
+        raise ValueError(f"l2fast.param_groups: {name} = {value} is invalid; coefficients must be finite and >= 0")
+    return float(value)
+
+
 def param_groups(
     model: nn.Module,
-    l2: float = 0.0,
+    l2: float | None = None,
     no_decay: str | Rule | Iterable[str | Rule] = ("bias", "norm"),
-    l1: float = 0.0,
+    l1: float | None = None,
     key: str = "l2",
     with_names: bool = False,
 ) -> list[dict]:
     """Splits ``model``'s trainable parameters into two groups that any torch optimizer accepts:
+    ``[penalised, exempt]``, e.g. ``[{"params": [...], "l2": l2}, {"params": [...], "l2": 0.0, "l1": 0.0}]``.
 
-    ``[{"params": penalised, "l2": l2, "l1": l1}, {"params": exempt, "l2": 0.0, "l1": 0.0}]``
+    Explicit beats implicit: the penalised group carries a coefficient key only for a coefficient you
+    pass (``l2=`` and/or ``l1=``). A group key overrides ``l2fast.Penalized``'s arguments for that group,
+    so a key you did not ask for can never silently defeat them: ``Penalized(Adam(param_groups(model)),
+    l2=1e-2, l1=1e-3)`` penalises the first group with both and exempts the second. The exempt group
+    always carries 0.0 for both (exempting is its purpose).
 
     A parameter is exempt when any ``no_decay`` rule holds for it: ``"bias"`` (named ``bias``,
     ``*_bias`` or ``bias_*``), ``"norm"`` (owned by a normalisation layer: torch's BatchNorm, LayerNorm,
@@ -67,18 +81,16 @@ def param_groups(
     any owner. Frozen parameters (``requires_grad=False``) are left out. Both groups are always
     returned, penalised first, parameters in ``model.named_parameters()`` order.
 
-    ``key="weight_decay"`` writes the coefficient under torch's own key instead, for a plain torch
-    optimizer without ``l2fast.Penalized`` (L1 needs Penalized). ``with_names=True`` adds each group's
-    ``"param_names"`` (torch's key for named parameters, kept in the optimizer's state_dict): which
-    parameter went where.
+    ``key="weight_decay"`` writes the L2 coefficient under torch's own key instead (``weight_decay=l2``
+    when given, and ``weight_decay=0.0`` in the exempt group), for a plain torch optimizer without
+    ``l2fast.Penalized`` (L1 needs Penalized). ``with_names=True`` adds each group's ``"param_names"``
+    (torch's key for named parameters, kept in the optimizer's state_dict): which parameter went where.
     """
     rules = _rules(no_decay)
-    for name, value in (("l2", l2), ("l1", l1)):
-        if not math.isfinite(value) or value < 0.0:
-            raise ValueError(f"l2fast.param_groups: {name} = {value} is invalid; coefficients must be finite and >= 0")
+    given = {name: _coefficient(value, name) for name, value in (("l2", l2), ("l1", l1)) if value is not None}
     if key not in ("l2", "weight_decay"):
         raise ValueError(f"l2fast.param_groups: key must be 'l2' or 'weight_decay', got {key!r}")
-    if key == "weight_decay" and l1 != 0.0:
+    if key == "weight_decay" and given.get("l1", 0.0) != 0.0:
         raise ValueError("l2fast.param_groups: l1 needs l2fast.Penalized; torch optimizers have no L1 weight_decay")
 
     owners: dict[nn.Parameter, list[tuple[str, nn.Module]]] = {}
@@ -95,10 +107,13 @@ def param_groups(
         names.append(name)
         params.append(param)
 
-    coefficients = {"l2": [l2, 0.0], "l1": [l1, 0.0]} if key == "l2" else {"weight_decay": [l2, 0.0]}
+    if key == "weight_decay":
+        coefficients = ({"weight_decay": given["l2"]} if "l2" in given else {}, {"weight_decay": 0.0})
+    else:
+        coefficients = (given, {"l2": 0.0, "l1": 0.0})
     groups = []
-    for i, (names, params) in enumerate((decayed, exempt)):
-        group = {"params": params, **{k: float(v[i]) for k, v in coefficients.items()}}
+    for (names, params), keys in zip((decayed, exempt), coefficients):
+        group = {"params": params, **keys}
         if with_names:
             group["param_names"] = names
         groups.append(group)

@@ -7,15 +7,19 @@ call per device adds ``l2 * w + l1 * sign(w)`` to every penalised gradient (or, 
 every penalised weight by ``1 - lr * l2``, as AdamW does) and measures the penalty
 ``l2/2 * sum(w**2) + l1 * sum(|w|)`` in the same pass; ``last_penalty`` keeps it as a device tensor.
 
-Coefficients: ``Penalized(l2=..., l1=...)`` are the defaults; a group's own ``"l2"`` / ``"l1"`` keys
-override them (``l2fast.param_groups`` writes such groups); a schedule multiplies them step by step
-(see ``l2fast.schedules``).
+Coefficients: explicit beats implicit. ``Penalized(l2=..., l1=...)`` are the defaults; a group's own
+``"l2"`` / ``"l1"`` key is a per-group override and wins. ``l2fast.param_groups`` writes a key into its
+penalised group only for a coefficient you pass it (its exempt group always carries 0.0 for both), so
+``Penalized(Adam(l2fast.param_groups(model)), l2=1e-2, l1=1e-3)`` penalises the first group with both
+and exempts the second. An argument that no group uses (every group carries that key, with another
+value) draws a warning. A schedule multiplies the coefficients step by step (see ``l2fast.schedules``).
 """
 from __future__ import annotations
 
 import copy
 import math
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from numbers import Real
 
@@ -43,6 +47,22 @@ def _coefficient(value, where: str) -> float:
     return value
 
 
+def _warn_unused_arguments(groups: list[dict], defaults: dict) -> None:
+    """Warns about a non-zero coefficient argument that no group uses: every group carries the key, and
+    none with that value. (Groups that exempt some parameters with 0.0 while others take the argument,
+    as ``l2fast.param_groups`` makes them, are the common case and stay quiet.)"""
+    for key, value in defaults.items():
+        if value != 0.0 and all(key in group and group[key] != value for group in groups):
+            overrides = sorted({float(group[key]) for group in groups})
+            warnings.warn(
+                f"l2fast.Penalized: {key}={value} is not used: every param group sets its own '{key}' "
+                f"({overrides}), and a group's key wins over the argument. Leave '{key}' out of the groups "
+                f"that should get {key}={value} (l2fast.param_groups writes it only when you pass {key}=)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def _dtensor_type():
     # Only present once torch.distributed.tensor is imported, which any DTensor parameter implies.
     module = sys.modules.get("torch.distributed.tensor")
@@ -50,10 +70,12 @@ def _dtensor_type():
 
 
 class _Bucket:
-    """Tensors of one device (and one sign, and one reduction) penalised in one fused call. Coefficients
-    are kept once per group, as runs, so the per-tensor Python loop of every step stays short."""
+    """Tensors penalised in one fused call: one device, one maximize setting, one set of process groups
+    to sum the value over. Coefficients are kept once per param group, as runs, so the per-tensor
+    Python loop of every step stays short."""
 
-    def __init__(self):
+    def __init__(self, maximize: bool):
+        self.maximize = maximize
         self.params, self.grads, self.runs = [], [], []
         self.covered = 0
 
@@ -68,6 +90,44 @@ class _Bucket:
         return [c for count, coefficients in self.runs for c in [coefficients[name]] * count]
 
 
+def _add_penalty_grads(bucket: _Bucket) -> torch.Tensor:
+    """grad += l2 * w + l1 * sign(w) over the bucket; returns the penalty value."""
+    l2s, l1s = bucket.per_tensor("l2"), bucket.per_tensor("l1")
+    if not bucket.maximize:
+        return functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
+    # The inner step negates a maximize group's gradient, so the penalty gradient is subtracted here
+    # to come out as a pull towards zero. Negation is exact: -((-g) + step) is g - step, bit for bit.
+    torch._foreach_neg_(bucket.grads)
+    value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
+    torch._foreach_neg_(bucket.grads)
+    return value
+
+
+def _sum_by_process_groups(values: list[tuple[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:
+    """Adds up the bucket values that are summed over the same process groups (buckets of several devices)."""
+    sums: dict[tuple, torch.Tensor] = {}
+    for reduce_over, value in values:
+        previous = sums.get(reduce_over)
+        sums[reduce_over] = value if previous is None else previous + value.to(previous.device)
+    return sums
+
+
+def _all_reduced_total(sums: dict[tuple, torch.Tensor]) -> torch.Tensor | None:
+    """Each sum all-reduced over its process groups (shards' values add up), then all of them added."""
+    total = None
+    for reduce_over, value in sums.items():
+        for group in reduce_over:
+            dist.all_reduce(value, group=group)
+        total = value if total is None else total + value.to(total.device)
+    return total
+
+
+def _mesh_groups(p) -> tuple:
+    """The process groups of the mesh dimensions p is sharded over: its shards' values add up over them."""
+    mesh = p.device_mesh
+    return tuple(mesh.get_group(dim) for dim, placement in enumerate(p.placements) if placement.is_shard())
+
+
 class Penalized(torch.optim.Optimizer):
     """Wraps ``optimizer`` and applies weight penalties in its ``step``.
 
@@ -75,9 +135,10 @@ class Penalized(torch.optim.Optimizer):
         optimizer: any ``torch.optim.Optimizer``, built with ``weight_decay=0`` (a group that has both
             a non-zero ``weight_decay`` and a non-zero ``l2`` is an error: the L2 penalty would be
             applied twice).
-        l2, l1: default coefficients for groups without their own ``"l2"`` / ``"l1"``. Coupled (the
-            default), ``l2`` means what ``weight_decay`` means in torch's SGD and Adam: the gradient
-            gains ``l2 * w``; ``l1`` adds ``l1 * sign(w)``.
+        l2, l1: default coefficients for groups without their own ``"l2"`` / ``"l1"`` (a group's key wins;
+            a non-zero argument that every group overrides is warned about). Coupled (the default),
+            ``l2`` means what ``weight_decay`` means in torch's SGD and Adam: the gradient gains
+            ``l2 * w``; ``l1`` adds ``l1 * sign(w)``.
         decoupled: apply L2 as AdamW applies ``weight_decay``: ``w *= 1 - lr * l2`` before the inner
             step, with the group's current ``lr``. L2 only (a decoupled L1 is not defined by torch).
         schedule: an ``l2fast.schedules.Schedule`` (or a function of the step count) that multiplies
@@ -103,8 +164,9 @@ class Penalized(torch.optim.Optimizer):
     FSDP2 on a 1-D mesh), so ``last_penalty`` is the whole model's value on every process.
 
     Parameters are penalised only when they have a ``.grad`` (torch optimizers skip the others too).
-    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero. A tensor
-    learning rate on an accelerator makes decoupled decay read it back to the host.
+    With ``maximize=True`` in a group, the coupled penalty still pulls weights to zero (its gradient is
+    subtracted, which costs two extra passes over that group's gradients). A tensor learning rate on
+    an accelerator makes decoupled decay read it back to the host.
 
     Attributes:
         optimizer: the inner optimizer.
@@ -151,7 +213,8 @@ class Penalized(torch.optim.Optimizer):
         # Check everything (a schedule that fails at step 0 fails here) before changing the inner optimizer.
         for i, group in enumerate(optimizer.param_groups):
             self._check_group(group, i, defaults)
-        self._factors(len(optimizer.param_groups))
+        self._multipliers(len(optimizer.param_groups))
+        _warn_unused_arguments(optimizer.param_groups, defaults)
         optimizer.defaults.update(defaults)  # so every group, present or added later, carries l2 and l1
         for group in optimizer.param_groups:
             for key in PENALTY_KEYS:
@@ -194,24 +257,24 @@ class Penalized(torch.optim.Optimizer):
     def coefficients(self) -> list[tuple[float, float]]:
         """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers."""
         groups = self.param_groups
-        factors = self._factors(len(groups))
+        multipliers = self._multipliers(len(groups))
         result = []
-        for i, (group, factor) in enumerate(zip(groups, factors)):
+        for i, (group, multiplier) in enumerate(zip(groups, multipliers)):
             l2, l1 = self._group_coefficients(group, i, self.defaults)
-            result.append((l2 * factor, l1 * factor))
+            result.append((l2 * multiplier, l1 * multiplier))
         return result
 
-    def _factors(self, num_groups: int) -> list[float]:
-        factors = self.schedule.factors(self._clock, num_groups)
-        if len(factors) != num_groups:
-            raise ValueError(f"l2fast.Penalized: the schedule gave {len(factors)} multipliers for {num_groups} groups")
-        for i, factor in enumerate(factors):
-            if not math.isfinite(factor) or factor < 0.0:
+    def _multipliers(self, num_groups: int) -> list[float]:
+        multipliers = self.schedule.multipliers(self._clock, num_groups)
+        if len(multipliers) != num_groups:
+            raise ValueError(f"l2fast.Penalized: the schedule gave {len(multipliers)} multipliers for {num_groups} groups")
+        for i, multiplier in enumerate(multipliers):
+            if not math.isfinite(multiplier) or multiplier < 0.0:
                 raise ValueError(
-                    f"l2fast.Penalized: schedule {self.schedule!r} gave the multiplier {factor} for param_groups[{i}] "
+                    f"l2fast.Penalized: schedule {self.schedule!r} gave the multiplier {multiplier} for param_groups[{i}] "
                     f"at {self._clock}; multipliers must be finite and >= 0"
                 )
-        return factors
+        return multipliers
 
     def _group_coefficients(self, group: dict, i: int, defaults: dict) -> tuple[float, float]:
         l2, l1 = (_coefficient(group.get(k, defaults[k]), f"param_groups[{i}]['{k}']") for k in PENALTY_KEYS)
@@ -277,63 +340,53 @@ class Penalized(torch.optim.Optimizer):
     def _apply_penalty(self, coefficients: list[tuple[float, float]]) -> torch.Tensor:
         """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
         bucket; returns the penalty value, summed over shards where parameters are sharded."""
-        dtensor = _dtensor_type()
-        replicated = () if self.shard_group is None else (self.shard_group,)  # groups to sum values over
+        buckets = self._buckets(coefficients)
+        values = [(reduce_over, self._penalise(bucket)) for (_, _, reduce_over), bucket in buckets.items()]
+        total = _all_reduced_total(_sum_by_process_groups(values))
+        return total if total is not None else self._zero()
+
+    def _buckets(self, coefficients: list[tuple[float, float]]) -> dict[tuple, _Bucket]:
+        """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over)."""
         buckets: dict[tuple, _Bucket] = {}
+        dtensor = _dtensor_type()
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
                 continue
-            # maximize negates the gradient inside the inner step; a negated penalty comes out as decay.
-            sign = -1.0 if group.get("maximize", False) and not self.decoupled else 1.0
-            lr = self._lr(group, i) if self.decoupled else 0.0
+            maximize = bool(group.get("maximize", False)) and not self.decoupled
+            decay = self._lr(group, i) * l2 if self.decoupled else 0.0  # the decay fraction, AdamW's lr * wd
             for p in group["params"]:
-                grad = p.grad
-                if grad is None:
+                if p.grad is None:
                     continue
-                reduce_over = replicated
-                if dtensor is not None and isinstance(p, dtensor):
-                    reduce_over = self._mesh_groups(p)
-                    p, grad = p.to_local(), grad.to_local()  # the shard this process holds
-                key = (p.device, sign, reduce_over)
+                param, grad, reduce_over = self._local(p, dtensor)
+                key = (param.device, maximize, reduce_over)
                 bucket = buckets.get(key)
                 if bucket is None:
-                    bucket = buckets[key] = _Bucket()
-                bucket.params.append(p)
+                    bucket = buckets[key] = _Bucket(maximize)
+                bucket.params.append(param)
                 bucket.grads.append(grad)
             for bucket in buckets.values():
-                bucket.end_group(l2=sign * l2, l1=sign * l1, decay=lr * l2)
+                bucket.end_group(l2=l2, l1=l1, decay=decay)
+        return buckets
 
-        values: dict[tuple, torch.Tensor] = {}
-        for (device, sign, reduce_over), bucket in buckets.items():
-            if self.decoupled:
-                # One pass: the value of the weights before the decay, and the decay itself.
-                value = functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"))
-            else:
-                l2s, l1s = bucket.per_tensor("l2"), bucket.per_tensor("l1")
-                value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
-                if sign < 0.0:
-                    value = -value
-            previous = values.get(reduce_over)
-            values[reduce_over] = value if previous is None else previous + value.to(previous.device)
+    def _local(self, p: torch.Tensor, dtensor: type | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """What this process penalises for p, and the process groups its value is summed over: a
+        DTensor's local shard over its mesh's groups, else p itself over ``shard_group`` (if any)."""
+        if dtensor is not None and isinstance(p, dtensor):
+            return p.to_local(), p.grad.to_local(), _mesh_groups(p)
+        return p, p.grad, () if self.shard_group is None else (self.shard_group,)
 
-        total = None
-        for reduce_over, value in values.items():
-            for group in reduce_over:
-                dist.all_reduce(value, group=group)
-            total = value if total is None else total + value.to(total.device)
-        return total if total is not None else self._zero()
+    def _penalise(self, bucket: _Bucket) -> torch.Tensor:
+        """The bucket's decoupled decay or coupled penalty gradient, in one fused call; its penalty value."""
+        if self.decoupled:
+            # One pass: the value of the weights before the decay, and the decay itself.
+            return functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"))
+        return _add_penalty_grads(bucket)
 
     @staticmethod
     def _lr(group: dict, i: int) -> float:
         if "lr" not in group:
             raise ValueError(f"l2fast.Penalized: decoupled decay needs a learning rate, but param_groups[{i}] has no 'lr'")
         return float(group["lr"])
-
-    @staticmethod
-    def _mesh_groups(p) -> tuple:
-        """The process groups of the mesh dimensions p is sharded over: its shards' values add up over them."""
-        mesh = p.device_mesh
-        return tuple(mesh.get_group(dim) for dim, placement in enumerate(p.placements) if placement.is_shard())
 
     def _zero(self) -> torch.Tensor:
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))

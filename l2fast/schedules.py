@@ -2,7 +2,7 @@
 
 A schedule gives one *multiplier* per parameter group; the coefficient a group uses at a step is its
 base coefficient (``param_groups[i]["l2"]`` and ``["l1"]``, set in ``Penalized(...)`` or in the group)
-times that multiplier. Both L2 and L1 coefficients are multiplied by the same factor.
+times that multiplier. Both L2 and L1 coefficients are multiplied by the same multiplier.
 
 Time is a :class:`Clock`: the number of optimizer steps applied so far and the number of epochs
 completed. ``Penalized`` owns the clock: ``step()`` advances it once per applied step (a step that
@@ -58,7 +58,7 @@ def _level(value, name: str) -> float:
 
 class Schedule:
     """Base class. Subclasses whose multiplier is the same for every group implement ``at(t)``, with
-    ``t`` the clock's count in ``self.unit``; group-dependent ones override ``factors``.
+    ``t`` the clock's count in ``self.unit``; group-dependent ones override ``multipliers``.
 
     ``state_dict`` holds every attribute that is not a function, with nested schedules as their own
     state dicts.
@@ -66,12 +66,12 @@ class Schedule:
 
     unit = "step"
 
-    def factors(self, clock: Clock, num_groups: int) -> list[float]:
+    def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         """One multiplier per parameter group at this time."""
         return [self.at(getattr(clock, self.unit))] * num_groups
 
     def at(self, t: int) -> float:
-        raise NotImplementedError(f"{type(self).__name__} must implement at(t) or factors(clock, num_groups)")
+        raise NotImplementedError(f"{type(self).__name__} must implement at(t) or multipliers(clock, num_groups)")
 
     def units(self) -> set[str]:
         """The clock counts this schedule reads."""
@@ -217,7 +217,7 @@ class Alternating(Schedule):
             raise ValueError(f"l2fast.schedules: Alternating groups must be distinct indices, got {groups!r}")
         self.unit = _check_unit(unit)
 
-    def factors(self, clock: Clock, num_groups: int) -> list[float]:
+    def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         members = list(range(num_groups)) if self.groups is None else self.groups
         if any(not 0 <= g < num_groups for g in members):
             raise ValueError(f"l2fast.schedules: Alternating groups {members} name groups beyond the optimizer's {num_groups}")
@@ -253,11 +253,11 @@ class Sequential(Schedule):
             if not s.units() <= {self.unit}:
                 raise ValueError(f"l2fast.schedules: Sequential counts {self.unit}s but {s!r} counts {sorted(s.units())}")
 
-    def factors(self, clock: Clock, num_groups: int) -> list[float]:
+    def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         t = getattr(clock, self.unit)
         segment = sum(t >= m for m in self.milestones)
         start = self.milestones[segment - 1] if segment else 0
-        return self.schedules[segment].factors(clock.shifted(self.unit, start), num_groups)
+        return self.schedules[segment].multipliers(clock.shifted(self.unit, start), num_groups)
 
 
 class Product(Schedule):
@@ -271,10 +271,10 @@ class Product(Schedule):
     def units(self) -> set[str]:
         return set().union(*(s.units() for s in self.schedules))
 
-    def factors(self, clock: Clock, num_groups: int) -> list[float]:
+    def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         result = [1.0] * num_groups
         for schedule in self.schedules:
-            result = [a * b for a, b in zip(result, schedule.factors(clock, num_groups))]
+            result = [a * b for a, b in zip(result, schedule.multipliers(clock, num_groups))]
         return result
 
 

@@ -15,6 +15,12 @@ value = l2fast.penalty([w], l2=0.5, l1=0.25)
 value.backward()
 g = torch.ones(2)
 print(value.item(), w.grad.tolist(), l2fast.add_penalty_grad_([w.detach()], [g], l2=0.5).item(), g.tolist())
+_, hvp = torch.autograd.functional.hvp(lambda w: l2fast.penalty([w], l2=0.3), w.detach(), torch.ones(2))
+print(l2fast.sq_norm([]).item(), hvp.tolist())
+try:
+    l2fast.decay_([g, g], 0.1)
+except RuntimeError as error:
+    print(error)
 """
 
 
@@ -26,10 +32,13 @@ def run(env_extra):
 def test_reference_backend_when_native_library_is_missing():
     result = run({})
     assert result.returncode == 0, result.stderr
-    backend_line, values_line = result.stdout.splitlines()
+    backend_line, values_line, more_line, error_line = result.stdout.splitlines()
     assert backend_line == "reference 1"
     # 0.25 * 25 + 0.25 * 7; gradient 0.5 w + 0.25 sign(w); grads 1 + 0.5 w
     assert values_line == "8.0 [1.75, -2.25] 6.25 [2.5, -1.0]"
+    # empty lists are an empty sum; second derivatives hold; the native ops' checks run here too
+    assert more_line == "0.0 [0.30000001192092896, 0.30000001192092896]"
+    assert error_line.startswith("l2fast: params[0] and params[1] are the same memory")
 
 
 def test_require_native_turns_a_missing_library_into_an_error():

@@ -1,4 +1,6 @@
 """param_groups: which parameter lands in which group, for torch's layers, tied weights and custom rules."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -52,7 +54,7 @@ def names(groups):
 
 def test_default_split_exempts_biases_and_norms():
     groups = l2fast.param_groups(TinyTranslator(), l2=1e-2, with_names=True)
-    assert [(g["l2"], g["l1"]) for g in groups] == [(1e-2, 0.0), (0.0, 0.0)]
+    assert [{k: g[k] for k in ("l2", "l1") if k in g} for g in groups] == [{"l2": 1e-2}, {"l2": 0.0, "l1": 0.0}]
     assert names(groups) == [sorted(DECAYED + ["embed.weight"]), sorted(BIASES + NORMS)]
     for group in groups:
         assert len(group["params"]) == len(group["param_names"])
@@ -123,11 +125,71 @@ def test_weight_decay_key_equals_a_hand_made_split():
     assert all(torch.equal(p, q) for p, q in zip(got.parameters(), want.parameters()))
 
 
+def test_wrapper_arguments_reach_the_penalised_group_and_spare_the_exempt_one():
+    """Explicit beats implicit: a coefficient not passed to param_groups is not written, so it cannot
+    override Penalized's argument; the exempt group always carries zeros."""
+    model = TinyTranslator()
+    inner = torch.optim.Adam(l2fast.param_groups(model))
+    assert l2fast.Penalized(inner, l2=1e-2, l1=1e-3).coefficients() == [(1e-2, 1e-3), (0.0, 0.0)]
+    only_l2 = l2fast.param_groups(model, l2=1e-2)
+    assert l2fast.Penalized(torch.optim.Adam(only_l2), l1=1e-3).coefficients() == [(1e-2, 1e-3), (0.0, 0.0)]
+    # A group key is a per-group override: it wins over the argument (which then goes unused: a warning).
+    with pytest.warns(UserWarning, match="l1=0.001 is not used"):
+        overridden = l2fast.Penalized(torch.optim.Adam(l2fast.param_groups(model, l1=0.0)), l1=1e-3)
+    assert overridden.coefficients() == [(0.0, 0.0), (0.0, 0.0)]
+
+
+def test_wrapper_applies_both_penalties_to_the_penalised_group_only():
+    def run(groups_of):
+        torch.manual_seed(0)
+        model = TinyTranslator()
+        model.eval()
+        optimizer = l2fast.Penalized(torch.optim.SGD(groups_of(model), lr=0.1), l2=0.2, l1=0.01)
+        model(torch.randint(0, 50, (2, 5), generator=torch.Generator().manual_seed(1))).logsumexp(-1).mean().backward()
+        optimizer.step()
+        return model
+
+    def by_hand(model):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        exempt = set(BIASES + NORMS)
+        return [
+            {"params": [p for n, p in named if n not in exempt]},
+            {"params": [p for n, p in named if n in exempt], "l2": 0.0, "l1": 0.0},
+        ]
+
+    got, want = run(l2fast.param_groups), run(by_hand)
+    assert all(torch.equal(p, q) for p, q in zip(got.parameters(), want.parameters()))
+    torch.manual_seed(0)
+    before = TinyTranslator()
+    assert not torch.equal(got.layer.linear1.weight, before.layer.linear1.weight)
+
+
+@pytest.mark.parametrize(
+    "groups_kwargs, wrapper_kwargs, warns",
+    [
+        ({"l2": 1e-4}, {"l2": 1e-2}, True),  # both given, different: the argument is dead
+        ({}, {"l2": 1e-2, "l1": 1e-3}, False),  # the common case
+        ({"l2": 1e-2}, {"l2": 1e-2}, False),  # the same value twice: harmless
+        ({"l2": 1e-4}, {}, False),  # nothing explicit to override
+    ],
+)
+def test_an_argument_every_group_overrides_is_warned_about(groups_kwargs, wrapper_kwargs, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        l2fast.Penalized(torch.optim.Adam(l2fast.param_groups(TinyTranslator(), **groups_kwargs)), **wrapper_kwargs)
+    messages = [str(w.message) for w in caught if "is not used" in str(w.message)]
+    assert messages == (["l2fast.Penalized: l2=0.01 is not used: every param group sets its own 'l2' ([0.0, 0.0001]), "
+                         "and a group's key wins over the argument. Leave 'l2' out of the groups that should get "
+                         "l2=0.01 (l2fast.param_groups writes it only when you pass l2=)"] if warns else [])
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"no_decay": ["bias", "bais"]}, ValueError, r"unknown no_decay rule 'bais'; use \['bias', 'embedding', 'norm'\]"),
         ({"l2": -0.1}, ValueError, "l2 = -0.1 is invalid"),
+        ({"l1": float("nan")}, ValueError, "l1 = nan is invalid"),
+        ({"l2": "0.1"}, TypeError, "l2 must be a float, got str"),
         ({"l1": 0.1, "key": "weight_decay"}, ValueError, "l1 needs l2fast.Penalized"),
         ({"key": "decay"}, ValueError, "key must be 'l2' or 'weight_decay'"),
     ],

@@ -216,17 +216,58 @@ def test_opcheck_every_op(device, dtype):
         (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
         (ops.decay_.default, (params, [0.01], [0.0])),
         (ops.decay_.default, (params, [0.01, 0.0, 0.02], [0.5])),
+        # empty lists: no tensor to dispatch on (penalty_grad still has scale)
+        (ops.sq_norm.default, ([], [1.0], True)),
+        (ops.penalty.default, ([], [0.1], [0.0])),
+        (ops.penalty_grad.default, ([], scale, [0.1], [0.0])),
+        (ops.add_penalty_grad_.default, ([], [], [0.1], [0.0])),
+        (ops.decay_.default, ([], [0.01], [0.0])),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
 
 
+def away_from_zero(*sizes):
+    """float64 leaves with |w| >= 0.1: the kink of |w| at 0 stays further away than gradcheck's steps."""
+    g = torch.Generator().manual_seed(11)
+    return [(lambda p: (p + 0.1 * p.sign()).requires_grad_())(torch.randn(n, generator=g, dtype=torch.float64)) for n in sizes]
+
+
 def test_gradcheck_penalty():
-    params = [torch.randn(n, dtype=torch.float64, requires_grad=True) for n in (3, 17)]
-    params = [p + 0.1 * p.sign() for p in params]  # keep |w| away from the kink of |w| at 0
-    params = [p.detach().requires_grad_() for p in params]
+    params = away_from_zero(3, 17)
     assert torch.autograd.gradcheck(lambda a, b: l2fast.penalty([a, b], l2=[0.3, 0.7], l1=0.2), params)
-    assert torch.autograd.gradgradcheck is not None  # the backward op itself is checked by opcheck above
+
+
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_second_derivatives_of_the_norms_and_the_penalty(per_tensor):
+    params = away_from_zero(3, 17, 1)
+    cases = [
+        lambda a, b, c: l2fast.sq_norm([a, b, c], coeffs=[0.5, 2.0, 0.0], per_tensor=per_tensor),
+        lambda a, b, c: l2fast.l1_norm([a, b, c], coeffs=[0.5, 2.0, 1.0], per_tensor=per_tensor),  # Hessian 0 a.e.
+        lambda a, b, c: l2fast.penalty([a, b, c], l2=[0.3, 0.0, 0.7], l1=0.2),
+    ]
+    for f in cases:
+        assert torch.autograd.gradgradcheck(f, params)
+
+
+def test_penalty_grad_is_differentiable_in_params_and_scale():
+    params = away_from_zero(4, 9)
+    scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+
+    def f(a, b, s):
+        return tuple(ops.penalty_grad([a, b], s, [0.4, 0.0], [0.1]))
+
+    assert torch.autograd.gradcheck(f, params + [scale])
+    assert torch.autograd.gradgradcheck(f, params + [scale])
+
+
+def test_hessian_vector_product_through_penalty():
+    """The issue's example: d^2/dw^2 of 0.3/2 w^2 is 0.3, so H v = 0.3 v (it came out 0)."""
+    w = torch.tensor([1.0, -2.0, 3.0])
+    v = torch.tensor([1.0, 1.0, -2.0])
+    value, hvp = torch.autograd.functional.hvp(lambda w: l2fast.penalty([w], l2=0.3, l1=0.1), w, v)
+    assert value.item() == pytest.approx(0.15 * 14 + 0.1 * 6)
+    torch.testing.assert_close(hvp, 0.3 * v)
 
 
 def test_penalty_backward_gives_weight_decay_gradient(device):
@@ -263,6 +304,23 @@ def test_compile_fullgraph(device, backend):
     torch.testing.assert_close(got, eager)
     for p, w in zip(params, want):
         torch.testing.assert_close(p.grad, w)
+
+
+def test_compile_fullgraph_in_place_ops(device):
+    """The mutating ops (with their Autograd and ADInplaceOrView kernels) trace without graph breaks."""
+    params = random_tensors([5, 130], torch.float32, device, seed=12)
+    grads = random_tensors([5, 130], torch.float32, device, seed=13)
+    want_params, want_grads = [p.clone() for p in params], [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(want_params, want_grads, [0.1], [0.01])
+    want = want + reference.decay_(want_params, [0.02], [0.1])
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(ps, gs):
+        return l2fast.add_penalty_grad_(ps, gs, l2=0.1, l1=0.01) + l2fast.decay_(ps, 0.02, l2=0.1)
+
+    torch.testing.assert_close(step(params, grads), want)
+    for got, expected in zip(params + grads, want_params + want_grads):
+        torch.testing.assert_close(got, expected)
 
 
 def test_clip_grad_norm_matches_torch(device):
@@ -305,3 +363,225 @@ def test_misaligned_views_take_the_scalar_path(device):
     l2fast.add_penalty_grad_([w], [g], l2=0.3)
     torch.testing.assert_close(g, want_g)
     assert base_g[0].item() == before  # the element before the view is untouched
+
+
+# --- aliasing: an in-place op never writes memory twice, or memory it reads elsewhere --------------
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_aliased_and_overlapping_tensors_are_refused(impl):
+    w, g = torch.randn(8), torch.randn(8)
+    cases = [
+        (lambda: impl.decay_([w, w], [0.5], [0.0]), r"params\[0\] and params\[1\] are the same memory"),
+        (lambda: impl.decay_([w[:5], g, w[4:]], [0.5], [0.0]), r"params\[0\] and params\[2\] overlap in memory"),
+        (lambda: impl.decay_([w.view(2, 4)[1], w.view(2, 4)[1]], [0.5], [0.0]), r"params\[0\] and params\[1\] are the same"),
+        (lambda: impl.add_penalty_grad_([w[:4], w[4:]], [g[:4], g[:4]], [1.0], [0.0]), r"grads\[0\] and grads\[1\] are the same"),
+        (lambda: impl.add_penalty_grad_([w[:4], w[4:]], [g[:4], w[2:6]], [1.0], [0.0]), r"grads\[1\] overlaps params\[0\]"),
+        (lambda: impl.add_penalty_grad_([w[:4], w[4:]], [w[4:], g[:4]], [1.0], [0.0]), r"grads\[0\] overlaps params\[1\]"),
+        # Another storage over the same memory is caught by address, not by storage identity.
+        (lambda: impl.decay_([w, torch.from_numpy(w.numpy())], [0.5], [0.0]), r"params\[0\] and params\[1\] are the same"),
+    ]
+    before = (w.clone(), g.clone())
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+    assert torch.equal(w, before[0]) and torch.equal(g, before[1])  # refused before anything was written
+
+
+def test_listing_a_tensor_twice_no_longer_loses_updates():
+    """Two threads once raced on [w, w]: now the call is refused instead of giving a run-dependent answer."""
+    w = torch.randn(1 << 18)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="listed twice"):
+            ops.add_penalty_grad_([w, w], [torch.zeros_like(w)] * 2, [1.0], [0.0])
+        with pytest.raises(RuntimeError, match="listed twice"):
+            ops.decay_([w, w], [0.5], [0.0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_disjoint_views_and_in_place_pairs_are_allowed(impl):
+    base = torch.randn(5000 * 3)
+    views = [base[3 * i : 3 * i + 3] for i in range(5000)]  # 5,000 disjoint views of one storage
+    want = [v * 0.9 for v in views]
+    impl.decay_(views, [0.1], [0.0])
+    torch.testing.assert_close(torch.cat(views), torch.cat(want))
+    with pytest.raises(RuntimeError, match=r"params\[4998\] and params\[4999\] overlap"):
+        impl.decay_(views[:4999] + [base[3 * 4998 + 2 : 3 * 4998 + 5]], [0.1], [0.0])
+    # grads[i] being params[i] itself reads every element before writing it: allowed, and exact.
+    w = torch.tensor([1.0, -2.0, 0.5])
+    value = impl.add_penalty_grad_([w], [w], [0.5], [0.0])
+    assert value.item() == 0.25 * 5.25 and w.tolist() == [1.5, -3.0, 0.75]
+
+
+# --- in-place ops and autograd ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_in_place_ops_bump_version_counters(impl):
+    x = torch.randn(5, requires_grad=True)
+    y = x * 2
+    loss = (y * y).sum()  # saves y for backward
+    with torch.no_grad():
+        impl.decay_([y], [0.5], [0.0])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    g = x.detach() * 3
+    g.requires_grad_()
+    h = g * 1.0
+    loss = (h * h).sum()
+    with torch.no_grad():
+        impl.add_penalty_grad_([torch.ones(5)], [h], [1.0], [0.0])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    w = torch.ones(3)
+    versions = w._version
+    impl.decay_([w], [0.5], [0.0])
+    assert w._version > versions
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_in_place_ops_on_a_leaf_that_requires_grad_raise_like_torch(impl):
+    w = torch.ones(3, requires_grad=True)
+    message = "a leaf Variable that requires grad is being used in an in-place operation"
+    with pytest.raises(RuntimeError, match=message):
+        w.mul_(0.5)  # torch's own in-place op, for comparison
+    with pytest.raises(RuntimeError, match=message):
+        impl.decay_([w], [0.5], [0.0])
+    with pytest.raises(RuntimeError, match=message):
+        impl.add_penalty_grad_([torch.ones(3)], [w], [1.0], [0.0])
+    with torch.no_grad():  # as optimizers call them
+        impl.decay_([w], [0.5], [0.0])
+    assert w.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_native_in_place_op_outside_no_grad_has_no_silent_derivative():
+    p = torch.ones(3, requires_grad=True) * 1.0
+    g = torch.zeros(3)
+    value = ops.add_penalty_grad_([p], [g], [1.0], [0.0])
+    for result in (value, g):
+        with pytest.raises(RuntimeError, match="derivative for l2fast::add_penalty_grad_ is not implemented"):
+            result.sum().backward(retain_graph=True)
+
+
+# --- devices, coefficients, empty lists, layouts ------------------------------------------------------
+
+
+def test_device_mismatches_are_refused_meta_included():
+    w = torch.ones(3)
+    meta = torch.ones(3, device="meta")
+    with pytest.raises(RuntimeError, match=r"grads\[0\] is on meta but params\[0\] is on cpu"):
+        ops.add_penalty_grad_([w], [meta], [1.0], [0.0])
+    with pytest.raises(RuntimeError, match=r"grads\[0\] is on cpu but params\[0\] is on meta"):
+        ops.add_penalty_grad_([meta], [w], [1.0], [0.0])
+    with pytest.raises(RuntimeError, match="scale is on meta but params are on cpu"):
+        ops.penalty_grad([w], torch.ones((), device="meta"), [1.0], [0.0])
+    with pytest.raises(RuntimeError, match=r"tensors\[1\] is on meta but tensors\[0\] is on cpu"):
+        ops.sq_norm([w, meta], [1.0], False)
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"grads\[0\] is on cuda:0 but params\[0\] is on cpu"):
+            ops.add_penalty_grad_([w], [w.cuda()], [1.0], [0.0])
+        with pytest.raises(RuntimeError, match="scale is on cpu but params are on cuda:0"):
+            ops.penalty_grad([w.cuda()], torch.ones(()), [1.0], [0.0])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), -float("inf")])
+def test_bad_coefficient_values_are_refused_by_every_op(bad):
+    w, g = [torch.ones(3), torch.ones(2)], [torch.zeros(3), torch.zeros(2)]
+    text = "nan" if math.isnan(bad) else f"{bad:g}"
+    calls = {
+        "coeffs": lambda c: ops.sq_norm(w, c, False),
+        "l2": lambda c: ops.penalty(w, c, [0.0]),
+        "l1": lambda c: ops.add_penalty_grad_(w, g, [0.0], c),
+        "factors": lambda c: ops.decay_(w, c, [0.0]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RuntimeError, match=rf"{name}\[1\] = {text} is invalid"):
+            call([0.5, bad])
+    with pytest.raises(RuntimeError, match=rf"l1\[1\] = {text} is invalid"):
+        ops.penalty_grad(w, torch.ones(()), [0.0], [0.5, bad])
+    with pytest.raises(RuntimeError, match=rf"l2\[0\] = {text} is invalid"):
+        l2fast.penalty(w, l2=bad)
+    assert g[0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_coefficients_of_the_wrong_type_are_refused():
+    w = [torch.ones(2)]
+    with pytest.raises(TypeError, match="coeffs must be a float or a sequence of floats, got str"):
+        l2fast.sq_norm(w, "12")  # once read as [1.0, 2.0]
+    with pytest.raises(TypeError, match=r"l2\[0\] is a str, not a number"):
+        l2fast.penalty(w, l2=["0.1"])
+    with pytest.raises(TypeError, match=r"factors\[0\] is a bool, not a number"):
+        l2fast.decay_(w, [True])
+
+
+def test_decay_fractions_may_exceed_one_as_adamw_allows():
+    """AdamW checks lr >= 0 and weight_decay >= 0 only, so lr * weight_decay can exceed 1."""
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=3.0, weight_decay=0.5)  # accepted by torch
+    w = torch.tensor([2.0, -1.0])
+    ops.decay_([w], [1.5], [0.0])
+    assert w.tolist() == [2.0 * (1 - 1.5), -1.0 * (1 - 1.5)]
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_zero_coefficient_tensors_get_exactly_zero_gradient_even_for_a_nan_scale(impl):
+    w = [torch.tensor([1.0, float("inf")]), torch.tensor([2.0, -3.0])]
+    grads = impl.penalty_grad(w, torch.tensor(float("nan")), [0.0, 1.0], [0.0])
+    assert grads[0].tolist() == [0.0, 0.0]  # not read: no 0 * inf, no 0 * nan
+    assert all(math.isnan(v) for v in grads[1].tolist())  # a penalised tensor propagates the NaN
+
+
+@pytest.mark.parametrize("impl", [ops, reference], ids=["native", "reference"])
+def test_empty_lists_are_valid_for_every_op(impl):
+    scale = torch.tensor(2.0)
+    results = [
+        impl.sq_norm([], [1.0], False),
+        impl.l1_norm([], [1.0], False),
+        impl.penalty([], [1.0], [0.5]),
+        impl.add_penalty_grad_([], [], [1.0], [0.0]),
+        impl.decay_([], [0.1], [1.0]),
+    ]
+    for r in results:
+        assert r.shape == () and r.item() == 0.0 and r.dtype == torch.float32 and r.device.type == "cpu"
+    per_tensor = impl.sq_norm([], [1.0], True)
+    assert per_tensor.shape == (0,) and per_tensor.dtype == torch.float32
+    assert impl.penalty_grad([], scale, [1.0], [0.0]) == []
+    with pytest.raises(RuntimeError, match="l2 has 2 values for 0 tensors"):
+        impl.penalty([], [1.0, 2.0], [0.0])
+    with pytest.raises(RuntimeError, match=r"coeffs\[0\] = -1 is invalid"):
+        impl.sq_norm([], [-1.0], False)
+
+
+def test_empty_lists_under_fake_tensors_and_compile():
+    with torch._subclasses.fake_tensor.FakeTensorMode():
+        assert ops.sq_norm([], [1.0], True).shape == (0,)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(x):
+        return x + l2fast.penalty([], l2=0.5)
+
+    assert f(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr", "csc", "bsr", "bsc"])
+def test_every_sparse_layout_is_reported_by_index(layout):
+    dense = torch.randn(4, 4)
+    sparse = {
+        "coo": dense.to_sparse(),
+        "csr": dense.to_sparse_csr(),
+        "csc": dense.to_sparse_csc(),
+        "bsr": dense.to_sparse_bsr((2, 2)),
+        "bsc": dense.to_sparse_bsc((2, 2)),
+    }[layout]
+    name = "sparse_coo" if layout == "coo" else f"sparse_{layout}"
+    for call in (
+        lambda: ops.sq_norm([dense, sparse], [1.0], False),
+        lambda: ops.decay_([dense, sparse], [0.1], [0.0]),
+        lambda: ops.add_penalty_grad_([dense, sparse], [dense.clone(), dense.clone()], [1.0], [0.0]),
+        lambda: reference.sq_norm([dense, sparse], [1.0], False),
+    ):
+        with pytest.raises(RuntimeError, match=rf"\[1\] has layout torch.{name}; only dense"):
+            call()

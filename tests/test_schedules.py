@@ -8,7 +8,7 @@ from l2fast.schedules import Clock
 
 
 def at_steps(schedule, steps, num_groups=1):
-    return [schedule.factors(Clock(step=t), num_groups)[0] for t in steps]
+    return [schedule.multipliers(Clock(step=t), num_groups)[0] for t in steps]
 
 
 def test_hand_worked_values():
@@ -24,31 +24,31 @@ def test_hand_worked_values():
 def test_alternating_switches_levels_every_n_steps():
     schedule = schedules.Alternating(2)
     assert at_steps(schedule, range(7)) == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
-    assert schedule.factors(Clock(step=2), 3) == [0.0, 0.0, 0.0]
+    assert schedule.multipliers(Clock(step=2), 3) == [0.0, 0.0, 0.0]
     high_low = schedules.Alternating(1, levels=(2.0, 0.5))
     assert at_steps(high_low, range(4)) == [2.0, 0.5, 2.0, 0.5]
 
 
 def test_alternating_rotates_across_groups():
     schedule = schedules.Alternating(2, rotate=True)
-    got = [schedule.factors(Clock(step=t), 3) for t in range(8)]
+    got = [schedule.multipliers(Clock(step=t), 3) for t in range(8)]
     assert got == [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 0, 0]]
 
 
 def test_alternating_touches_only_listed_groups_in_listed_order():
     schedule = schedules.Alternating(1, rotate=True, groups=[2, 0])
-    assert [schedule.factors(Clock(step=t), 3) for t in range(3)] == [[0, 1, 1], [1, 1, 0], [0, 1, 1]]
+    assert [schedule.multipliers(Clock(step=t), 3) for t in range(3)] == [[0, 1, 1], [1, 1, 0], [0, 1, 1]]
     on_off = schedules.Alternating(1, groups=[1])
-    assert [on_off.factors(Clock(step=t), 2) for t in range(2)] == [[1, 1], [1, 0]]
+    assert [on_off.multipliers(Clock(step=t), 2) for t in range(2)] == [[1, 1], [1, 0]]
     with pytest.raises(ValueError, match=r"groups \[2, 0\] name groups beyond the optimizer's 2"):
-        schedule.factors(Clock(), 2)
+        schedule.multipliers(Clock(), 2)
 
 
 def test_epoch_unit_reads_the_epoch_count():
     schedule = schedules.Alternating(1, unit="epoch")
-    assert schedule.factors(Clock(step=100, epoch=0), 1) == [1.0]
-    assert schedule.factors(Clock(step=0, epoch=1), 1) == [0.0]
-    assert schedules.Warmup(2, unit="epoch").factors(Clock(step=50, epoch=1), 1) == [0.5]
+    assert schedule.multipliers(Clock(step=100, epoch=0), 1) == [1.0]
+    assert schedule.multipliers(Clock(step=0, epoch=1), 1) == [0.0]
+    assert schedules.Warmup(2, unit="epoch").multipliers(Clock(step=50, epoch=1), 1) == [0.5]
 
 
 def test_sequential_restarts_time_at_each_milestone():
@@ -59,11 +59,11 @@ def test_sequential_restarts_time_at_each_milestone():
 
 def test_product_multiplies_group_by_group():
     schedule = schedules.Warmup(4) * schedules.Alternating(1, rotate=True)
-    assert schedule.factors(Clock(step=1), 2) == [0.0, 0.25]
-    assert schedule.factors(Clock(step=2), 2) == [0.5, 0.0]
+    assert schedule.multipliers(Clock(step=1), 2) == [0.0, 0.25]
+    assert schedule.multipliers(Clock(step=2), 2) == [0.5, 0.0]
     epochs_and_steps = schedules.Product(schedules.Alternating(1, unit="epoch"), schedules.Step(1, gamma=0.5))
-    assert epochs_and_steps.factors(Clock(step=2, epoch=0), 1) == [0.25]
-    assert epochs_and_steps.factors(Clock(step=2, epoch=1), 1) == [0.0]
+    assert epochs_and_steps.multipliers(Clock(step=2, epoch=0), 1) == [0.25]
+    assert epochs_and_steps.multipliers(Clock(step=2, epoch=1), 1) == [0.0]
 
 
 def test_lambda_and_plain_functions():
@@ -84,7 +84,7 @@ def test_state_dict_round_trip_restores_the_configuration():
     }
     fresh.load_state_dict(state)
     for t in range(20):
-        assert fresh.factors(Clock(step=t), 2) == saved.factors(Clock(step=t), 2)
+        assert fresh.multipliers(Clock(step=t), 2) == saved.multipliers(Clock(step=t), 2)
     assert fresh.state_dict() == state
 
 

@@ -1,12 +1,98 @@
 #include "checks.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
 #include <string>
 
 namespace l2fast {
 namespace {
 
-// Dtypes as Python users write them: torch.int64, not Long.
+// Names as Python users write them (torch.int64, torch.sparse_csr), and numbers as Python's
+// format(x, "g") writes them, so these messages read the same as those of l2fast/checks.py.
 std::string py_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
+
+std::string py_name(at::Layout layout) {
+  switch (layout) {
+    case at::kStrided: return "torch.strided";
+    case at::kSparse: return "torch.sparse_coo";
+    case at::kSparseCsr: return "torch.sparse_csr";
+    case at::kSparseCsc: return "torch.sparse_csc";
+    case at::kSparseBsr: return "torch.sparse_bsr";
+    case at::kSparseBsc: return "torch.sparse_bsc";
+    case at::kMkldnn: return "torch._mkldnn";
+    case at::kJagged: return "torch.jagged";
+    default: return c10::str(layout);
+  }
+}
+
+std::string number(double value) {
+  if (std::isnan(value)) return "nan";
+  std::ostringstream out;
+  out << value;  // 6 significant digits, like %g
+  return out.str();
+}
+
+void check_scale(const at::Tensor& scale, at::TensorList params) {
+  TORCH_CHECK(scale.numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sizes());
+  TORCH_CHECK(params.empty() || scale.device() == params[0].device(), "l2fast: scale is on ", scale.device(),
+              " but params are on ", params[0].device());
+}
+
+// The bytes a dense tensor occupies. Tensors with data are placed by address (so tensors of different
+// storages over the same memory are caught too); tensors without data (meta) within their storage.
+struct Span {
+  uintptr_t base;  // 0 when start/end are addresses, else the storage's identity
+  uintptr_t start;
+  uintptr_t end;
+  int list;  // 0: written, 1: read
+  size_t index;
+};
+
+Span span_of(const at::Tensor& t, int list, size_t index) {
+  const auto bytes = static_cast<uintptr_t>(t.numel()) * t.element_size();
+  const auto offset = static_cast<uintptr_t>(t.storage_offset()) * t.element_size();
+  const c10::Storage& storage = t.storage();
+  if (const void* data = storage.data()) {
+    const auto start = reinterpret_cast<uintptr_t>(data) + offset;
+    return {0, start, start + bytes, list, index};
+  }
+  return {reinterpret_cast<uintptr_t>(storage.unsafeGetStorageImpl()), offset, offset + bytes, list, index};
+}
+
+// The order of the sweep below: by place in memory, then written before read, then by index.
+bool before(const Span& a, const Span& b) {
+  if (a.base != b.base) return a.base < b.base;
+  if (a.start != b.start) return a.start < b.start;
+  if (a.list != b.list) return a.list < b.list;
+  return a.index < b.index;
+}
+
+// Tensor lists usually lie in memory in list order, or in reverse order (backward allocates grads
+// last layer first): a list already in either order is sorted in O(n), and only others are sorted.
+void sort_spans(std::vector<Span>& spans) {
+  const auto after = [](const Span& a, const Span& b) { return before(b, a); };
+  if (std::is_sorted(spans.begin(), spans.end(), before)) return;
+  if (std::is_sorted(spans.begin(), spans.end(), after)) {
+    std::reverse(spans.begin(), spans.end());
+    return;
+  }
+  std::sort(spans.begin(), spans.end(), before);
+}
+
+[[noreturn]] void overlap_error(const Span& a, const Span& b, const char* written_name, const char* read_name) {
+  if (a.list == 0 && b.list == 0) {
+    const bool same = a.start == b.start && a.end == b.end;
+    TORCH_CHECK(false, "l2fast: ", written_name, "[", std::min(a.index, b.index), "] and ", written_name, "[",
+                std::max(a.index, b.index), "] ", same ? "are the same memory (a tensor listed twice?)" : "overlap in memory",
+                "; an in-place op must write each element once");
+  }
+  const Span& w = a.list == 0 ? a : b;
+  const Span& r = a.list == 0 ? b : a;
+  TORCH_CHECK(false, "l2fast: ", written_name, "[", w.index, "] overlaps ", read_name, "[", r.index,
+              "] in memory; the op would read values while it overwrites them");
+}
 
 }  // namespace
 
@@ -14,7 +100,7 @@ void check_tensors(at::TensorList tensors, const char* name) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.defined(), "l2fast: ", name, "[", i, "] is undefined (None)");
-    TORCH_CHECK(t.layout() == at::kStrided, "l2fast: ", name, "[", i, "] has layout ", t.layout(),
+    TORCH_CHECK(t.layout() == at::kStrided, "l2fast: ", name, "[", i, "] has layout ", py_name(t.layout()),
                 "; only dense (strided) tensors are supported, not sparse ones");
     const auto dtype = t.scalar_type();
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -34,6 +120,8 @@ void check_pairs(at::TensorList params, at::TensorList grads) {
     const at::Tensor& w = params[i];
     const at::Tensor& g = grads[i];
     TORCH_CHECK(g.defined(), "l2fast: grads[", i, "] is undefined (None)");
+    TORCH_CHECK(g.device() == w.device(), "l2fast: grads[", i, "] is on ", g.device(), " but params[", i,
+                "] is on ", w.device());
     TORCH_CHECK(g.scalar_type() == w.scalar_type(), "l2fast: grads[", i, "] has dtype ", py_name(g.scalar_type()),
                 " but params[", i, "] has dtype ", py_name(w.scalar_type()));
     TORCH_CHECK(g.sizes() == w.sizes(), "l2fast: grads[", i, "] has shape ", g.sizes(), " but params[", i,
@@ -42,6 +130,84 @@ void check_pairs(at::TensorList params, at::TensorList grads) {
                 "] has strides ", g.strides(), " but params[", i, "] has strides ", w.strides(),
                 "; they must share one memory layout");
   }
+}
+
+void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {
+  TORCH_CHECK(coeffs.size() == 1 || coeffs.size() == n, "l2fast: ", name, " has ", coeffs.size(),
+              " values for ", n, " tensors; give one value, or one per tensor");
+  for (size_t i = 0; i < coeffs.size(); ++i)
+    TORCH_CHECK(std::isfinite(coeffs[i]) && coeffs[i] >= 0.0, "l2fast: ", name, "[", i, "] = ", number(coeffs[i]),
+                " is invalid; coefficients must be finite and >= 0");
+}
+
+void check_no_overlap(at::TensorList written, const char* written_name, at::TensorList read, const char* read_name) {
+  std::vector<Span> written_spans;
+  std::vector<Span> read_spans;
+  written_spans.reserve(written.size());
+  read_spans.reserve(read.size());
+  for (size_t i = 0; i < written.size(); ++i)
+    if (written[i].numel() > 0) written_spans.push_back(span_of(written[i], 0, i));
+  for (size_t i = 0; i < read.size(); ++i) {
+    if (read[i].numel() == 0) continue;
+    const Span span = span_of(read[i], 1, i);
+    if (i < written.size() && written[i].numel() > 0) {
+      const Span own = span_of(written[i], 0, i);  // read in place, element by element: covered by `own`
+      if (own.base == span.base && own.start == span.start && own.end == span.end) continue;
+    }
+    read_spans.push_back(span);
+  }
+  sort_spans(written_spans);
+  sort_spans(read_spans);
+  std::vector<Span> spans(written_spans.size() + read_spans.size());
+  std::merge(written_spans.begin(), written_spans.end(), read_spans.begin(), read_spans.end(), spans.begin(), before);
+  // Sweep in start order: a span overlaps an earlier one exactly when it starts before the furthest
+  // end reached so far, so keeping the furthest-reaching written and read span is enough.
+  const Span* furthest[2] = {nullptr, nullptr};
+  for (const Span& s : spans) {
+    for (const Span*& f : furthest)
+      if (f != nullptr && f->base != s.base) f = nullptr;
+    const Span* w = furthest[0];
+    const Span* r = furthest[1];
+    if (w != nullptr && w->end > s.start) overlap_error(*w, s, written_name, read_name);
+    if (s.list == 0 && r != nullptr && r->end > s.start) overlap_error(*r, s, written_name, read_name);
+    if (furthest[s.list] == nullptr || s.end > furthest[s.list]->end) furthest[s.list] = &s;
+  }
+}
+
+void check_norm_args(at::TensorList tensors, c10::ArrayRef<double> coeffs) {
+  check_tensors(tensors, "tensors");
+  check_coeffs(coeffs, tensors.size(), "coeffs");
+}
+
+void check_penalty_args(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
+  check_tensors(params, "params");
+  check_coeffs(l2, params.size(), "l2");
+  check_coeffs(l1, params.size(), "l1");
+}
+
+void check_penalty_grad_args(at::TensorList params, const at::Tensor& scale, c10::ArrayRef<double> l2,
+                             c10::ArrayRef<double> l1) {
+  check_tensors(params, "params");
+  check_scale(scale, params);
+  check_coeffs(l2, params.size(), "l2");
+  check_coeffs(l1, params.size(), "l1");
+}
+
+void check_add_penalty_grad_args(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
+                                 c10::ArrayRef<double> l1) {
+  check_tensors(params, "params");
+  check_pairs(params, grads);
+  check_tensors(grads, "grads");
+  check_coeffs(l2, params.size(), "l2");
+  check_coeffs(l1, params.size(), "l1");
+  check_no_overlap(grads, "grads", params, "params");
+}
+
+void check_decay_args(at::TensorList params, c10::ArrayRef<double> factors, c10::ArrayRef<double> l2) {
+  check_tensors(params, "params");
+  check_coeffs(factors, params.size(), "factors");
+  check_coeffs(l2, params.size(), "l2");
+  check_no_overlap(params, "params", {}, "");
 }
 
 std::vector<double> expand_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {

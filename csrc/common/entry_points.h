@@ -31,27 +31,23 @@ struct EntryPoints {
   }
 
   static at::Tensor sq_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
-    check_tensors(tensors, "tensors");
+    check_norm_args(tensors, coeffs);
     return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/true), per_tensor);
   }
 
   static at::Tensor l1_norm(at::TensorList tensors, c10::ArrayRef<double> coeffs, bool per_tensor) {
-    check_tensors(tensors, "tensors");
+    check_norm_args(tensors, coeffs);
     return reduce(tensors, norm_weights(coeffs, tensors.size(), /*squared=*/false), per_tensor);
   }
 
   static at::Tensor penalty(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
-    check_tensors(params, "params");
+    check_penalty_args(params, l2, l1);
     return reduce(params, penalty_weights(l2, l1, params.size()), /*per_tensor=*/false);
   }
 
   static at::Tensor add_penalty_grad_(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
                                       c10::ArrayRef<double> l1) {
-    check_tensors(params, "params");
-    check_pairs(params, grads);
-    check_tensors(grads, "grads");
-    TORCH_CHECK(grads[0].device() == params[0].device(), "l2fast: grads are on ", grads[0].device(),
-                " but params are on ", params[0].device());
+    check_add_penalty_grad_args(params, grads, l2, l1);
     at::Tensor result = new_result(params, /*per_tensor=*/false);
     Kernels::add_penalty_grad(params, grads, penalty_weights(l2, l1, params.size()), result);
     return result;
@@ -59,10 +55,8 @@ struct EntryPoints {
 
   static std::vector<at::Tensor> penalty_grad(at::TensorList params, const at::Tensor& scale,
                                               c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
-    check_tensors(params, "params");
-    TORCH_CHECK(scale.numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sizes());
-    TORCH_CHECK(scale.device() == params[0].device(), "l2fast: scale is on ", scale.device(),
-                " but params are on ", params[0].device());
+    check_penalty_grad_args(params, scale, l2, l1);
+    if (params.empty()) return {};  // dispatched here by scale's device; nothing to launch
     const auto weights = penalty_weights(l2, l1, params.size());
     std::vector<at::Tensor> outs;
     for (size_t i = 0; i < params.size(); ++i)
@@ -72,7 +66,7 @@ struct EntryPoints {
   }
 
   static at::Tensor decay_(at::TensorList params, c10::ArrayRef<double> factors, c10::ArrayRef<double> l2) {
-    check_tensors(params, "params");
+    check_decay_args(params, factors, l2);
     const double no_l1 = 0.0;
     at::Tensor result = new_result(params, /*per_tensor=*/false);
     Kernels::decay(params, expand_coeffs(factors, params.size(), "factors"),

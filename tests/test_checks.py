@@ -1,0 +1,57 @@
+"""The argument checks of the native ops (csrc/common/checks.cpp), of the fake kernels and of the
+reference (both l2fast/checks.py) on the same bad inputs: the same error, word for word."""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from l2fast import reference
+
+ops = torch.ops.l2fast
+
+
+def bad_calls():
+    w = torch.randn(6)
+    x = torch.randn(3, 2)
+    g = torch.randn(6)
+    half = torch.randn(6, dtype=torch.float16)
+    one = torch.ones(())
+    return {
+        "no-such-dtype": ("sq_norm", ([w, torch.arange(3)], [1.0], False)),
+        "complex": ("l1_norm", ([torch.randn(2, dtype=torch.complex64)], [1.0], True)),
+        "not-dense": ("penalty", ([w, x[:, :1]], [1.0], [0.0])),
+        "sparse": ("sq_norm", ([w, x.to_sparse()], [1.0], False)),
+        "coeff-count": ("sq_norm", ([w, x], [1.0, 2.0, 3.0], False)),
+        "coeff-negative": ("penalty", ([w, x], [1.0], [0.0, -2.0])),
+        "coeff-nan": ("l1_norm", ([w], [float("nan")], False)),
+        "coeff-inf": ("penalty_grad", ([w], one, [float("inf")], [0.0])),
+        "factor-negative": ("decay_", ([w, x], [0.1, -0.5], [0.0])),
+        "scale-shape": ("penalty_grad", ([w], torch.ones(2), [1.0], [0.0])),
+        "pair-count": ("add_penalty_grad_", ([w, x], [g], [1.0], [0.0])),
+        "pair-dtype": ("add_penalty_grad_", ([w], [half], [1.0], [0.0])),
+        "pair-shape": ("add_penalty_grad_", ([w], [g[:5]], [1.0], [0.0])),
+        "pair-strides": ("add_penalty_grad_", ([x.t().contiguous().t()], [torch.randn(3, 2)], [1.0], [0.0])),
+        "grads-not-dense": ("add_penalty_grad_", ([w[:3]], [g[::2]], [1.0], [0.0])),
+        "listed-twice": ("decay_", ([w, x, w], [0.1], [0.0])),
+        "overlap": ("decay_", ([w[:4], w[3:]], [0.1], [0.0])),
+        "grads-overlap": ("add_penalty_grad_", ([w[:3], w[3:]], [g[:3], g[2:5]], [1.0], [0.0])),
+        "grads-read": ("add_penalty_grad_", ([w[:3], w[3:]], [g[:3], w[1:4]], [1.0], [0.0])),
+        "empty-coeff-count": ("penalty", ([], [1.0, 2.0], [0.0])),
+    }
+
+
+def message(call):
+    with pytest.raises(RuntimeError) as error:
+        call()
+    return str(error.value)
+
+
+@pytest.mark.parametrize("case", list(bad_calls()))
+def test_native_fake_and_reference_checks_agree(case):
+    name, args = bad_calls()[case]
+    native = message(lambda: getattr(ops, name)(*args))
+    assert native.startswith("l2fast: ")
+    assert message(lambda: getattr(reference, name)(*args)) == native
+    if case != "sparse":  # fake tensors cannot be sparse
+        with FakeTensorMode() as mode:
+            fake = torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
+            assert message(lambda: getattr(ops, name)(*fake)) == native
