@@ -1,4 +1,5 @@
 """``python -m l2fast`` and the ``l2fast`` console script: the translation trainer's commands."""
+import importlib.util
 import sys
 
 # Top-level modules of the `nmt` extra (pyproject.toml) that the trainer imports.
@@ -18,15 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] in (["--version"], ["-V"]):
         print(version_line())
         return 0
-    try:
-        from l2fast.nmt.cli import main as cli_main
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in NMT_EXTRA_MODULES:
-            raise
-        print(f"l2fast: the translation trainer needs the nmt extra ({error.name} is missing): "
+    missing = missing_nmt_module()
+    if missing is not None:
+        print(f"l2fast: the translation trainer needs the nmt extra ({missing} is missing): "
               "pip install 'l2fast[nmt]'", file=sys.stderr)
         return 1
+    from l2fast.nmt.cli import main as cli_main
+
     return cli_main(argv)
+
+
+def missing_nmt_module() -> str | None:
+    """The first module of the nmt extra that cannot be imported. Checked before any command runs,
+    because the trainer imports some of them only when a command needs them."""
+    for name in sorted(NMT_EXTRA_MODULES):
+        if name == "tomli" and sys.version_info >= (3, 11):
+            continue  # tomllib is in the standard library
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
 
 
 if __name__ == "__main__":
