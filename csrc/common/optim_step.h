@@ -1,0 +1,252 @@
+// The penalized optimizer steps (adam_step_, sgd_step_): per-element update math shared by the CPU
+// loop and the CUDA functor, per-tensor coefficients, and the entry points written once for every
+// backend (argument checks, coefficient lists expanded, result allocated).
+//
+// The math follows torch.optim's single-tensor (for-loop) Adam and SGD operation by operation, in
+// the op-math type of the parameters, so float32 results match torch's to rounding: the gradient is
+// unscaled (GradScaler), clipped, negated (maximize), then gains l2 * w + l1 * sign(w); the weight is
+// decayed (AdamW); then Adam's lerp / mul-addcmul / sqrt-div-add / addcdiv, or SGD's momentum.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/macros/Macros.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <vector>
+
+#include "checks.h"
+#include "elementwise.h"
+#include "plan.h"
+
+namespace l2fast {
+
+// NaN-propagating maximum, as torch.maximum (amsgrad's running maximum must not hide a NaN).
+template <typename T>
+C10_HOST_DEVICE inline T max_nan(T a, T b) {
+  return (a > b || a != a) ? a : b;
+}
+
+// torch's lerp: start + weight * (end - start), switching form at weight 0.5 for accuracy.
+template <typename T>
+C10_HOST_DEVICE inline T lerp_torch(T start, T end, T weight) {
+  const T w_abs = weight < T(0) ? -weight : weight;
+  return w_abs < T(0.5) ? start + weight * (end - start) : end - (end - start) * (T(1) - weight);
+}
+
+// What every step does to the gradient and the weight before the optimizer's own math.
+template <typename Op>
+struct GradTerms {
+  Op inv_scale = Op(1);  // GradScaler's 1 / scale
+  Op clip = Op(1);       // min(1, max_norm / (norm + 1e-6))
+  Op sign = Op(1);       // -1 under maximize
+  Op l2 = Op(0), l1 = Op(0);
+  bool use_l2 = false, use_l1 = false;
+  Op keep = Op(1);  // 1 - decoupled decay fraction
+
+  // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w.
+  C10_HOST_DEVICE Op grad(Op g, Op w) const {
+    return ((g * inv_scale) * clip) * sign + penalty_step(w, l2, l1, use_l2, use_l1);
+  }
+};
+
+template <typename Op>
+struct AdamTerms {
+  GradTerms<Op> g;
+  Op lerp_weight, beta2, one_minus_beta2, bias2_sqrt, eps, neg_step_size;
+};
+
+template <typename Op>
+struct SgdTerms {
+  GradTerms<Op> g;
+  Op momentum, one_minus_dampening, neg_lr;
+  bool fresh;  // the momentum buffer is new: it starts as the gradient (torch's first step)
+};
+
+// One element of torch.optim.Adam's _single_tensor_adam (non-capturable branch).
+template <typename Op, bool kAmsgrad>
+C10_HOST_DEVICE inline void adam_element(Op& w, Op g, Op& m, Op& v, Op& v_max, const AdamTerms<Op>& t) {
+  g = t.g.grad(g, w);
+  w = w * t.g.keep;
+  m = lerp_torch(m, g, t.lerp_weight);
+  v = v * t.beta2;
+  v = v + t.one_minus_beta2 * g * g;
+  Op v_hat = v;
+  if (kAmsgrad) {
+    v_max = max_nan(v_max, v);
+    v_hat = v_max;
+  }
+  const Op denom = ::sqrt(v_hat) / t.bias2_sqrt + t.eps;
+  w = w + t.neg_step_size * m / denom;
+}
+
+// One element of torch.optim.SGD's _single_tensor_sgd.
+template <typename Op, bool kMomentum, bool kNesterov>
+C10_HOST_DEVICE inline void sgd_element(Op& w, Op g, Op& buf, const SgdTerms<Op>& t) {
+  g = t.g.grad(g, w);
+  w = w * t.g.keep;
+  if (kMomentum) {
+    buf = t.fresh ? g : (buf * t.momentum) + t.one_minus_dampening * g;
+    g = kNesterov ? g + t.momentum * buf : buf;
+  }
+  w = w + t.neg_lr * g;
+}
+
+// Per-tensor hyperparameters, as the host holds them (float64, like Python's floats).
+struct StepHyper {
+  double lr = 0.0, l2 = 0.0, l1 = 0.0, decay = 0.0;
+  double beta1 = 0.0, beta2 = 0.0, eps = 0.0;           // Adam
+  double momentum = 0.0, dampening = 0.0;               // SGD
+  bool fresh = false;                                   // SGD: a new momentum buffer
+};
+
+template <typename Op>
+C10_HOST_DEVICE inline GradTerms<Op> grad_terms(const StepHyper& h, bool maximize, Op inv_scale, Op clip) {
+  GradTerms<Op> g;
+  g.inv_scale = inv_scale;
+  g.clip = clip;
+  g.sign = maximize ? Op(-1) : Op(1);
+  g.l2 = static_cast<Op>(h.l2);
+  g.l1 = static_cast<Op>(h.l1);
+  g.use_l2 = h.l2 != 0.0;
+  g.use_l1 = h.l1 != 0.0;
+  g.keep = static_cast<Op>(1.0 - h.decay);  // formed in float64, as AdamW's mul_(1 - lr * wd)
+  return g;
+}
+
+// Adam's scalars at `step` (already incremented), in float64 as torch's for-loop Adam forms them.
+template <typename Op>
+C10_HOST_DEVICE inline AdamTerms<Op> adam_terms(const StepHyper& h, double step, bool maximize, Op inv_scale, Op clip) {
+  AdamTerms<Op> t;
+  t.g = grad_terms<Op>(h, maximize, inv_scale, clip);
+  const double bias1 = 1.0 - ::pow(h.beta1, step);
+  const double bias2 = 1.0 - ::pow(h.beta2, step);
+  t.lerp_weight = static_cast<Op>(1.0 - h.beta1);
+  t.beta2 = static_cast<Op>(h.beta2);
+  t.one_minus_beta2 = static_cast<Op>(1.0 - h.beta2);
+  t.bias2_sqrt = static_cast<Op>(::sqrt(bias2));
+  t.eps = static_cast<Op>(h.eps);
+  t.neg_step_size = static_cast<Op>(-(h.lr / bias1));
+  return t;
+}
+
+template <typename Op>
+C10_HOST_DEVICE inline SgdTerms<Op> sgd_terms(const StepHyper& h, bool maximize, Op inv_scale, Op clip) {
+  SgdTerms<Op> t;
+  t.g = grad_terms<Op>(h, maximize, inv_scale, clip);
+  t.momentum = static_cast<Op>(h.momentum);
+  t.one_minus_dampening = static_cast<Op>(1.0 - h.dampening);
+  t.neg_lr = static_cast<Op>(-h.lr);
+  t.fresh = h.fresh;
+  return t;
+}
+
+// The device scalars of one step: GradScaler's scale and found_inf flag, and the clip coefficient.
+struct StepScalars {
+  std::optional<at::Tensor> grad_scale, found_inf, clip;
+};
+
+// A per-step update over tensor lists. `states` are the optimizer state tensors, one list per kind
+// (Adam: exp_avg, exp_avg_sq[, max_exp_avg_sq]; SGD: [momentum_buffer]), each paired with params.
+struct StepArgs {
+  at::TensorList params, grads;
+  std::vector<at::TensorList> states;
+  at::TensorList steps;  // Adam: the state's step counters, incremented by the op
+  std::vector<StepHyper> hyper;
+  std::vector<Weights> value;  // penalty value weights of the weights the step starts from
+  bool maximize = false, nesterov = false;
+  StepScalars scalars;
+};
+
+void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names);
+
+// Kernels provides: void adam_step(const StepArgs&, at::Tensor& result) and
+// void sgd_step(const StepArgs&, at::Tensor& result); result is the penalty value (a scalar).
+template <class Kernels>
+struct StepEntryPoints {
+  static std::vector<StepHyper> base_hyper(size_t n, c10::ArrayRef<double> lr, c10::ArrayRef<double> l2,
+                                           c10::ArrayRef<double> l1, c10::ArrayRef<double> decay) {
+    for (auto [list, name] : {std::pair{lr, "lr"}, {l2, "l2"}, {l1, "l1"}, {decay, "decay"}}) check_coeffs(list, n, name);
+    const auto lrs = expand_coeffs(lr, n, "lr"), l2s = expand_coeffs(l2, n, "l2");
+    const auto l1s = expand_coeffs(l1, n, "l1"), decays = expand_coeffs(decay, n, "decay");
+    std::vector<StepHyper> hyper(n);
+    for (size_t i = 0; i < n; ++i) {
+      hyper[i].lr = lrs[i];
+      hyper[i].l2 = l2s[i];
+      hyper[i].l1 = l1s[i];
+      hyper[i].decay = decays[i];
+    }
+    return hyper;
+  }
+
+  static at::Tensor new_result(at::TensorList params) {
+    return at::empty({}, at::TensorOptions().dtype(result_dtype(params)).device(params.empty() ? at::kCPU : params[0].device()));
+  }
+
+  static at::Tensor adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                               at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList steps,
+                               c10::ArrayRef<double> lr, c10::ArrayRef<double> beta1, c10::ArrayRef<double> beta2,
+                               c10::ArrayRef<double> eps, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1,
+                               c10::ArrayRef<double> decay, c10::ArrayRef<double> value_l2, bool maximize,
+                               const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                               const std::optional<at::Tensor>& clip) {
+    const size_t n = params.size();
+    StepArgs args{params, grads, {exp_avgs, exp_avg_sqs}, steps};
+    if (!max_exp_avg_sqs.empty()) args.states.push_back(max_exp_avg_sqs);
+    args.maximize = maximize;
+    args.scalars = {grad_scale, found_inf, clip};
+    check_step_args(args, {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"});
+    TORCH_CHECK(steps.size() == n, "l2fast: got ", n, " params but ", steps.size(), " steps");
+    for (auto [list, name] : {std::pair{beta1, "beta1"}, {beta2, "beta2"}, {eps, "eps"}}) check_coeffs(list, n, name);
+    args.hyper = base_hyper(n, lr, l2, l1, decay);
+    const auto b1 = expand_coeffs(beta1, n, "beta1"), b2 = expand_coeffs(beta2, n, "beta2");
+    const auto eps_ = expand_coeffs(eps, n, "eps");
+    for (size_t i = 0; i < n; ++i) {
+      args.hyper[i].beta1 = b1[i];
+      args.hyper[i].beta2 = b2[i];
+      args.hyper[i].eps = eps_[i];
+    }
+    check_coeffs(value_l2, n, "value_l2");
+    args.value = penalty_weights(value_l2, l1, n);
+    at::Tensor result = new_result(params);
+    Kernels::adam_step(args, result);
+    return result;
+  }
+
+  static at::Tensor sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                              c10::ArrayRef<double> lr, c10::ArrayRef<double> momentum,
+                              c10::ArrayRef<double> dampening, c10::ArrayRef<int64_t> fresh, c10::ArrayRef<double> l2,
+                              c10::ArrayRef<double> l1, c10::ArrayRef<double> decay, c10::ArrayRef<double> value_l2,
+                              bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
+                              const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip) {
+    const size_t n = params.size();
+    StepArgs args{params, grads, {}, {}};
+    if (!momentum_buffers.empty()) args.states.push_back(momentum_buffers);
+    args.maximize = maximize;
+    args.nesterov = nesterov;
+    args.scalars = {grad_scale, found_inf, clip};
+    check_step_args(args, {"momentum_buffers"});
+    for (auto [list, name] : {std::pair{momentum, "momentum"}, {dampening, "dampening"}}) check_coeffs(list, n, name);
+    TORCH_CHECK(fresh.size() == 1 || fresh.size() == n, "l2fast: fresh has ", fresh.size(), " values for ", n,
+                " tensors; give one value, or one per tensor");
+    args.hyper = base_hyper(n, lr, l2, l1, decay);
+    const auto mom = expand_coeffs(momentum, n, "momentum"), damp = expand_coeffs(dampening, n, "dampening");
+    for (size_t i = 0; i < n; ++i) {
+      args.hyper[i].momentum = mom[i];
+      args.hyper[i].dampening = damp[i];
+      args.hyper[i].fresh = fresh[fresh.size() == 1 ? 0 : i] != 0;
+    }
+    check_coeffs(value_l2, n, "value_l2");
+    args.value = penalty_weights(value_l2, l1, n);
+    at::Tensor result = new_result(params);
+    Kernels::sgd_step(args, result);
+    return result;
+  }
+
+  static void register_all(torch::Library& m) {
+    m.impl("adam_step_", &adam_step_);
+    m.impl("sgd_step_", &sgd_step_);
+  }
+};
+
+}  // namespace l2fast
