@@ -14,6 +14,7 @@ import torch
 
 from l2fast import reference
 from conftest import DTYPES, random_tensors, ulp_tol
+from test_fold_order import BIG, chunk_pattern, fold_block_order, fold_warp_order, left_to_right
 
 EMU_DIR = os.environ.get("L2FAST_EMU_DIR")
 if not EMU_DIR:
@@ -275,3 +276,13 @@ def test_bitwise_repeatable():
     xs = random_tensors(SIZES["mixed"], torch.float32, "cpu", seed=14)
     first = emu.sq_norm(xs, [1.0], False)
     assert torch.equal(first, emu.sq_norm(xs, [1.0], False))
+
+
+def test_finish_kernels_fold_in_the_shared_order():
+    """The warp-per-tensor and block folds add partials in fold.h's order, as the CPU backend does."""
+    x, partials = chunk_pattern(40, CHUNK)
+    assert fold_warp_order(partials) != left_to_right(partials)
+    assert emu.l1_norm([x], [1.0], True).item() == fold_warp_order(partials)
+    xs = [torch.tensor([BIG], dtype=torch.float64)] + [torch.ones(1, dtype=torch.float64)] * 300
+    values = [BIG] + [1.0] * 300
+    assert emu.l1_norm(xs, [1.0], False).item() == fold_block_order(values) != left_to_right(values)
