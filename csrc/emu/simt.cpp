@@ -1,6 +1,8 @@
 #include "simt.h"
 
+#include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -38,6 +40,11 @@ thread_local uint64_t shuffles_done = 0;  // this thread's shuffles in the curre
 // the launching thread meet at `start_`, and ends when they meet at `done_`. Barriers inside the
 // block are made fresh per block: a thread that returns from the kernel drops out of them, as an
 // exited GPU thread stops counting for bar.sync.
+//
+// After each __syncthreads one warp of the block (warp blockIdx.x % 8) lags: it waits until every
+// other thread is blocked or has returned, so the other warps run as far ahead as the program lets
+// them. A GPU promises no order between warps after a barrier; a fair schedule of host threads
+// would almost always give one order and hide a missing barrier, this one gives the others too.
 class Pool {
  public:
   Pool() : start_(kBlockThreads + 1), done_(kBlockThreads + 1) {
@@ -67,12 +74,18 @@ class Pool {
         warp_sync_[w].emplace(kWarpSize);
         for (int lane = 0; lane < kWarpSize; ++lane) exchange_[w].call[0][lane] = exchange_[w].call[1][lane] = 0;
       }
+      stalled_ = 0;
       start_.arrive_and_wait();
       done_.arrive_and_wait();
     }
   }
 
-  void sync_threads() { block_sync_->arrive_and_wait(); }
+  void sync_threads() {
+    wait_at(*block_sync_);
+    if (threadIdx.x / kWarpSize == blockIdx.x % kWarps) {
+      while (stalled_.load() < kBlockThreads - kWarpSize) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
 
   double shfl_down(unsigned mask, double v, unsigned delta) {
     if (mask != 0xffffffffu) die("__shfl_down_sync with a partial mask (the harness supports full warps only)");
@@ -82,13 +95,20 @@ class Pool {
     uint64_t* at_call = exchange_[warp].call[call % 2];
     value[lane] = v;
     at_call[lane] = call;
-    warp_sync_[warp]->arrive_and_wait();
+    wait_at(*warp_sync_[warp]);
     for (int other = 0; other < kWarpSize; ++other)
       if (at_call[other] != call) die("__shfl_down_sync while another lane of the warp has returned or is elsewhere");
     return lane + delta < kWarpSize ? value[lane + delta] : v;
   }
 
  private:
+  // A thread waiting at a barrier counts as stalled until the barrier lets it go.
+  void wait_at(std::barrier<>& barrier) {
+    ++stalled_;
+    barrier.arrive_and_wait();
+    --stalled_;
+  }
+
   void serve(unsigned i) {
     threadIdx = {i, 0, 0};
     blockDim = {kBlockThreads, 1, 1};
@@ -99,6 +119,7 @@ class Pool {
       gridDim = {grid_, 1, 1};
       shuffles_done = 0;
       (*kernel_)();
+      ++stalled_;  // for good
       block_sync_->arrive_and_drop();
       warp_sync_[i / kWarpSize]->arrive_and_drop();
       done_.arrive_and_wait();
@@ -112,6 +133,7 @@ class Pool {
   WarpExchange exchange_[kWarps];
   const std::function<void()>* kernel_ = nullptr;
   unsigned block_ = 0, grid_ = 0;
+  std::atomic<int> stalled_{0};  // threads of the running block at a barrier, or returned
   bool stop_ = false;
   std::vector<std::thread> threads_;  // last: started once everything above is constructed
 };
