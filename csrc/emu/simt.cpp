@@ -42,9 +42,9 @@ thread_local uint64_t shuffles_done = 0;  // this thread's shuffles in the curre
 // exited GPU thread stops counting for bar.sync.
 //
 // After each __syncthreads one warp of the block (warp blockIdx.x % 8) lags: it waits until every
-// other thread is blocked or has returned, so the other warps run as far ahead as the program lets
-// them. A GPU promises no order between warps after a barrier; a fair schedule of host threads
-// would almost always give one order and hide a missing barrier, this one gives the others too.
+// other thread is at the next __syncthreads or has returned, so the other warps run as far ahead as
+// the program lets them. A GPU promises no order between warps after a barrier; a fair schedule of
+// host threads would almost always give one order and hide a missing barrier.
 class Pool {
  public:
   Pool() : start_(kBlockThreads + 1), done_(kBlockThreads + 1) {
@@ -68,22 +68,25 @@ class Pool {
     for (int64_t b = 0; b < blocks; ++b) {
       block_ = static_cast<unsigned>(b);
       block_sync_.reset();
-      block_sync_.emplace(kBlockThreads);
+      block_sync_.emplace(kBlockThreads, NewPhase{&at_sync_});
       for (int w = 0; w < kWarps; ++w) {
         warp_sync_[w].reset();
         warp_sync_[w].emplace(kWarpSize);
         for (int lane = 0; lane < kWarpSize; ++lane) exchange_[w].call[0][lane] = exchange_[w].call[1][lane] = 0;
       }
-      stalled_ = 0;
+      at_sync_ = 0;
+      returned_ = 0;
       start_.arrive_and_wait();
       done_.arrive_and_wait();
     }
   }
 
   void sync_threads() {
-    wait_at(*block_sync_);
+    ++at_sync_;
+    block_sync_->arrive_and_wait();
     if (threadIdx.x / kWarpSize == blockIdx.x % kWarps) {
-      while (stalled_.load() < kBlockThreads - kWarpSize) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      while (at_sync_.load() + returned_.load() < kBlockThreads - kWarpSize)
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
 
@@ -95,20 +98,13 @@ class Pool {
     uint64_t* at_call = exchange_[warp].call[call % 2];
     value[lane] = v;
     at_call[lane] = call;
-    wait_at(*warp_sync_[warp]);
+    warp_sync_[warp]->arrive_and_wait();
     for (int other = 0; other < kWarpSize; ++other)
       if (at_call[other] != call) die("__shfl_down_sync while another lane of the warp has returned or is elsewhere");
     return lane + delta < kWarpSize ? value[lane + delta] : v;
   }
 
  private:
-  // A thread waiting at a barrier counts as stalled until the barrier lets it go.
-  void wait_at(std::barrier<>& barrier) {
-    ++stalled_;
-    barrier.arrive_and_wait();
-    --stalled_;
-  }
-
   void serve(unsigned i) {
     threadIdx = {i, 0, 0};
     blockDim = {kBlockThreads, 1, 1};
@@ -119,7 +115,7 @@ class Pool {
       gridDim = {grid_, 1, 1};
       shuffles_done = 0;
       (*kernel_)();
-      ++stalled_;  // for good
+      ++returned_;
       block_sync_->arrive_and_drop();
       warp_sync_[i / kWarpSize]->arrive_and_drop();
       done_.arrive_and_wait();
@@ -128,12 +124,18 @@ class Pool {
 
   std::mutex mutex_;
   std::barrier<> start_, done_;
-  std::optional<std::barrier<>> block_sync_;
+  // Counts the threads at the next __syncthreads: reset when a phase completes, before anyone leaves.
+  struct NewPhase {
+    std::atomic<int>* at_sync;
+    void operator()() noexcept { at_sync->store(0); }
+  };
+  std::optional<std::barrier<NewPhase>> block_sync_;
   std::optional<std::barrier<>> warp_sync_[kWarps];
   WarpExchange exchange_[kWarps];
   const std::function<void()>* kernel_ = nullptr;
   unsigned block_ = 0, grid_ = 0;
-  std::atomic<int> stalled_{0};  // threads of the running block at a barrier, or returned
+  std::atomic<int> at_sync_{0};   // threads of the running block waiting at __syncthreads
+  std::atomic<int> returned_{0};  // threads of the running block that have returned
   bool stop_ = false;
   std::vector<std::thread> threads_;  // last: started once everything above is constructed
 };
