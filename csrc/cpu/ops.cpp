@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "../common/entry_points.h"
+#include "../common/fold.h"
 #include "../common/plan.h"
 #include "spans.h"
 
@@ -15,7 +16,8 @@ namespace l2fast::cpu {
 namespace {
 
 // 32K elements: large enough to amortise the per-chunk call, small enough to balance two threads
-// over a Transformer's mix of large matrices and small vectors.
+// over a Transformer's mix of large matrices and small vectors. (The CUDA chunk is 16K: there a
+// chunk is one block's work, and smaller chunks fill more SMs; see csrc/cuda/device.cuh.)
 constexpr int64_t kChunk = 1 << 15;
 
 template <typename T>
@@ -29,8 +31,8 @@ T* data_of(const at::Tensor& t) {
 // Calls f(kSq, kAbs) with the compile-time terms that `weights` needs (at least one is nonzero).
 template <typename F>
 Partial with_terms(const Weights& weights, F f) {
-  if (weights.sq != 0.0 && weights.abs != 0.0) return f(std::true_type{}, std::true_type{});
-  if (weights.sq != 0.0) return f(std::true_type{}, std::false_type{});
+  if (weights.l2 != 0.0 && weights.l1 != 0.0) return f(std::true_type{}, std::true_type{});
+  if (weights.l2 != 0.0) return f(std::true_type{}, std::false_type{});
   return f(std::false_type{}, std::true_type{});
 }
 
@@ -49,24 +51,22 @@ std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn ch
   return partials;
 }
 
-// Per-tensor values sq * sum(x^2) + abs * sum|x|, partials added in chunk order; then their sum.
+// Per-tensor values from their chunk partials, then (unless per_tensor) their sum: both folds in
+// the order fold.h fixes for the CPU and CUDA backends alike.
 void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials, const std::vector<Weights>& weights,
-            at::Tensor& result) {
-  std::vector<Partial> sums(weights.size());
-  for (size_t k = 0; k < chunks.size(); ++k) {
-    sums[chunks[k].tensor].sq += partials[k].sq;
-    sums[chunks[k].tensor].abs += partials[k].abs;
-  }
+            bool per_tensor, at::Tensor& result) {
   std::vector<double> values(weights.size(), 0.0);
-  for (size_t i = 0; i < weights.size(); ++i) {
-    if (weights[i].sq != 0.0) values[i] += weights[i].sq * sums[i].sq;
-    if (weights[i].abs != 0.0) values[i] += weights[i].abs * sums[i].abs;
+  for (size_t k = 0; k < chunks.size();) {
+    size_t end = k;
+    while (end < chunks.size() && chunks[end].tensor == chunks[k].tensor) ++end;
+    const Partial* first = partials.data() + k;
+    const auto count = static_cast<int64_t>(end - k);
+    const double sq = fold_warp_order(count, [&](int64_t j) { return first[j].sq; });
+    const double abs = fold_warp_order(count, [&](int64_t j) { return first[j].abs; });
+    values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
+    k = end;
   }
-  if (result.dim() == 0) {
-    double total = 0.0;
-    for (double v : values) total += v;
-    values.assign(1, total);
-  }
+  if (!per_tensor) values.assign(1, fold_block_order(values.data(), static_cast<int64_t>(values.size())));
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "l2fast_finish", [&] {
     std::copy(values.begin(), values.end(), result.data_ptr<scalar_t>());
   });
@@ -89,7 +89,7 @@ std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList g
         const scalar_t* g = kAccumulate ? data_of<scalar_t>(grads[c.tensor]) + c.begin : nullptr;
         return grad_span<scalar_t, decltype(sq)::value, decltype(abs)::value, kAccumulate>(
             data_of<scalar_t>(w) + c.begin, g, data_of<scalar_t>(outs[c.tensor]) + c.begin, c.len,
-            static_cast<Op>(2.0 * weights[c.tensor].sq), static_cast<Op>(weights[c.tensor].abs),
+            static_cast<Op>(weights[c.tensor].l2), static_cast<Op>(weights[c.tensor].l1),
             static_cast<Op>(scale));
       });
     });
@@ -97,7 +97,7 @@ std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList g
 }
 
 struct CpuKernels {
-  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, at::Tensor& result) {
+  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
     const auto chunks = chunks_of(tensors, weights);
     const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
       const at::Tensor& t = tensors[c.tensor];
@@ -108,13 +108,13 @@ struct CpuKernels {
         });
       });
     });
-    finish(chunks, partials, weights, result);
+    finish(chunks, partials, weights, per_tensor, result);
   }
 
   static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
                                at::Tensor& result) {
     const auto chunks = chunks_of(params, weights);
-    finish(chunks, write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks), weights, result);
+    finish(chunks, write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks), weights, false, result);
   }
 
   static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
@@ -131,11 +131,11 @@ struct CpuKernels {
         // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
         const auto multiplier = static_cast<at::opmath_type<scalar_t>>(1.0 - factors[c.tensor]);
         scalar_t* x = data_of<scalar_t>(w) + c.begin;
-        return weights[c.tensor].sq != 0.0 ? scale_span<scalar_t, true>(x, c.len, multiplier)
+        return weights[c.tensor].l2 != 0.0 ? scale_span<scalar_t, true>(x, c.len, multiplier)
                                             : scale_span<scalar_t, false>(x, c.len, multiplier);
       });
     });
-    finish(chunks, partials, weights, result);
+    finish(chunks, partials, weights, false, result);
   }
 };
 
