@@ -64,7 +64,9 @@ def cuda_arch_list(torch) -> str | None:
 
 def compile_args(cuda: bool, debug: bool) -> dict:
     """Compiler flags in one place. Python's own CFLAGS carry -g; -g0 (last wins) drops debug info."""
-    cxx = ["-O3", "-fopenmp", "-g" if debug else "-g0"]
+    # -ffp-contract=off: no multiply-add contraction, so every x86 clone of a CPU loop rounds alike and
+    # a result is the same bits on every machine.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-g" if debug else "-g0"]
     args = {"cxx": cxx}
     if cuda:
         args["nvcc"] = ["-O3"] + (["-lineinfo"] if debug else [])

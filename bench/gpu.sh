@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU, torch and nvcc (no network needed): build l2fast from source,
-# run the tests (CUDA ones included) and print the GPU benchmark tables. About 5 minutes on an H100.
+# run the tests (CUDA ones included), a CUDA-graph capture/replay check, compute-sanitizer racecheck
+# and memcheck, and print the GPU benchmark tables. About 10 minutes on an H100.
 #
-#   bench/gpu.sh [LOG_DIR]      # logs: LOG_DIR/{build,tests,bench}.log (default: gpu-logs/)
+#   bench/gpu.sh [LOG_DIR]   # logs: LOG_DIR/{build,tests,graphs,sanitizer-*,bench}.log (default: gpu-logs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,12 +25,21 @@ echo "== tests =="
 export L2FAST_REQUIRE_NATIVE=1
 "$PY" -m pytest ${L2FAST_GPU_TESTS:-tests} -q -p no:cacheprovider 2>&1 | tee "$LOG_DIR/tests.log" | tail -15
 
-if [ "${L2FAST_SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
-  echo "== compute-sanitizer (memcheck, racecheck) on the CUDA op tests =="
-  for tool in memcheck racecheck; do
+echo "== CUDA graph capture and replay =="
+"$PY" bench/cuda_graph_check.py 2>&1 | tee "$LOG_DIR/graphs.log" | tail -3
+
+if command -v compute-sanitizer >/dev/null; then
+  # racecheck: shared-memory hazards in block_sum; memcheck: out-of-bounds and misaligned accesses.
+  echo "== compute-sanitizer (racecheck, memcheck) on the CUDA op tests and the graph check =="
+  for tool in racecheck memcheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest tests/test_ops.py -q -p no:cacheprovider \
-      -k "cuda and (hand_worked or misaligned or empty or mixed_dtypes or add_penalty_grad_matches)" 2>&1 | tail -3
+      -k "cuda and (hand_worked or misaligned or empty or mixed_dtypes or add_penalty_grad_matches or nan)" 2>&1 \
+      | tee "$LOG_DIR/sanitizer-$tool.log" | tail -3
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/cuda_graph_check.py 2>&1 \
+      | tee -a "$LOG_DIR/sanitizer-$tool.log" | tail -2
   done
+else
+  echo "compute-sanitizer not found: racecheck and memcheck skipped" >&2
 fi
 
 echo "== benchmarks =="

@@ -287,7 +287,7 @@ class Penalized(torch.optim.Optimizer):
 
     def _require_fusable(self) -> None:
         reason = fused_step.unsupported(self.optimizer)
-        if reason is not None:
+        if reason is not None:  # (add_param_group raises the same message)
             raise ValueError(f"l2fast.Penalized(fused=True): {reason}; pass fused='auto' or False for the two-pass path")
 
     @property
@@ -351,9 +351,10 @@ class Penalized(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         self._check_group(param_group, len(self.param_groups), self.defaults)
         self.optimizer.add_param_group(param_group)
-        if self._fused_mode is True and fused_step.unsupported(self.optimizer) is not None:
+        reason = fused_step.unsupported(self.optimizer) if self._fused_mode is True else None
+        if reason is not None:
             self.optimizer.param_groups.pop()
-            self._require_fusable()
+            raise ValueError(f"l2fast.Penalized(fused=True): {reason}; pass fused='auto' or False for the two-pass path")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

@@ -12,8 +12,8 @@
 namespace l2fast {
 
 // Kernels receives checked tensors and provides:
-//   void reduce(at::TensorList xs, const std::vector<Weights>&, at::Tensor& result)
-//       result: a scalar, or one value per tensor; filled with sum_i value_i or with each value_i
+//   void reduce(at::TensorList xs, const std::vector<Weights>&, bool per_tensor, at::Tensor& result)
+//       result: one value per tensor (per_tensor) filled with each value_i, else a scalar sum_i value_i
 //   void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>&, at::Tensor& result)
 //   void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale, const std::vector<Weights>&)
 //   void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>&, at::Tensor& result)
@@ -26,7 +26,7 @@ struct EntryPoints {
 
   static at::Tensor reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor) {
     at::Tensor result = new_result(tensors, per_tensor);
-    Kernels::reduce(tensors, weights, result);
+    Kernels::reduce(tensors, weights, per_tensor, result);
     return result;
   }
 

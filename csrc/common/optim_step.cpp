@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <string>
 #include <vector>
 
 #include "checks.h"
@@ -11,6 +12,8 @@
 
 namespace l2fast {
 namespace {
+
+std::string py_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
 
 // A state list pairs with params one to one, in device, dtype, shape and memory layout (the update
 // walks all of them by the same flat index).
@@ -21,8 +24,8 @@ void check_state(at::TensorList params, at::TensorList states, const char* name)
     const at::Tensor &w = params[i], &s = states[i];
     TORCH_CHECK(s.device() == w.device(), "l2fast: ", name, "[", i, "] is on ", s.device(), " but params[", i,
                 "] is on ", w.device());
-    TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", s.scalar_type(),
-                " but params[", i, "] has dtype ", w.scalar_type(), "; optimizer state is kept in the parameter dtype");
+    TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", py_name(s.scalar_type()),
+                " but params[", i, "] has dtype ", py_name(w.scalar_type()), "; optimizer state is kept in the parameter dtype");
     TORCH_CHECK(s.sizes() == w.sizes(), "l2fast: ", name, "[", i, "] has shape ", s.sizes(), " but params[", i,
                 "] has shape ", w.sizes());
     TORCH_CHECK(s.strides() == w.strides() || (s.is_contiguous() && w.is_contiguous()), "l2fast: ", name, "[", i,
@@ -35,7 +38,7 @@ void check_state(at::TensorList params, at::TensorList states, const char* name)
 void check_scalar(const at::Tensor& t, const char* name, const at::Device& device, bool host_allowed) {
   TORCH_CHECK(t.numel() == 1, "l2fast: ", name, " must hold one value, got shape ", t.sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", name, " has dtype ",
-              t.scalar_type(), "; expected float32 or float64");
+              py_name(t.scalar_type()), "; expected float32 or float64");
   TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", name, " is on ", t.device(),
               " but params are on ", device);
 }

@@ -6,32 +6,29 @@
 #include <vector>
 
 #include "checks.h"
+#include "weights.h"
 
 namespace l2fast {
-
-// value_i = sq * ||x_i||^2 + abs * |x_i|_1. Its gradient, 2*sq*x + abs*sign(x), is what the
-// penalty-gradient ops add, so one pair of numbers describes every op of the library.
-struct Weights {
-  double sq = 0.0;
-  double abs = 0.0;
-  bool any() const { return sq != 0.0 || abs != 0.0; }
-};
 
 // Weights per tensor from an L2 list (value l2/2 ||w||^2) and an L1 list (value l1 |w|_1).
 inline std::vector<Weights> penalty_weights(c10::ArrayRef<double> l2, c10::ArrayRef<double> l1, size_t n) {
   const std::vector<double> l2s = expand_coeffs(l2, n, "l2");
   const std::vector<double> l1s = expand_coeffs(l1, n, "l1");
   std::vector<Weights> weights(n);
-  for (size_t i = 0; i < n; ++i) weights[i] = {0.5 * l2s[i], l1s[i]};
+  for (size_t i = 0; i < n; ++i) weights[i] = {l2s[i], l1s[i]};
   return weights;
 }
 
-// Weights per tensor for a norm: coeffs_i * ||x_i||^2 (squared) or coeffs_i * |x_i|_1.
+// Weights per tensor for a norm: coeffs_i * ||x_i||^2 (squared: an L2 coefficient of 2 c_i) or
+// coeffs_i * |x_i|_1.
 inline std::vector<Weights> norm_weights(c10::ArrayRef<double> coeffs, size_t n, bool squared) {
   std::vector<Weights> weights;
-  for (double c : expand_coeffs(coeffs, n, "coeffs")) weights.push_back(squared ? Weights{c, 0.0} : Weights{0.0, c});
+  for (double c : expand_coeffs(coeffs, n, "coeffs")) weights.push_back(squared ? Weights{2.0 * c, 0.0} : Weights{0.0, c});
   return weights;
 }
+
+// Chunks of a tensor of `length` elements: [k * chunk_size, min((k + 1) * chunk_size, length)).
+inline int64_t chunk_count(int64_t length, int64_t chunk_size) { return (length + chunk_size - 1) / chunk_size; }
 
 struct Chunk {
   int64_t begin;   // first element, within its tensor
@@ -46,8 +43,10 @@ std::vector<Chunk> plan_chunks(at::TensorList tensors, TakesPart takes_part, int
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!takes_part(i)) continue;
     const int64_t numel = tensors[i].numel();
-    for (int64_t begin = 0; begin < numel; begin += chunk_size)
+    for (int64_t k = 0; k < chunk_count(numel, chunk_size); ++k) {
+      const int64_t begin = k * chunk_size;
       chunks.push_back({begin, static_cast<int32_t>(i), static_cast<int32_t>(std::min(chunk_size, numel - begin))});
+    }
   }
   return chunks;
 }

@@ -8,13 +8,15 @@
 #include <algorithm>
 #include <vector>
 
+#include "../common/fold.h"
 #include "../common/plan.h"
 #include "spans.h"
 
 namespace l2fast::cpu {
 
 // 32K elements: large enough to amortise the per-chunk call, small enough to balance two threads
-// over a Transformer's mix of large matrices and small vectors.
+// over a Transformer's mix of large matrices and small vectors. (The CUDA chunk is 16K: there a
+// chunk is one block's work, and smaller chunks fill more SMs; see csrc/cuda/device.cuh.)
 constexpr int64_t kChunk = 1 << 15;
 
 template <typename T>
@@ -40,24 +42,22 @@ std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn ch
   return partials;
 }
 
-// Per-tensor values sq * sum(x^2) + abs * sum|x|, partials added in chunk order; then their sum.
+// Per-tensor values from their chunk partials, then (unless per_tensor) their sum: both folds in
+// the order fold.h fixes for the CPU and CUDA backends alike.
 inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials,
-                   const std::vector<Weights>& weights, at::Tensor& result) {
-  std::vector<Partial> sums(weights.size());
-  for (size_t k = 0; k < chunks.size(); ++k) {
-    sums[chunks[k].tensor].sq += partials[k].sq;
-    sums[chunks[k].tensor].abs += partials[k].abs;
-  }
+                   const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
   std::vector<double> values(weights.size(), 0.0);
-  for (size_t i = 0; i < weights.size(); ++i) {
-    if (weights[i].sq != 0.0) values[i] += weights[i].sq * sums[i].sq;
-    if (weights[i].abs != 0.0) values[i] += weights[i].abs * sums[i].abs;
+  for (size_t k = 0; k < chunks.size();) {
+    size_t end = k;
+    while (end < chunks.size() && chunks[end].tensor == chunks[k].tensor) ++end;
+    const Partial* first = partials.data() + k;
+    const auto count = static_cast<int64_t>(end - k);
+    const double sq = fold_warp_order(count, [&](int64_t j) { return first[j].sq; });
+    const double abs = fold_warp_order(count, [&](int64_t j) { return first[j].abs; });
+    values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
+    k = end;
   }
-  if (result.dim() == 0) {
-    double total = 0.0;
-    for (double v : values) total += v;
-    values.assign(1, total);
-  }
+  if (!per_tensor) values.assign(1, fold_block_order(values.data(), static_cast<int64_t>(values.size())));
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "l2fast_finish", [&] {
     std::copy(values.begin(), values.end(), result.data_ptr<scalar_t>());
   });

@@ -18,8 +18,8 @@ namespace {
 // Calls f(kSq, kAbs) with the compile-time terms that `weights` needs (at least one is nonzero).
 template <typename F>
 Partial with_terms(const Weights& weights, F f) {
-  if (weights.sq != 0.0 && weights.abs != 0.0) return f(std::true_type{}, std::true_type{});
-  if (weights.sq != 0.0) return f(std::true_type{}, std::false_type{});
+  if (weights.l2 != 0.0 && weights.l1 != 0.0) return f(std::true_type{}, std::true_type{});
+  if (weights.l2 != 0.0) return f(std::true_type{}, std::false_type{});
   return f(std::false_type{}, std::true_type{});
 }
 
@@ -40,7 +40,7 @@ std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList g
         const scalar_t* g = kAccumulate ? data_of<scalar_t>(grads[c.tensor]) + c.begin : nullptr;
         return grad_span<scalar_t, decltype(sq)::value, decltype(abs)::value, kAccumulate>(
             data_of<scalar_t>(w) + c.begin, g, data_of<scalar_t>(outs[c.tensor]) + c.begin, c.len,
-            static_cast<Op>(2.0 * weights[c.tensor].sq), static_cast<Op>(weights[c.tensor].abs),
+            static_cast<Op>(weights[c.tensor].l2), static_cast<Op>(weights[c.tensor].l1),
             static_cast<Op>(scale));
       });
     });
@@ -48,7 +48,7 @@ std::vector<Partial> write_penalty_grads(at::TensorList params, at::TensorList g
 }
 
 struct CpuKernels {
-  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, at::Tensor& result) {
+  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
     const auto chunks = chunks_of(tensors, weights);
     const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
       const at::Tensor& t = tensors[c.tensor];
@@ -59,13 +59,13 @@ struct CpuKernels {
         });
       });
     });
-    finish(chunks, partials, weights, result);
+    finish(chunks, partials, weights, per_tensor, result);
   }
 
   static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
                                at::Tensor& result) {
     const auto chunks = chunks_of(params, weights);
-    finish(chunks, write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks), weights, result);
+    finish(chunks, write_penalty_grads<true>(params, grads, grads, weights, 1.0, chunks), weights, false, result);
   }
 
   static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
@@ -82,11 +82,11 @@ struct CpuKernels {
         // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
         const auto multiplier = static_cast<at::opmath_type<scalar_t>>(1.0 - factors[c.tensor]);
         scalar_t* x = data_of<scalar_t>(w) + c.begin;
-        return weights[c.tensor].sq != 0.0 ? scale_span<scalar_t, true>(x, c.len, multiplier)
+        return weights[c.tensor].l2 != 0.0 ? scale_span<scalar_t, true>(x, c.len, multiplier)
                                             : scale_span<scalar_t, false>(x, c.len, multiplier);
       });
     });
-    finish(chunks, partials, weights, result);
+    finish(chunks, partials, weights, false, result);
   }
 };
 

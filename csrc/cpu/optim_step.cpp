@@ -78,7 +78,7 @@ void run_step(const StepArgs& args, const HostScalars& host, at::Tensor& result,
       return span(c, scalar_t{});
     });
   });
-  finish(chunks, partials, args.value, result);
+  finish(chunks, partials, args.value, /*per_tensor=*/false, result);
 }
 
 template <typename T>

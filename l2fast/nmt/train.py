@@ -205,12 +205,13 @@ class Trainer:
         lr = learning_rate(self.cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = (l2fast.clip_grad_norm_(params, self.cfg.train.clip_norm) if self.cfg.train.clip_norm > 0
-                     else l2fast.sq_norm([p.grad for p in params]).sqrt())
+        if self.optimizer.max_grad_norm is None:  # else the optimizer measures (and clips) the unscaled norm
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = l2fast.sq_norm([p.grad for p in self.model.parameters() if p.grad is not None]).sqrt()
         before = self.optimizer.last_penalty
         self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        if self.optimizer.max_grad_norm is not None:
+            grad_norm = self.optimizer.last_grad_norm
         penalty = self.optimizer.last_penalty
         if penalty is before:
             penalty = torch.tensor(float("nan"), device=self.env.device)
@@ -241,6 +242,8 @@ class Trainer:
         self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
                  f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
                  f"{torch.get_num_threads()} threads each")
+        self.log(f"optimizer step: {'one pass (penalty, clipping and update fused)' if self.optimizer.fused else 'two passes'}"
+                 f"{'' if self.optimizer.max_grad_norm is None else f', gradient norm clipped to {self.optimizer.max_grad_norm}'}")
         bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
                    disable=None if self.env.is_main else True, dynamic_ncols=True)
         window = dict.fromkeys(("loss_sum", "nll_sum", "src_tokens", "tgt_tokens", "time"), 0.0)

@@ -1,0 +1,223 @@
+// Device code of every CUDA op: the chunk kernel that runs an op over its tensors, and the finish
+// kernels that fold the chunk partials. nvcc compiles this file; the host SIMT harness (csrc/emu/)
+// includes it unchanged after defining the CUDA keywords, so nothing here may include ATen-CUDA.
+//
+// Metadata travels as a kernel argument (LaunchTable, up to ~29 KB, CUDA >= 12.1), never through a
+// host buffer: a launch captured into a CUDA graph carries its own copy, and replays read the
+// tensors of the capture. Each block owns one chunk and writes one partial; the finish kernels fold
+// partials in the fixed order of csrc/common/fold.h. No floating-point atomics: results are bitwise
+// reproducible.
+#pragma once
+#include <ATen/OpMathType.h>
+#include <c10/macros/Macros.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../common/elementwise.h"
+#include "../common/fold.h"
+#include "../common/weights.h"
+
+// A kernel parameter read in place by every thread: on the GPU from the constant bank (no copy per
+// thread even when indexed), in the harness by reference to the launch's one copy.
+#ifndef L2FAST_GRID_CONST
+#define L2FAST_GRID_CONST(T) __grid_constant__ const T
+#endif
+// The harness checks every packed access for alignment; the GPU faults on a misaligned one.
+#ifndef L2FAST_CHECK_ALIGNED
+#define L2FAST_CHECK_ALIGNED(ptr, bytes)
+#endif
+
+namespace l2fast::cuda {
+
+constexpr int kThreads = kBlockLanes;  // threads per block (fold.h's block order assumes it)
+constexpr int kWarps = kThreads / kWarpLanes;
+constexpr int64_t kChunk = 1 << 14;  // elements per block: ~3,700 blocks for a 60M-parameter model,
+                                     // several waves on any GPU (2^15 leaves an H100 under two)
+constexpr int kUnroll = 4;           // 16-byte loads each thread keeps in flight
+constexpr unsigned kFullMask = 0xffffffffu;
+
+enum DType : int32_t { kF32, kF64, kF16, kBF16 };
+
+struct TensorMeta {
+  const void* x;    // the tensor read (params)
+  void* y;          // the tensor written, when there is one (grads, outputs, x itself for decay)
+  int64_t length;   // elements this op visits: numel, or 0 when the tensor takes no part
+  Weights weights;  // what the op computes from x
+  double multiplier;  // decay: x *= multiplier
+  int32_t dtype;
+  int32_t vectorized;  // x and y are 16-byte aligned: whole chunks move in 16-byte packs
+};
+
+// Up to kTensorsPerLaunch consecutive tensors of one op call, with their chunk counts as a prefix
+// sum: block b of the launch works on chunk b - chunk_end[t - 1] of the tensor t with
+// chunk_end[t - 1] <= b < chunk_end[t]. Sized to fit CUDA's 32,764-byte parameter limit.
+constexpr int kTensorsPerLaunch = 448;
+struct LaunchTable {
+  int64_t first_tensor;   // index of metas[0] in the op's tensor list
+  int64_t first_partial;  // index of this launch's first chunk among all chunks of the op call
+  int64_t count;          // tensors in this launch
+  int64_t chunk_end[kTensorsPerLaunch];
+  TensorMeta metas[kTensorsPerLaunch];
+};
+static_assert(sizeof(LaunchTable) + 64 <= 32764, "a launch table must fit in the kernel parameters");
+
+// The chunk a block owns: tensor t of the table, elements [begin, begin + len).
+struct ChunkSpan {
+  int64_t tensor;
+  int64_t begin;
+  int len;
+};
+
+C10_HOST_DEVICE inline int64_t chunk_begin(const LaunchTable& table, int64_t t) {
+  return t == 0 ? 0 : table.chunk_end[t - 1];
+}
+
+C10_HOST_DEVICE inline ChunkSpan locate_chunk(const LaunchTable& table, int64_t block) {
+  int64_t lo = 0, hi = table.count - 1;  // the first t with block < chunk_end[t]
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (block < table.chunk_end[mid]) hi = mid;
+    else lo = mid + 1;
+  }
+  const int64_t begin = (block - chunk_begin(table, lo)) * kChunk;
+  const int64_t left = table.metas[lo].length - begin;
+  return {lo, begin, static_cast<int>(left < kChunk ? left : kChunk)};
+}
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const void* base, int64_t i) {
+  const auto* p = reinterpret_cast<const Pack<T, N>*>(static_cast<const T*>(base) + i);
+  L2FAST_CHECK_ALIGNED(p, alignof(Pack<T, N>));
+  return *p;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(void* base, int64_t i, const Pack<T, N>& pack) {
+  auto* p = reinterpret_cast<Pack<T, N>*>(static_cast<T*>(base) + i);
+  L2FAST_CHECK_ALIGNED(p, alignof(Pack<T, N>));
+  *p = pack;
+}
+
+// Running sums of x^2 and |x| of the elements one thread has seen, as the weights ask.
+struct Sums {
+  double sq = 0.0;
+  double abs = 0.0;
+  __device__ __forceinline__ void add(const Weights& w, double v) {
+    if (w.l2 != 0.0) sq += v * v;
+    if (w.l1 != 0.0) abs += fabs(v);
+  }
+};
+
+// This thread's share of elements [begin, begin + len) of one tensor, N elements per pack. All loads
+// of kUnroll packs are issued before any is used, so memory requests overlap even when the op writes.
+template <typename T, int N, class Op>
+__device__ __forceinline__ void walk(const Op& op, const TensorMeta& m, int64_t begin, int len, Sums& sums) {
+  using Item = typename Op::template Item<T, N>;
+  const int packs = len / N;
+  for (int p0 = threadIdx.x; p0 < packs; p0 += kThreads * kUnroll) {
+    Item items[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = p0 + u * kThreads;
+      if (p < packs) items[u] = op.template load<T, N>(m, begin + int64_t(p) * N);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = p0 + u * kThreads;
+      if (p < packs) op.template apply<T, N>(m, begin + int64_t(p) * N, items[u], sums);
+    }
+  }
+}
+
+template <typename T, class Op>
+__device__ __forceinline__ void run_chunk(const Op& op, const TensorMeta& m, const ChunkSpan& c, Sums& sums) {
+  constexpr int N = 16 / sizeof(T);
+  // Chunk starts are multiples of kChunk, so an aligned tensor gives aligned packs.
+  const int vector_len = m.vectorized ? c.len / N * N : 0;
+  walk<T, N>(op, m, c.begin, vector_len, sums);
+  walk<T, 1>(op, m, c.begin + vector_len, c.len - vector_len, sums);
+}
+
+// Sum over one warp in the tree of fold.h's warp_tree; the result is valid in lane 0.
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int offset = kWarpLanes / 2; offset > 0; offset /= 2) v += __shfl_down_sync(kFullMask, v, offset);
+  return v;
+}
+
+// Sum over the block in the order of fold.h's fold_block_order; the result is valid in thread 0.
+__device__ __forceinline__ double block_sum(double v, double* scratch) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / kWarpLanes, lane = threadIdx.x % kWarpLanes;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp != 0) return 0.0;
+  return warp_sum(lane < kWarps ? scratch[lane] : 0.0);
+}
+
+// One block per chunk: runs op over it and, when the op reduces, writes the chunk's partial sums.
+template <class Op>
+__global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONST(LaunchTable) table,
+                                                         double2* partials) {
+  const ChunkSpan c = locate_chunk(table, blockIdx.x);
+  const TensorMeta& m = table.metas[c.tensor];
+  Op local = op;
+  local.bind();
+  Sums sums;
+  switch (m.dtype) {
+    case kF32: run_chunk<float>(local, m, c, sums); break;
+    case kF64: run_chunk<double>(local, m, c, sums); break;
+    case kF16: run_chunk<c10::Half>(local, m, c, sums); break;
+    default: run_chunk<c10::BFloat16>(local, m, c, sums); break;
+  }
+  if constexpr (Op::kReduces) {
+    // A term the weights leave out is all zeros: skip its sum (the branch is the same for the block).
+    __shared__ double scratch[kWarps];
+    const double sq = m.weights.l2 != 0.0 ? block_sum(sums.sq, scratch) : 0.0;
+    const double abs = m.weights.l1 != 0.0 ? block_sum(sums.abs, scratch) : 0.0;
+    if (threadIdx.x == 0) partials[table.first_partial + blockIdx.x] = make_double2(sq, abs);
+  }
+}
+
+// One warp per tensor of the table: its chunk partials folded in fold_warp_order, then weighted.
+// The value goes to per_tensor_out (cast to the result dtype) when that is given, else to values.
+template <typename Out>
+__global__ void __launch_bounds__(kThreads) tensor_values_kernel(L2FAST_GRID_CONST(LaunchTable) table,
+                                                                 const double2* partials, Out* per_tensor_out,
+                                                                 double* values) {
+  const int64_t t = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarpLanes;
+  if (t >= table.count) return;  // the whole warp: no shuffle below is left half-attended
+  const int lane = threadIdx.x % kWarpLanes;
+  double sq = 0.0, abs = 0.0;
+  for (int64_t k = chunk_begin(table, t) + lane; k < table.chunk_end[t]; k += kWarpLanes) {
+    const double2 p = partials[table.first_partial + k];
+    sq += p.x;
+    abs += p.y;
+  }
+  sq = warp_sum(sq);
+  abs = warp_sum(abs);
+  if (lane != 0) return;
+  const double value = table.metas[t].weights.value(sq, abs);
+  if (per_tensor_out != nullptr) per_tensor_out[table.first_tensor + t] = static_cast<Out>(value);
+  else values[table.first_tensor + t] = value;
+}
+
+// One block: out[0] = the n values folded in fold_block_order (0 for n == 0).
+template <typename Out>
+__global__ void __launch_bounds__(kThreads) total_kernel(const double* values, int64_t n, Out* out) {
+  double local = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) local += values[i];
+  __shared__ double scratch[kWarps];
+  const double total = block_sum(local, scratch);
+  if (threadIdx.x == 0) out[0] = static_cast<Out>(total);
+}
+
+}  // namespace l2fast::cuda

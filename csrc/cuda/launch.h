@@ -1,0 +1,140 @@
+// The host half of every CUDA op, written once: metadata, launch tables, partial buffers and the
+// order of launches. It is parameterized by a Device that says how memory is allocated and how a
+// kernel is launched: ops.cu's CudaDevice on a GPU, the host SIMT harness's EmuDevice (csrc/emu/)
+// with CPU tensors standing in for device memory. Nothing here reads device memory or waits for it.
+//
+// A Device provides:
+//   explicit Device(c10::Device)                 where the op's tensors live
+//   at::Tensor empty(int64_t n, at::ScalarType)  n elements of scratch on that device
+//   void launch(kernel, int64_t blocks, args...) kernel<<<blocks, kThreads>>>(args...), blocks >= 1
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "../common/plan.h"
+#include "device.cuh"
+#include "op_functors.cuh"
+
+namespace l2fast::cuda {
+
+inline DType dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kF32;
+    case at::kDouble: return kF64;
+    case at::kHalf: return kF16;
+    case at::kBFloat16: return kBF16;
+    default: TORCH_INTERNAL_ASSERT(false, "l2fast: no CUDA kernel for dtype ", t, " (check_tensors should refuse it)");
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Tensor x (read), y (written, or null), what the op computes from x, and whether x takes part.
+inline TensorMeta make_meta(const at::Tensor& x, void* y, Weights weights, double multiplier, bool takes_part) {
+  const void* xp = x.const_data_ptr();
+  const bool vectorized = aligned16(xp) && (y == nullptr || aligned16(y));
+  return {xp, y, takes_part ? x.numel() : 0, weights, multiplier, dtype_code(x.scalar_type()), vectorized ? 1 : 0};
+}
+
+// The op's tensors cut into launch tables of at most kTensorsPerLaunch consecutive tensors each.
+inline std::vector<LaunchTable> plan_launches(const std::vector<TensorMeta>& metas) {
+  std::vector<LaunchTable> tables;
+  int64_t partials = 0;
+  for (size_t first = 0; first < metas.size(); first += kTensorsPerLaunch) {
+    LaunchTable& table = tables.emplace_back();
+    table.first_tensor = static_cast<int64_t>(first);
+    table.first_partial = partials;
+    table.count = std::min<int64_t>(kTensorsPerLaunch, static_cast<int64_t>(metas.size() - first));
+    int64_t chunks = 0;
+    for (int64_t t = 0; t < table.count; ++t) {
+      table.metas[t] = metas[first + t];
+      chunks += chunk_count(table.metas[t].length, kChunk);
+      table.chunk_end[t] = chunks;
+    }
+    partials += chunks;
+  }
+  return tables;
+}
+
+inline int64_t chunks_in(const LaunchTable& table) { return table.count == 0 ? 0 : table.chunk_end[table.count - 1]; }
+
+// Runs op over every chunk of every tensor. When the op reduces, also fills `result`: one value per
+// tensor (per_tensor) or their sum. An empty list or a list with nothing to visit launches no chunk
+// kernel (CUDA refuses a grid of zero blocks) and still writes its zeros.
+template <class Device, class Op>
+void run(const Device& device, const Op& op, const std::vector<TensorMeta>& metas, at::Tensor* result,
+         bool per_tensor) {
+  TORCH_INTERNAL_ASSERT(Op::kReduces == (result != nullptr));
+  const std::vector<LaunchTable> tables = plan_launches(metas);
+  const int64_t chunks = tables.empty() ? 0 : tables.back().first_partial + chunks_in(tables.back());
+  TORCH_CHECK(chunks <= std::numeric_limits<int32_t>::max(), "l2fast: ", chunks, " chunks exceed one CUDA grid");
+  at::Tensor partials;
+  double2* partial_ptr = nullptr;
+  if (Op::kReduces && chunks > 0) {
+    partials = device.empty(2 * chunks, at::kDouble);
+    partial_ptr = reinterpret_cast<double2*>(partials.template data_ptr<double>());
+  }
+  for (const LaunchTable& table : tables)
+    if (chunks_in(table) > 0) device.launch(&chunk_kernel<Op>, chunks_in(table), op, table, partial_ptr);
+  if (!Op::kReduces) return;
+
+  const auto n = static_cast<int64_t>(metas.size());
+  at::Tensor values = per_tensor ? at::Tensor() : device.empty(std::max<int64_t>(n, 1), at::kDouble);
+  double* value_ptr = per_tensor ? nullptr : values.template data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(result->scalar_type(), "l2fast_finish", [&] {
+    scalar_t* out = result->template data_ptr<scalar_t>();
+    for (const LaunchTable& table : tables)
+      device.launch(&tensor_values_kernel<scalar_t>, (table.count + kWarps - 1) / kWarps, table,
+                    static_cast<const double2*>(partial_ptr), per_tensor ? out : nullptr, value_ptr);
+    if (!per_tensor) device.launch(&total_kernel<scalar_t>, 1, static_cast<const double*>(value_ptr), n, out);
+  });
+}
+
+// Metadata of params[i] (read) with outs[i] (written; none when outs is empty) and the weights of
+// tensor i; a tensor whose weights are all zero takes no part.
+inline std::vector<TensorMeta> metas_of(at::TensorList params, at::TensorList outs, const std::vector<Weights>& weights) {
+  std::vector<TensorMeta> metas;
+  for (size_t i = 0; i < params.size(); ++i)
+    metas.push_back(make_meta(params[i], outs.empty() ? nullptr : outs[i].data_ptr(), weights[i], 1.0, weights[i].any()));
+  return metas;
+}
+
+// The Kernels of csrc/common/entry_points.h for any Device.
+template <class Device>
+struct DeviceKernels {
+  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
+    run(Device(result.device()), ReduceOp{}, metas_of(tensors, {}, weights), &result, per_tensor);
+  }
+
+  static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
+                               at::Tensor& result) {
+    run(Device(result.device()), PenaltyGradOp<true>{}, metas_of(params, grads, weights), &result, false);
+  }
+
+  static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
+                           const std::vector<Weights>& weights) {
+    if (params.empty()) return;
+    const at::Tensor scale64 = scale.to(at::kDouble).contiguous();  // stays on the device: no sync
+    PenaltyGradOp<false> op;
+    op.scale_ptr = scale64.const_data_ptr<double>();
+    run(Device(params[0].device()), op, metas_of(params, outs, weights), nullptr, false);
+  }
+
+  static void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>& weights,
+                    at::Tensor& result) {
+    std::vector<TensorMeta> metas;
+    for (size_t i = 0; i < params.size(); ++i) {
+      // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
+      metas.push_back(make_meta(params[i], params[i].data_ptr(), weights[i], 1.0 - factors[i],
+                                factors[i] != 0.0 || weights[i].any()));
+    }
+    run(Device(result.device()), ScaleOp{}, metas, &result, false);
+  }
+};
+
+}  // namespace l2fast::cuda

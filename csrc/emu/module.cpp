@@ -1,0 +1,145 @@
+// l2fast_emu: the CUDA ops of l2fast, run by the host SIMT harness. The entry points, the host launch
+// path (csrc/cuda/launch.h) and the device code (csrc/cuda/device.cuh, op_functors.cuh) are the ones
+// the GPU build compiles; only the Device differs: CPU tensors stand in for device memory and
+// run_grid (simt.h) stands in for <<<blocks, threads>>>. Built under ASan and UBSan (build.py).
+#include <torch/extension.h>
+
+#include <sanitizer/asan_interface.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "simt.h"
+// simt.h first: it defines the CUDA keywords the device code below is written in.
+#include "../common/entry_points.h"
+#include "../cuda/launch.h"
+
+namespace l2fast::emu {
+namespace {
+
+static_assert(cuda::kThreads == kBlockThreads, "the pool runs blocks of kThreads threads");
+
+// Launches recorded instead of run, with the scratch memory they use: the harness's CUDA graph.
+struct Graph {
+  std::vector<std::function<void()>> launches;
+  std::vector<at::Tensor> memory;  // kept alive for replays, as a graph's private memory pool is
+};
+std::optional<Graph> capturing;
+Graph captured;
+
+class EmuDevice {
+ public:
+  explicit EmuDevice(c10::Device device) {
+    TORCH_CHECK(device.is_cpu(), "l2fast_emu: the harness takes CPU tensors, got ", device);
+  }
+
+  // Scratch filled with NaN, so that a value read before any kernel wrote it shows in the result.
+  at::Tensor empty(int64_t n, at::ScalarType dtype) const {
+    at::Tensor t = at::full({n}, std::numeric_limits<double>::quiet_NaN(), at::TensorOptions().dtype(dtype));
+    if (capturing) capturing->memory.push_back(t);
+    return t;
+  }
+
+  // The arguments are copied into the launch, as a CUDA launch (and a graph capturing it) copies them.
+  template <class... Params, class... Args>
+  void launch(void (*kernel)(Params...), int64_t blocks, const Args&... args) const {
+    std::function<void()> grid = [kernel, blocks, stored = std::make_tuple(args...)] {
+      run_grid(blocks, [&] { std::apply(kernel, stored); });
+    };
+    if (capturing) capturing->launches.push_back(std::move(grid));
+    else grid();
+  }
+};
+
+using Kernels = cuda::DeviceKernels<EmuDevice>;
+using Entry = EntryPoints<Kernels>;
+
+// ASan poison on the bytes of each tensor: any read or write of them aborts with a report.
+void set_poisoned(const std::vector<at::Tensor>& tensors, bool poisoned) {
+  for (const at::Tensor& t : tensors) {
+    void* p = t.data_ptr();
+    const size_t bytes = t.numel() * t.element_size();
+    if (poisoned) ASAN_POISON_MEMORY_REGION(p, bytes);
+    else ASAN_UNPOISON_MEMORY_REGION(p, bytes);
+  }
+}
+
+// Every block of every launch an op over tensors of these lengths makes: rows of (launch, block,
+// tensor, first element, elements), found by the same locate_chunk the chunk kernel calls.
+at::Tensor plan_blocks(const std::vector<int64_t>& lengths) {
+  std::vector<cuda::TensorMeta> metas(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) metas[i].length = lengths[i];
+  std::vector<int64_t> rows;
+  const auto tables = cuda::plan_launches(metas);
+  for (size_t l = 0; l < tables.size(); ++l) {
+    for (int64_t b = 0; b < cuda::chunks_in(tables[l]); ++b) {
+      const cuda::ChunkSpan c = cuda::locate_chunk(tables[l], b);
+      rows.insert(rows.end(), {static_cast<int64_t>(l), b, tables[l].first_tensor + c.tensor, c.begin, c.len});
+    }
+  }
+  const auto n = static_cast<int64_t>(rows.size() / 5);
+  return at::tensor(rows, at::kLong).reshape({n, 5});
+}
+
+}  // namespace
+}  // namespace l2fast::emu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace l2fast;
+  using namespace l2fast::emu;
+  using Tensors = std::vector<at::Tensor>;
+  using Doubles = std::vector<double>;
+  m.doc() = "l2fast's CUDA ops run by the host SIMT harness on CPU tensors";
+  // The ops, through the same entry points as torch.ops.l2fast.
+  m.def("sq_norm", [](const Tensors& xs, const Doubles& c, bool per_tensor) { return Entry::sq_norm(xs, c, per_tensor); });
+  m.def("l1_norm", [](const Tensors& xs, const Doubles& c, bool per_tensor) { return Entry::l1_norm(xs, c, per_tensor); });
+  m.def("penalty", [](const Tensors& ps, const Doubles& l2, const Doubles& l1) { return Entry::penalty(ps, l2, l1); });
+  m.def("penalty_grad", [](const Tensors& ps, const at::Tensor& scale, const Doubles& l2, const Doubles& l1) {
+    return Entry::penalty_grad(ps, scale, l2, l1);
+  });
+  m.def("add_penalty_grad_", [](const Tensors& ps, const Tensors& gs, const Doubles& l2, const Doubles& l1) {
+    return Entry::add_penalty_grad_(ps, gs, l2, l1);
+  });
+  m.def("decay_", [](const Tensors& ps, const Doubles& f, const Doubles& l2) { return Entry::decay_(ps, f, l2); });
+  // The Kernels alone, into results the caller allocates: the launch path for lists of any length,
+  // empty ones included, whatever the entry points do before it.
+  m.def("kernels_reduce", [](const Tensors& xs, const Doubles& l2, const Doubles& l1, bool per_tensor, at::Tensor result) {
+    Kernels::reduce(xs, penalty_weights(l2, l1, xs.size()), per_tensor, result);
+  });
+  m.def("kernels_add_penalty_grad", [](const Tensors& ps, const Tensors& gs, const Doubles& l2, const Doubles& l1,
+                                       at::Tensor result) {
+    Kernels::add_penalty_grad(ps, gs, penalty_weights(l2, l1, ps.size()), result);
+  });
+  m.def("kernels_penalty_grad", [](const Tensors& ps, const Tensors& outs, const at::Tensor& scale, const Doubles& l2,
+                                   const Doubles& l1) {
+    Kernels::penalty_grad(ps, outs, scale, penalty_weights(l2, l1, ps.size()));
+  });
+  m.def("kernels_decay", [](const Tensors& ps, const Doubles& factors, const Doubles& l2, at::Tensor result) {
+    const double no_l1 = 0.0;
+    Kernels::decay(ps, expand_coeffs(factors, ps.size(), "factors"),
+                   penalty_weights(l2, c10::ArrayRef<double>(no_l1), ps.size()), result);
+  });
+  // Graph capture: launches are recorded with copies of their arguments, then replayed.
+  m.def("capture_begin", [] {
+    TORCH_CHECK(!capturing, "l2fast_emu: already capturing");
+    capturing.emplace();
+  });
+  m.def("capture_end", [] {
+    TORCH_CHECK(capturing, "l2fast_emu: not capturing");
+    captured = std::move(*capturing);
+    capturing.reset();
+    return captured.launches.size();
+  });
+  m.def("replay", [] {
+    for (const auto& launch : captured.launches) launch();
+  });
+  m.def("poison", [](const Tensors& ts) { set_poisoned(ts, true); });
+  m.def("unpoison", [](const Tensors& ts) { set_poisoned(ts, false); });
+  m.def("plan_blocks", &plan_blocks);
+  m.attr("CHUNK") = l2fast::cuda::kChunk;
+  m.attr("TENSORS_PER_LAUNCH") = l2fast::cuda::kTensorsPerLaunch;
+}

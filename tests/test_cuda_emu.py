@@ -1,0 +1,288 @@
+"""The CUDA ops, device code included, run by the host SIMT harness (csrc/emu/) against l2fast.reference.
+
+`make test-cuda-emu` builds the harness under ASan/UBSan and runs this file; elsewhere it skips. The
+case list follows tests/test_ops.py; sizes are kept small where they would only repeat a block
+(every simulated block runs 256 real threads).
+"""
+import gc
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from l2fast import reference
+from conftest import DTYPES, random_tensors, ulp_tol
+from test_fold_order import BIG, chunk_pattern, fold_block_order, fold_warp_order, left_to_right
+
+EMU_DIR = os.environ.get("L2FAST_EMU_DIR")
+if not EMU_DIR:
+    pytest.skip("the SIMT harness runs under `make test-cuda-emu`", allow_module_level=True)
+sys.path.insert(0, EMU_DIR)
+import l2fast_emu as emu  # noqa: E402
+
+CHUNK = emu.CHUNK
+# Every tail length modulo every pack width (4 float32, 2 float64, 8 half types), alone and after
+# whole chunks; sizes around the chunk size.
+TAILS = list(range(1, 18)) + [CHUNK + r for r in range(8)] + [CHUNK - 1, 2 * CHUNK + 5]
+SIZES = {
+    "one": [1],
+    "mixed": [0, 1, 7, 31, 1000, 32769, 100003],
+    "tails": TAILS,
+}
+
+
+def sum_tol(dtype):
+    return 1e-12 if dtype == torch.float64 else 2e-7
+
+
+def assert_sums_close(got, want, dtype):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got.double(), want.double(), rtol=sum_tol(dtype), atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_norms_match_reference(dtype, sizes, per_tensor):
+    xs = random_tensors(sizes, dtype, "cpu")
+    coeffs = [0.5 + (i % 3) for i in range(len(xs))]
+    for name in ("sq_norm", "l1_norm"):
+        assert_sums_close(getattr(emu, name)(xs, coeffs, per_tensor), getattr(reference, name)(xs, coeffs, per_tensor), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_tensor_folds_many_chunks(dtype):
+    """65 chunks: every lane of the finish kernel's warp folds more than one partial."""
+    xs = random_tensors([1_048_583], dtype, "cpu", seed=11)
+    assert_sums_close(emu.sq_norm(xs, [1.0], True), reference.sq_norm(xs, [1.0], True), dtype)
+    assert_sums_close(emu.penalty(xs, [0.3], [0.1]), reference.penalty(xs, [0.3], [0.1]), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [SIZES["mixed"], SIZES["tails"]], ids=["mixed", "tails"])
+def test_add_penalty_grad_matches_reference(dtype, sizes):
+    params = random_tensors(sizes, dtype, "cpu", seed=1)
+    grads = random_tensors(sizes, dtype, "cpu", seed=2)
+    l2 = [0.0 if i % 4 == 0 else 0.1 * (1 + i % 5) for i in range(len(params))]
+    l1 = [0.0 if i % 3 == 0 else 0.01 * (1 + i % 2) for i in range(len(params))]
+    want_grads = [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(params, want_grads, l2, l1)
+    assert_sums_close(emu.add_penalty_grad_(params, grads, l2, l1), want, dtype)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_penalty_grad_and_decay_match_reference(dtype):
+    params = random_tensors(SIZES["tails"], dtype, "cpu", seed=3)
+    for scale in (torch.tensor(1.5), torch.tensor(-0.25, dtype=torch.float64)):
+        got = emu.penalty_grad(params, scale, [0.2], [0.03])
+        for g, w in zip(got, reference.penalty_grad(params, scale, [0.2], [0.03])):
+            torch.testing.assert_close(g, w, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
+    factors = [0.001 * i for i in range(len(params))]
+    l2 = [0.0 if i % 3 == 0 else 0.1 * i for i in range(len(params))]
+    decayed = [p.clone() for p in params]
+    value = emu.decay_(decayed, factors, l2)
+    assert_sums_close(value, reference.decay_(params, factors, l2), dtype)
+    for got_p, want_p in zip(decayed, params):
+        torch.testing.assert_close(got_p, want_p, rtol=ulp_tol(dtype), atol=0)
+
+
+def test_many_tensors_span_several_launch_tables():
+    """5,000 tensors: 12 launch tables; one in seven takes part, so per-tensor zeros are written too."""
+    xs = random_tensors([1 + i % 97 for i in range(5000)], torch.float32, "cpu", seed=4)
+    coeffs = [0.0 if i % 7 else 1.0 + i % 3 for i in range(len(xs))]
+    for name, per_tensor in (("sq_norm", True), ("l1_norm", False)):
+        got = getattr(emu, name)(xs, coeffs, per_tensor)
+        assert_sums_close(got, getattr(reference, name)(xs, coeffs, per_tensor), torch.float32)
+
+
+def test_many_tensors_all_written():
+    """1,000 tensors, all written, across three launch tables (448 tensors each at most)."""
+    sizes = [1 + (i * 37) % 61 for i in range(1000)]
+    params = random_tensors(sizes, torch.float64, "cpu", seed=5)
+    grads = random_tensors(sizes, torch.float64, "cpu", seed=6)
+    want_grads = [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(params, want_grads, [0.1], [0.01])
+    assert_sums_close(emu.add_penalty_grad_(params, grads, [0.1], [0.01]), want, torch.float64)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=ulp_tol(torch.float64), atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_misaligned_views(dtype, offset):
+    """Views 1..3 elements into their storage: not 16-byte aligned, so no packs (load_pack checks)."""
+    n = CHUNK + 13
+    base_w = random_tensors([n + offset], dtype, "cpu", seed=7)[0]
+    base_g = random_tensors([n + offset], dtype, "cpu", seed=8)[0]
+    before = base_g[:offset].clone()
+    w, g = base_w[offset:], base_g[offset:]
+    want_g = g.clone()
+    want = reference.add_penalty_grad_([w], [want_g], [0.3], [0.02])
+    assert_sums_close(emu.sq_norm([w], [1.0], False), reference.sq_norm([w], [1.0], False), dtype)
+    assert_sums_close(emu.add_penalty_grad_([w], [g], [0.3], [0.02]), want, dtype)
+    torch.testing.assert_close(g, want_g, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
+    assert torch.equal(base_g[:offset], before)  # the elements before the view are untouched
+
+
+def test_mixed_dtypes_in_one_call():
+    xs = [t for dt in DTYPES for t in random_tensors([100, CHUNK + 3], dt, "cpu", seed=9)]
+    for per_tensor in (False, True):
+        got = emu.sq_norm(xs, [1.0], per_tensor)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, reference.sq_norm(xs, [1.0], per_tensor), rtol=1e-12, atol=0)
+
+
+def test_zero_coefficient_tensors_are_not_read():
+    """Tensors whose coefficients are zero are ASan-poisoned: any read or write of them aborts."""
+    xs = random_tensors([64, 1000, 4096, 33], torch.float32, "cpu", seed=10)
+    grads = random_tensors([64, 1000, 4096, 33], torch.float32, "cpu", seed=11)
+    skipped = [xs[1], xs[3], grads[1], grads[3]]
+    l2 = [0.5, 0.0, 0.25, 0.0]
+    coeffs = [1.0, 0.0, 2.0, 0.0]
+    want_norm = reference.sq_norm(xs, coeffs, True)
+    want_grads = [g.clone() for g in grads]
+    want = reference.add_penalty_grad_(xs, want_grads, l2, [0.0])
+    emu.poison(skipped)
+    try:
+        got_norm = emu.sq_norm(xs, coeffs, True)
+        got = emu.add_penalty_grad_(xs, grads, l2, [0.0])
+        emu.decay_(xs[:2], [0.5, 0.0], [0.0, 0.0])  # a zero factor and no L2: not visited either
+    finally:
+        emu.unpoison(skipped)
+    assert_sums_close(got_norm, want_norm, torch.float32)
+    assert_sums_close(got, want, torch.float32)
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
+
+
+def test_poisoning_catches_a_read():
+    """The control for the test above: a poisoned tensor that the op does read aborts the process."""
+    code = (
+        f"import sys, torch; sys.path.insert(0, {EMU_DIR!r}); import l2fast_emu as emu\n"
+        "x = torch.ones(256); emu.poison([x]); emu.sq_norm([x], [1.0], False)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "use-after-poison" in run.stderr
+
+
+def test_nan_and_inf_propagate():
+    x = [torch.ones(100), torch.ones(70000)]
+    x[1][12345] = float("nan")
+    assert torch.isnan(emu.sq_norm(x, [1.0], False))
+    assert emu.sq_norm(x, [1.0], True)[0].item() == 100.0
+    x[1][12345] = float("inf")
+    assert torch.isinf(emu.l1_norm(x, [1.0], False))
+    g = [torch.zeros(100), torch.zeros(70000)]
+    assert torch.isinf(emu.add_penalty_grad_(x, g, [0.0], [0.5]))
+    assert g[1][12345].item() == 0.5  # L1 alone: sign(inf) * l1, not 0 * inf
+
+
+def test_dense_non_contiguous_layouts():
+    w = torch.randn(8, 3, 5, 5).to(memory_format=torch.channels_last)
+    t = torch.randn(300, 200).t()
+    assert not w.is_contiguous() and not t.is_contiguous()
+    torch.testing.assert_close(emu.sq_norm([w, t], [1.0], False), reference.sq_norm([w, t], [1.0], False))
+    g = torch.randn_like(w)
+    want = g + 0.1 * w
+    emu.add_penalty_grad_([w], [g], [0.1], [0.0])
+    torch.testing.assert_close(g, want)
+
+
+def test_empty_lists_and_zero_size_tensors():
+    """No chunk: the launch path makes no zero-block launch (the harness aborts on one, as CUDA
+    refuses it) and still writes zeros."""
+    for per_tensor in (False, True):
+        result = torch.full((0,) if per_tensor else (), float("nan"))
+        emu.kernels_reduce([], [1.0], [0.0], per_tensor, result)
+        assert per_tensor or result.item() == 0.0
+    result = torch.full((), float("nan"), dtype=torch.float64)
+    emu.kernels_add_penalty_grad([], [], [1.0], [1.0], result)
+    assert result.item() == 0.0
+    emu.kernels_penalty_grad([], [], torch.tensor(1.0), [1.0], [1.0])
+    result = torch.full((), float("nan"))
+    emu.kernels_decay([], [0.5], [1.0], result)
+    assert result.item() == 0.0
+    empty = [torch.empty(0), torch.empty(0, 3)]
+    assert emu.sq_norm(empty, [1.0], False).item() == 0.0
+    assert emu.l1_norm(empty, [1.0], True).tolist() == [0.0, 0.0]
+    assert emu.add_penalty_grad_(empty, [torch.empty_like(t) for t in empty], [1.0], [0.0]).item() == 0.0
+    assert emu.decay_(empty, [0.1], [1.0]).item() == 0.0
+    assert [t.shape for t in emu.penalty_grad(empty, torch.tensor(1.0), [1.0], [0.0])] == [(0,), (0, 3)]
+    assert emu.sq_norm([torch.ones(3)], [0.0], False).item() == 0.0  # nothing to visit at all
+
+
+def test_planning_beyond_2_to_the_31_elements():
+    """Block-to-chunk planning (the chunk kernel's own locate_chunk) for a tensor of 2^31 + 3 elements."""
+    big = 2**31 + 3
+    lengths = [5, big, 0, CHUNK + 1]
+    rows = emu.plan_blocks(lengths)
+    assert rows.dtype == torch.int64
+    chunks_of_big = (big + CHUNK - 1) // CHUNK
+    assert rows.shape[0] == 1 + chunks_of_big + 2
+    for t, n in enumerate(lengths):
+        mine = rows[rows[:, 2] == t]
+        assert int(mine[:, 4].sum()) == n
+        if n:  # chunks in order, each starting where the last ended, none longer than CHUNK
+            assert torch.equal(mine[:, 3], torch.arange(mine.shape[0], dtype=torch.int64) * CHUNK)
+            assert int(mine[:, 4].max()) <= CHUNK and int(mine[:, 4].min()) >= 1
+    last = rows[rows[:, 2] == 1][-1].tolist()
+    assert last[3] == (chunks_of_big - 1) * CHUNK >= 2**31 and last[4] == big - last[3] == 3
+    assert torch.equal(rows[:, 1], torch.arange(rows.shape[0]))  # one launch: blocks 0, 1, ...
+
+
+def test_planning_splits_launch_tables():
+    lengths = [1] * (2 * emu.TENSORS_PER_LAUNCH + 1)
+    rows = emu.plan_blocks(lengths)
+    assert rows[:, 0].tolist() == [0] * emu.TENSORS_PER_LAUNCH + [1] * emu.TENSORS_PER_LAUNCH + [2]
+    assert torch.equal(rows[:, 2], torch.arange(len(lengths)))
+
+
+def test_capture_and_replay_read_the_captured_tensors():
+    """A captured op replays with its own copy of the metadata: after the host memory the call used
+    is freed and reused, a replay still reads and writes the captured tensors."""
+    xs = random_tensors([1000, CHUNK + 7, 3], torch.float32, "cpu", seed=12)
+    params = random_tensors([500, 70], torch.float32, "cpu", seed=13)
+    grads = [torch.zeros_like(p) for p in params]
+    emu.capture_begin()
+    try:
+        norms = emu.sq_norm(xs, [1.0], True)
+        value = emu.add_penalty_grad_(params, grads, [0.5], [0.0])
+    finally:
+        launches = emu.capture_end()
+    assert launches == 2 + 3  # per op: chunk and values kernels; the scalar op adds a total
+    assert all(not g.any() for g in grads)  # nothing ran during capture
+    for _ in range(2):
+        for t in xs + params:
+            t.normal_()
+        for g in grads:
+            g.zero_()
+        garbage = [torch.full((4096,), 7.0) for _ in range(64)]  # reuse freed host memory
+        del garbage
+        gc.collect()
+        emu.replay()
+        torch.testing.assert_close(norms, reference.sq_norm(xs, [1.0], True), rtol=2e-7, atol=0)
+        want_grads = [torch.zeros_like(p) for p in params]
+        want = reference.add_penalty_grad_(params, want_grads, [0.5], [0.0])
+        torch.testing.assert_close(value, want, rtol=2e-7, atol=0)
+        for g, w in zip(grads, want_grads):
+            torch.testing.assert_close(g, w)
+
+
+def test_bitwise_repeatable():
+    xs = random_tensors(SIZES["mixed"], torch.float32, "cpu", seed=14)
+    first = emu.sq_norm(xs, [1.0], False)
+    assert torch.equal(first, emu.sq_norm(xs, [1.0], False))
+
+
+def test_finish_kernels_fold_in_the_shared_order():
+    """The warp-per-tensor and block folds add partials in fold.h's order, as the CPU backend does."""
+    x, partials = chunk_pattern(40, CHUNK)
+    assert fold_warp_order(partials) != left_to_right(partials)
+    assert emu.l1_norm([x], [1.0], True).item() == fold_warp_order(partials)
+    xs = [torch.tensor([BIG], dtype=torch.float64)] + [torch.ones(1, dtype=torch.float64)] * 300
+    values = [BIG] + [1.0] * 300
+    assert emu.l1_norm(xs, [1.0], False).item() == fold_block_order(values) != left_to_right(values)
