@@ -106,8 +106,9 @@ def decay_(params, factors, l2) -> torch.Tensor:
     return value
 
 
-# The penalized optimizer steps: torch.optim's for-loop Adam / SGD, operation by operation, in the
-# op-math dtype of the parameters (the state is stored back in the parameter dtype).
+# The penalized optimizer steps: torch.optim's for-loop Adam / SGD, written with the same torch ops
+# (lerp_, add(alpha=), addcmul_, addcdiv_), in the op-math dtype of the parameters (the state is
+# stored back in the parameter dtype).
 
 
 def _step_scalars(grad_scale, found_inf, clip) -> tuple[bool, float, float]:
@@ -122,13 +123,11 @@ def _op_grad(w, g, inv_scale, clip, maximize, l2, l1):
     g = g.to(opmath_dtype(g.dtype)) * inv_scale * clip
     if maximize:
         g = -g
-    if l2 != 0.0 or l1 != 0.0:
-        g = g + _step(w, l2, l1)
+    if l2 != 0.0:
+        g = g.add(w, alpha=l2)
+    if l1 != 0.0:
+        g = g + l1 * torch.sign(w)
     return g
-
-
-def _lerp(start, end, weight: float):
-    return start + weight * (end - start) if abs(weight) < 0.5 else end - (end - start) * (1.0 - weight)
 
 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1, decay,
@@ -156,15 +155,15 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
         g = _op_grad(wi, grads[i], inv_scale, clip_value, maximize, ex["l2"][i], ex["l1"][i])
         wi = wi * (1.0 - ex["decay"][i])
         b1, b2 = ex["beta1"][i], ex["beta2"][i]
-        m = _lerp(exp_avgs[i].to(op), g, 1.0 - b1)
-        v = exp_avg_sqs[i].to(op) * b2 + (1.0 - b2) * g * g
+        m = exp_avgs[i].to(op).lerp_(g, 1.0 - b1)
+        v = exp_avg_sqs[i].to(op).mul_(b2).addcmul_(g, g, value=1.0 - b2)
         v_hat = v
         if max_exp_avg_sqs:
             v_hat = torch.maximum(max_exp_avg_sqs[i].to(op), v)
             max_exp_avg_sqs[i].copy_(v_hat)
         step_size = ex["lr"][i] / (1.0 - b1**step)
         denom = v_hat.sqrt() / (1.0 - b2**step) ** 0.5 + ex["eps"][i]
-        w.copy_(wi + (-step_size) * m / denom)
+        w.copy_(wi.addcdiv_(m, denom, value=-step_size))
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)
     return value
@@ -193,8 +192,8 @@ def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l
         wi = wi * (1.0 - ex["decay"][i])
         if momentum_buffers:
             mu = ex["momentum"][i]
-            buf = g if fresh[i] else momentum_buffers[i].to(op) * mu + (1.0 - ex["dampening"][i]) * g
+            buf = g if fresh[i] else momentum_buffers[i].to(op).mul_(mu).add_(g, alpha=1.0 - ex["dampening"][i])
             momentum_buffers[i].copy_(buf)
-            g = g + mu * buf if nesterov else buf
-        w.copy_(wi + (-ex["lr"][i]) * g)
+            g = g.add(buf, alpha=mu) if nesterov else buf
+        w.copy_(wi.add_(g, alpha=-ex["lr"][i]))
     return value

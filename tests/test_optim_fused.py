@@ -293,7 +293,7 @@ def test_op_argument_errors_are_clear():
     with pytest.raises(RuntimeError, match="got 5 params but 4 steps"):
         torch.ops.l2fast.adam_step_(params, grads, state, [s.clone() for s in state], [], steps[:4], [1e-2], [0.9],
                                     [0.99], [1e-8], [0.0], [0.0], [0.0], [0.0], False, None, None, None)
-    with pytest.raises(RuntimeError, match="momentum_buffers\\[0\\] and|overlap"):
+    with pytest.raises(RuntimeError, match="are the same memory"):
         torch.ops.l2fast.sgd_step_(params, grads, params, [1e-2], [0.9], [0.0], [0], [0.0], [0.0], [0.0], [0.0], False,
                                    False, None, None, None)
     with pytest.raises(RuntimeError, match="clip must hold one value"):

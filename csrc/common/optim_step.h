@@ -3,7 +3,8 @@
 // backend (argument checks, coefficient lists expanded, result allocated).
 //
 // The math follows torch.optim's single-tensor (for-loop) Adam and SGD operation by operation, in
-// the op-math type of the parameters, so float32 results match torch's to rounding: the gradient is
+// the op-math type of the parameters, with a fused multiply-add exactly where torch's CPU kernels use
+// one (lerp, add with alpha, addcmul), so float32 results match torch's to rounding: the gradient is
 // unscaled (GradScaler), clipped, negated (maximize), then gains l2 * w + l1 * sign(w); the weight is
 // decayed (AdamW); then Adam's lerp / mul-addcmul / sqrt-div-add / addcdiv, or SGD's momentum.
 #pragma once
@@ -27,11 +28,12 @@ C10_HOST_DEVICE inline T max_nan(T a, T b) {
   return (a > b || a != a) ? a : b;
 }
 
-// torch's lerp: start + weight * (end - start), switching form at weight 0.5 for accuracy.
+// torch's CPU lerp as its vectorized kernel computes it: one fused multiply-add, from start with
+// weight for |weight| < 0.5, else from end with weight - 1 (the rounding torch's Adam sees).
 template <typename T>
 C10_HOST_DEVICE inline T lerp_torch(T start, T end, T weight) {
   const T w_abs = weight < T(0) ? -weight : weight;
-  return w_abs < T(0.5) ? start + weight * (end - start) : end - (end - start) * (T(1) - weight);
+  return w_abs < T(0.5) ? std::fma(weight, end - start, start) : std::fma(weight - T(1), end - start, end);
 }
 
 // What every step does to the gradient and the weight before the optimizer's own math.
@@ -44,9 +46,13 @@ struct GradTerms {
   bool use_l2 = false, use_l1 = false;
   Op keep = Op(1);  // 1 - decoupled decay fraction
 
-  // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w.
+  // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w: l2 * w
+  // fused into the add as torch's grad.add(param, alpha=weight_decay) rounds it, then l1 * sign(w).
   C10_HOST_DEVICE Op grad(Op g, Op w) const {
-    return ((g * inv_scale) * clip) * sign + penalty_step(w, l2, l1, use_l2, use_l1);
+    g = ((g * inv_scale) * clip) * sign;
+    if (use_l2) g = std::fma(l2, w, g);
+    if (use_l1) g = g + l1 * sign_of(w);
+    return g;
   }
 };
 
@@ -69,14 +75,13 @@ C10_HOST_DEVICE inline void adam_element(Op& w, Op g, Op& m, Op& v, Op& v_max, c
   g = t.g.grad(g, w);
   w = w * t.g.keep;
   m = lerp_torch(m, g, t.lerp_weight);
-  v = v * t.beta2;
-  v = v + t.one_minus_beta2 * g * g;
+  v = std::fma(t.one_minus_beta2 * g, g, v * t.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
   Op v_hat = v;
   if (kAmsgrad) {
     v_max = max_nan(v_max, v);
     v_hat = v_max;
   }
-  const Op denom = ::sqrt(v_hat) / t.bias2_sqrt + t.eps;
+  const Op denom = std::sqrt(v_hat) / t.bias2_sqrt + t.eps;
   w = w + t.neg_step_size * m / denom;
 }
 
@@ -86,10 +91,10 @@ C10_HOST_DEVICE inline void sgd_element(Op& w, Op g, Op& buf, const SgdTerms<Op>
   g = t.g.grad(g, w);
   w = w * t.g.keep;
   if (kMomentum) {
-    buf = t.fresh ? g : (buf * t.momentum) + t.one_minus_dampening * g;
-    g = kNesterov ? g + t.momentum * buf : buf;
+    buf = t.fresh ? g : std::fma(t.one_minus_dampening, g, buf * t.momentum);
+    g = kNesterov ? std::fma(t.momentum, buf, g) : buf;
   }
-  w = w + t.neg_lr * g;
+  w = std::fma(t.neg_lr, g, w);
 }
 
 // Per-tensor hyperparameters, as the host holds them (float64, like Python's floats).
@@ -119,12 +124,12 @@ template <typename Op>
 C10_HOST_DEVICE inline AdamTerms<Op> adam_terms(const StepHyper& h, double step, bool maximize, Op inv_scale, Op clip) {
   AdamTerms<Op> t;
   t.g = grad_terms<Op>(h, maximize, inv_scale, clip);
-  const double bias1 = 1.0 - ::pow(h.beta1, step);
-  const double bias2 = 1.0 - ::pow(h.beta2, step);
+  const double bias1 = 1.0 - std::pow(h.beta1, step);
+  const double bias2 = 1.0 - std::pow(h.beta2, step);
   t.lerp_weight = static_cast<Op>(1.0 - h.beta1);
   t.beta2 = static_cast<Op>(h.beta2);
   t.one_minus_beta2 = static_cast<Op>(1.0 - h.beta2);
-  t.bias2_sqrt = static_cast<Op>(::sqrt(bias2));
+  t.bias2_sqrt = static_cast<Op>(std::pow(bias2, 0.5));  // Python's bias_correction2**0.5
   t.eps = static_cast<Op>(h.eps);
   t.neg_step_size = static_cast<Op>(-(h.lr / bias1));
   return t;
