@@ -1,6 +1,6 @@
 // The penalized optimizer steps (adam_step_, sgd_step_): their argument checks, shared by every
 // backend (l2fast/optim_checks.py runs the same checks with the same messages for the fake kernels
-// and the reference), and their kernel for calls that reach no backend (see no_backend.cpp).
+// and the reference). Free of op registrations, so the host SIMT harness links it too.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -62,21 +62,5 @@ void check_step_args(const StepArgs& args, const std::vector<const char*>& state
   for (const auto& list : args.states) written.insert(written.end(), list.begin(), list.end());
   check_no_overlap(written, "params and state", args.grads, "grads");
 }
-
-namespace {
-
-// Empty lists (the value of an empty sum, float32 on the CPU) or a device this build has no kernel for.
-struct NoBackendKernels {
-  static void none(const StepArgs& args, at::Tensor& result) {
-    TORCH_CHECK(args.params.empty(), "l2fast: this build has no kernel for tensors on ", args.params[0].device());
-    result.zero_();
-  }
-  static void adam_step(const StepArgs& args, at::Tensor& result) { none(args, result); }
-  static void sgd_step(const StepArgs& args, at::Tensor& result) { none(args, result); }
-};
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(l2fast, CompositeExplicitAutograd, m) { StepEntryPoints<NoBackendKernels>::register_all(m); }
 
 }  // namespace l2fast

@@ -30,7 +30,7 @@ HostScalars read_scalars(const StepScalars& s) {
 template <typename T>
 L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) { sums.add<true, true>(lane, widen(w[i])); });
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); });
   return sums.fold();
 }
 
@@ -39,7 +39,7 @@ L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int6
                                     const AdamTerms<at::opmath_type<T>>& t) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) {
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
@@ -56,7 +56,7 @@ template <typename T, bool kMomentum, bool kNesterov>
 L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) {
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
