@@ -39,9 +39,16 @@ def _unsupported_group(optimizer, group: dict) -> str | None:
     for j, p in enumerate(group["params"]):
         if p.dtype not in DTYPES:
             return f"params[{j}] has dtype {p.dtype} (supported: float32, float64, float16, bfloat16)"
-        if p.device.type != "cpu":
-            return f"params[{j}] is on {p.device}; this build's one-pass step has CPU kernels only"
+        if not _has_kernel(p.device):
+            return f"params[{j}] is on {p.device}, for which this build has no one-pass kernel"
     return None
+
+
+def _has_kernel(device: torch.device) -> bool:
+    """The CPU always (native or reference); another device where the native library registered one."""
+    if device.type == "cpu":
+        return True
+    return _ops.LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("l2fast::adam_step_", device.type.upper())
 
 
 def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) -> str | None:
@@ -122,6 +129,9 @@ def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: t
             if adam:
                 amsgrad = bool(group["amsgrad"])
                 _init_adam_state(state, p, group)
+                if state["step"].device != p.device and p.device.type != "cpu":
+                    # The device kernel counts steps on the device (no host sync), as torch's fused Adam does.
+                    state["step"] = state["step"].to(p.device)
                 call = calls.setdefault((p.device, "adam", maximize, amsgrad), _Call())
                 call.add(params=p, grads=p.grad, exp_avgs=state["exp_avg"], exp_avg_sqs=state["exp_avg_sq"],
                          steps=state["step"], beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),

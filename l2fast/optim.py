@@ -363,7 +363,8 @@ class Penalized(torch.optim.Optimizer):
         coefficients = self.coefficients()
         # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on.
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
-        # found_inf lives on the parameters' device; on the CPU reading it costs no synchronisation.
+        # found_inf lives on the parameters' device; on the CPU reading it costs nothing. On a GPU the
+        # kernels skip the step on the device, and this read (for the clock) is the step's one sync.
         skip = found_inf is not None and bool(found_inf)
         if closure is None and self.fused and fused_step.per_step_fallback(self.optimizer, _dtensor_type()) is None:
             self._fused_step(coefficients, grad_scale, found_inf, skip)

@@ -299,3 +299,24 @@ def test_op_argument_errors_are_clear():
     with pytest.raises(RuntimeError, match="clip must hold one value"):
         torch.ops.l2fast.sgd_step_(params, grads, [], [1e-2], [0.0], [0.0], [0], [0.0], [0.0], [0.0], [0.0], False,
                                    False, None, None, torch.ones(2))
+
+
+@pytest.mark.parametrize("case", ["adam", "sgd-nesterov"])
+def test_add_param_group_mid_run(case):
+    """A group added after 5 steps (with its own lr) steps like torch's from then on."""
+    torch_opt, inner, options = CASES[case]
+    runs = []
+    for make, extra in ((torch_opt, {"weight_decay": LAM}), (lambda ps: l2fast.Penalized(inner(ps), l2=LAM), {})):
+        params = make_params()
+        head, tail = params[:2], params[2:]
+        opt = make(head)
+        for k in range(12):
+            if k == 5:
+                opt.add_param_group({"params": tail, "lr": 3e-2, **extra})
+            live = head if k < 5 else params
+            for p, g in zip(live, grads_of(live, k)):
+                p.grad = g
+            opt.step()
+        runs.append(params)
+    assert isinstance(opt, l2fast.Penalized) and opt.fused
+    assert rel_err(runs[1], runs[0]) <= 1e-6
