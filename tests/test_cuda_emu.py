@@ -328,8 +328,13 @@ def _step_run(impl, case, dtype, skip_last):
     return params, state, values
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", sorted(STEP_CASES))
+# Every dtype for the two main rules; the variants in float32 and bfloat16 (the harness is slow).
+STEP_RUNS = [(case, dtype) for case in ("adam", "sgd-nesterov") for dtype in DTYPES] + [
+    (case, dtype) for case in ("adam-amsgrad-maximize", "sgd-plain") for dtype in (torch.float32, torch.bfloat16)
+]
+
+
+@pytest.mark.parametrize("case, dtype", STEP_RUNS)
 def test_optimizer_steps_match_reference(case, dtype):
     got = _step_run(emu, case, dtype, skip_last=dtype == torch.float32)
     want = _step_run(reference, case, dtype, skip_last=dtype == torch.float32)
@@ -337,7 +342,8 @@ def test_optimizer_steps_match_reference(case, dtype):
     for got_list, want_list in zip([got[0]] + got[1], [want[0]] + want[1]):
         for g, w in zip(got_list, want_list):
             assert g.dtype == w.dtype
-            torch.testing.assert_close(g.double(), w.double(), rtol=tol, atol=tol * w.double().abs().max().item())
+            scale = w.double().abs().max().item() if w.numel() else 0.0  # (exceptions abort under ASan)
+            torch.testing.assert_close(g.double(), w.double(), rtol=tol, atol=tol * scale)
     for g, w in zip(got[2], want[2]):
         assert_sums_close(g, w, dtype)
 
