@@ -6,7 +6,8 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import precision, train  # noqa: E402
+from l2fast.nmt import train
+from l2fast.trainer import precision  # noqa: E402
 from l2fast.nmt.config import ConfigError  # noqa: E402
 from test_nmt_train import losses, tiny_config  # noqa: E402
 

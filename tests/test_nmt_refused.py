@@ -10,9 +10,10 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import checkpoint, cli  # noqa: E402
+from l2fast.nmt import cli
+from l2fast.trainer import checkpoint  # noqa: E402
 from l2fast.nmt.config import build_config  # noqa: E402
-from l2fast.nmt.rundir import RUN_STATE_KEYS  # noqa: E402
+from l2fast.trainer.rundir import RUN_STATE_KEYS  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "nmt.md"
 ROW = re.compile(r"^\| `(l2fast [^`]+)` \|\s*(.*?)\s*\| `(.+)` \|$")

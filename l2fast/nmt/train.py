@@ -20,9 +20,9 @@ from torch import nn
 
 import l2fast
 
-from . import checkpoint
+from ..trainer import checkpoint
 from .averaging import WeightAverage
-from .config import Config
+from .config import Config, check_resumable
 from .data import (TokenizedPairs, collate, drop_empty, eval_batches, filter_long, fit_positions, read_parallel,
                    train_batches)
 from .demo_corpus import write_demo_corpus
@@ -31,10 +31,10 @@ from .loss import LossModule
 from .metrics import Scores, score
 from .model import Transformer
 from .plot import plot_metrics
-from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
-from .recipe import build_optimizer, check_recipe, learning_rate
-from .rundir import open_run_dir
-from .runtime import Environment, RunLog, setup_environment
+from ..trainer.precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
+from ..trainer.recipe import build_optimizer, check_recipe, learning_rate
+from ..trainer.rundir import open_run_dir
+from ..trainer.runtime import Environment, RunLog, setup_environment
 from .search import translate_ids
 from .tokenizer import Tokenizer
 
@@ -402,7 +402,7 @@ def run_training(cfg: Config) -> dict | None:
     env = setup_environment(cfg.train.threads)
     check_precision(cfg.train.precision, env.device)
     check_recipe(cfg)
-    run = open_run_dir(cfg, env)
+    run = open_run_dir(cfg, env, check_resumable)
     run_dir, saved = run.path, run.saved
     log = RunLog(run_dir, env.is_main)
     if run.moved_to:
