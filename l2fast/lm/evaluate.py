@@ -61,7 +61,8 @@ def stream_nll(model: DecoderLM, stream: torch.Tensor, device: torch.device, bat
             rows = torch.stack([stream[s:s + length + 1] for s in starts[first:first + batch_windows]]).long().to(device)
             with autocast():
                 logits = model(rows[:, :-1])
-            total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").double()
+            nll = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+            total += nll.double().sum()  # summed in float64: a long text has millions of terms
     model.train(was_training)
     return total, sum(length for _, length in windows)
 
