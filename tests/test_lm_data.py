@@ -14,6 +14,8 @@ from l2fast.lm.model import DecoderLM
 from l2fast.lm.tokenizer import ByteTokenizer, SentencePieceTokenizer, from_state_dict
 from l2fast.trainer.text import DataError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXTS = ["plain ascii", "Zoë & Łukasz — naïve café", "tabs\tand  double  spaces ", "日本語のテキスト",
          " leading space", "emoji 🙂 and \\ backslash", "line one\nline two"]
 

@@ -8,6 +8,8 @@ from l2fast.lm.generate import Sampling, generate, next_tokens
 from l2fast.lm.model import DecoderLM
 from l2fast.trainer.layers import Rotary
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 50
 
 
