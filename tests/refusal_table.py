@@ -4,6 +4,9 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+import torch
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 ROW = re.compile(r"^\| `(l2fast [^`]+)` \|\s*(.*?)\s*\| `(.+)` \|$")
 
@@ -36,3 +39,11 @@ def check_refusal(main, prog: str, command: str, excerpt: str, workdir: Path, ca
     created = {str(p.relative_to(workdir)) for p in set(workdir.rglob("*")) - before}
     if not may_write:
         assert not created, created  # refused before anything was written
+
+
+def check_row(main, prog: str, command: str, needs: str, excerpt: str, workdir: Path, capsys) -> None:
+    """One row of a table: skipped where it needs a machine without a GPU and this one has one; a row whose
+    refusal comes from reading data (it names --run-dir new-run) may write the run directory first."""
+    if needs == "a CPU" and torch.cuda.is_available():
+        pytest.skip("the row is about a machine without a GPU")
+    check_refusal(main, prog, command, excerpt, workdir, capsys, may_write="--run-dir new-run" in command)

@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, add_config_flags, check_output, config_from_args,
+from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, add_train_command, check_output, command_parser, config_from_args,
                            run_command)
 from ..trainer.config import ConfigError
 from ..trainer.text import DataError
-from .config import DOCUMENTS, build_config, read_config_file, section_fields
+from .config import DOCUMENTS, Config, build_config
 
 PROG = "l2fast lm"
 DESCRIPTION = """\
@@ -41,15 +41,11 @@ def _checkpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, commands = command_parser(PROG, DESCRIPTION)
 
-    train = commands.add_parser("train", help="train a model (defaults: the demo text and a small model)",
-                                description="Train a decoder-only language model. With no data options, trains on the "
-                                            "built-in demo text. Values come from defaults, then --config, then flags.")
-    train.add_argument("--config", help="JSON or TOML file with sections data, model, train, penalty")
-    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
-    add_config_flags(train, section_fields())
+    add_train_command(commands, "train a model (defaults: the demo text and a small model)",
+                      "Train a decoder-only language model. With no data options, trains on the built-in demo text.",
+                      Config)
 
     gen = commands.add_parser("generate", help="continue prompts",
                               description="Continue each prompt (one per --prompt, or one per line of --input) until the "
@@ -89,7 +85,7 @@ def _load(args):
 
 
 def command_train(args) -> None:
-    cfg = config_from_args(args, read_config_file, build_config)
+    cfg = config_from_args(args, Config, build_config)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trainer import config as plumbing
-from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, opt
+from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, common, opt
 from ..trainer.rundir import check_fixed
 
 DOCUMENTS = ("lines", "paragraphs")
@@ -27,50 +27,46 @@ class DataConfig:
     tokenizer: str = opt("bytes", "bytes = the 256 UTF-8 byte values; spm = a sentencepiece model trained on --train "
                          "(byte fallback, so any text round-trips)", ("bytes", "spm"))
     vocab_size: int = opt(4000, "sentencepiece vocabulary size (--tokenizer spm; at least 300: 256 byte pieces + specials)")
-    subword_type: str = opt("unigram", "sentencepiece model type", ("unigram", "bpe"))
+    subword_type: str = common("unigram")
     demo_documents: int = opt(6000, "training documents the demo text generator writes")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    d_model: int = opt(128, "model width")
-    heads: int = opt(4, "attention heads (must divide --d-model)")
+    d_model: int = common(128)
+    heads: int = common(4)
     layers: int = opt(4, "Transformer blocks")
-    ff_dim: int = opt(512, "feed-forward inner width")
+    ff_dim: int = common(512)
     context: int = opt(128, "tokens the model sees at once (training block length, longest generation)")
     positions: str = opt("rotary", "position encoding: learned table, or rotary (RoPE) on queries and keys",
                          ("learned", "rotary"))
     dropout: float = opt(0.0, "dropout on embeddings, residual branches and feed-forward activations")
-    attention_dropout: float = opt(0.0, "dropout on attention weights")
+    attention_dropout: float = common(0.0)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = opt(16, "blocks of --context tokens per batch, per process and accumulation step")
-    accumulate: int = opt(1, "batches whose gradients are summed into one update")
-    max_steps: int = opt(1500, "stop after this many updates (0 = no limit)")
-    max_minutes: float = opt(5.0, "stop training after this much wall-clock time, validation included (0 = no limit)")
-    lr: float = opt(2e-3, "peak learning rate")
-    lr_schedule: str = opt("cosine", "learning-rate schedule after linear warm-up", ("cosine", "inverse_sqrt", "constant"))
-    warmup: int = opt(100, "linear warm-up updates")
-    min_lr: float = opt(1e-4, "learning rate floor reached by the cosine schedule at --max-steps")
-    adam_betas: tuple = opt((0.9, 0.95), "Adam beta1 beta2")
-    adam_eps: float = opt(1e-8, "Adam epsilon")
-    clip_norm: float = opt(1.0, "clip the global gradient norm to this (fused norm op; 0 = off)")
-    precision: str = opt("auto", "autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs "
-                         "with native bf16 the faster of bf16 and fp32 in a timed probe, else fp32",
-                         ("auto", "fp32", "bf16", "fp16"))
-    threads: int = opt(0, "CPU threads for torch (0 = all cores)")
-    seed: int = opt(1, "random seed (data order, dropout, initialisation)")
-    log_every: int = opt(50, "log training loss, throughput and penalty every N updates")
+    accumulate: int = common(1)
+    max_steps: int = common(1500)
+    max_minutes: float = common(5.0)
+    lr: float = common(2e-3)
+    lr_schedule: str = common("cosine")
+    warmup: int = common(100)
+    min_lr: float = common(1e-4)
+    adam_betas: tuple = common((0.9, 0.95))
+    adam_eps: float = common(1e-8)
+    clip_norm: float = common(1.0)
+    precision: str = common("auto")
+    threads: int = common(0)
+    seed: int = common(1)
+    log_every: int = common(50)
     valid_every: int = opt(250, "validate (loss, perplexity, bits per byte) and checkpoint every N updates")
     valid_max_tokens: int = opt(65536, "validate on at most this many tokens of --valid (0 = all); the final "
                                 "test always scores all of --test")
-    run_dir: str = opt("runs/lm-demo", "directory for checkpoints, tokenizer, metrics, plot and results")
-    resume: bool = opt(True, "continue from RUN_DIR/latest.pt if it exists")
-    overwrite: bool = opt(False, "start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
-                          "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
-                          "can be resumed)")
+    run_dir: str = common("runs/lm-demo")
+    resume: bool = common(True)
+    overwrite: bool = common(False)
 
 
 @dataclass(frozen=True)
@@ -79,10 +75,8 @@ class PenaltyConfig:
                     "with --no-decoupled the gradient gains l2*w (as weight_decay in torch.optim.Adam)")
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w) (needs --no-decoupled)")
     decoupled: bool = opt(True, "decoupled decay (as in AdamW) instead of a gradient term; L2 only")
-    penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
-                                "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
-                                "empty = constant")
-    decay_norms_and_biases: bool = opt(False, "also penalise biases and layer-norm weights (exempt otherwise)")
+    penalty_schedule: str = common("")
+    decay_norms_and_biases: bool = common(False)
     decay_embeddings: bool = opt(True, "penalise the token (and learned position) embeddings; the output layer "
                                  "shares the token embedding's matrix")
 
@@ -96,15 +90,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def section_fields():
-    """(section name, field) for every option, in declaration order."""
-    return plumbing.section_fields(Config)
-
-
-def read_config_file(path: str | Path) -> dict:
-    return plumbing.read_config_file(path, Config)
 
 
 def build_config(overrides: dict[str, dict[str, Any]], where: str = "config") -> Config:

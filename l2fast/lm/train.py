@@ -2,7 +2,7 @@
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (the shared recipe of
 ``l2fast.trainer.recipe``), gradient clipping through the fused norm op. A run directory holds
-everything a run makes: ``tokenizer.json`` or ``tokenizer.model``, ``latest.pt`` / ``best.pt``,
+everything a run makes: ``tokenizer.model`` (sentencepiece), ``latest.pt`` / ``best.pt``,
 ``metrics.jsonl``, ``metrics.png``, ``train.log``, ``config.json`` and ``results.json``.
 """
 from __future__ import annotations
@@ -19,14 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-import l2fast
-
 from ..trainer import checkpoint
+from ..trainer.loop import TrainerLoop, choose_amp_dtype, resume, start_run
 from ..trainer.plot import plot_panels
-from ..trainer.precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
-from ..trainer.recipe import build_optimizer, check_recipe, learning_rate
-from ..trainer.rundir import open_run_dir
-from ..trainer.runtime import Environment, RunLog, setup_environment
+from ..trainer.precision import autocast_factory
+from ..trainer.recipe import build_optimizer, learning_rate
+from ..trainer.runtime import Environment, RunLog
 from .config import Config, check_resumable
 from .data import (Documents, block_count, check_trainable, collate_blocks, eval_windows, read_documents, token_stream,
                    train_batches)
@@ -95,7 +93,9 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train: Documents, env: Environ
     return SentencePieceTokenizer(path.read_bytes())
 
 
-class Trainer:
+class Trainer(TrainerLoop):
+    WINDOW_KEYS = ("loss_sum", "tokens")
+
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
                  train: torch.Tensor, valid: Split, amp_dtype: torch.dtype | None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
@@ -122,42 +122,21 @@ class Trainer:
             windows = windows[:max(1, limit // self.cfg.model.context)]
         return windows[self.env.rank::self.env.world_size]
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    # ---- checkpoints and training (the loop is l2fast.trainer.loop's) ------------------------
 
-    def state_dict(self) -> dict:
-        return {
-            "config": self.cfg.to_dict(),
-            "tokenizer": self.tokenizer.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_loss": self.best_loss, "elapsed": self.elapsed,
-                         "precision": next(k for k, v in DTYPES.items() if v == self.amp_dtype)},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
-        }
+    def extra_counters(self) -> dict:
+        return {"best_loss": self.best_loss}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        c = state["counters"]
-        self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
-        self.best_loss, self.elapsed = c["best_loss"], c["elapsed"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and self.env.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+    def load_extra(self, state: dict) -> None:
+        self.best_loss = state["counters"]["best_loss"]
 
-    def save(self, best: bool) -> None:
-        if not self.env.is_main:
-            return
-        state = self.state_dict()
-        checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
-        if best:
-            checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+    def epoch_batches(self) -> list[list[int]]:
+        t = self.cfg.train
+        return train_batches(block_count(self.train_stream, self.cfg.model.context), t.batch_size, t.seed, self.epoch,
+                             self.env.rank, self.env.world_size)
 
-    # ---- training ----------------------------------------------------------------------------
+    def collate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate_blocks(self.train_stream, indices, self.cfg.model.context)
 
     def update(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over the gradient sum of several batches, normalised per predicted token over
@@ -174,84 +153,12 @@ class Trainer:
                     loss = self.loss_module(inputs, targets)
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
-        lr = learning_rate(self.cfg, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = (l2fast.clip_grad_norm_(params, self.cfg.train.clip_norm) if self.cfg.train.clip_norm > 0
-                     else l2fast.sq_norm([p.grad for p in params]).sqrt())
-        before = self.optimizer.last_penalty
-        self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
-        penalty = self.optimizer.last_penalty
-        if penalty is before:
-            penalty = torch.tensor(float("nan"), device=self.env.device)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, penalty = self.step_optimizer()
         self.step += 1
         return {"loss_sum": loss_sum, "tokens": tokens // self.env.world_size, "grad_norm": grad_norm, "penalty": penalty}
 
-    def should_stop(self) -> str | None:
-        t = self.cfg.train
-        if t.max_steps and self.step >= t.max_steps:
-            return f"reached max_steps = {t.max_steps}"
-        # The clocks of several processes disagree: the first process over the limit stops them all.
-        if t.max_minutes and self.env.any(self.elapsed >= t.max_minutes * 60):
-            return f"reached max_minutes = {t.max_minutes}"
-        return None
-
-    def epoch_batches(self) -> list[list[int]]:
-        t = self.cfg.train
-        return train_batches(block_count(self.train_stream, self.cfg.model.context), t.batch_size, t.seed, self.epoch,
-                             self.env.rank, self.env.world_size)
-
-    def train(self) -> None:
-        from tqdm import tqdm
-
-        t = self.cfg.train
-        self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-                 f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
-                 f"{torch.get_num_threads()} threads each")
-        bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
-                   disable=None if self.env.is_main else True, dynamic_ncols=True)
-        window = {"loss_sum": 0.0, "tokens": 0, "time": 0.0}
-        reason = self.should_stop()
-        while reason is None:
-            batches = self.epoch_batches()
-            while self.batch_in_epoch < len(batches) and reason is None:
-                start = time.perf_counter()
-                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
-                last = self.update([collate_blocks(self.train_stream, indices, self.cfg.model.context) for indices in group])
-                self.batch_in_epoch += len(group)
-                window["loss_sum"] += last["loss_sum"]  # stays on the device until the log step
-                window["tokens"] += last["tokens"]
-                log_now = self.step % t.log_every == 0
-                if log_now and self.env.device.type == "cuda":
-                    torch.cuda.synchronize()  # so the time below covers the queued work
-                spent = time.perf_counter() - start
-                window["time"] += spent
-                self.elapsed += spent
-                if log_now:
-                    self._log_training(window, last)
-                    window = {"loss_sum": 0.0, "tokens": 0, "time": 0.0}
-                bar.update(1)
-                if self.step % t.valid_every == 0:
-                    self.validate_and_save()
-                reason = self.should_stop()
-            if self.batch_in_epoch >= len(batches):
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.optimizer.end_epoch()  # for penalty schedules counted in epochs
-        bar.close()
-        self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
-        if self.step % t.valid_every != 0:
-            self.validate_and_save()
-
-    def _log_training(self, window: dict, last: dict) -> None:
-        sums = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=self.env.device).reshape(())
-                            for k in ("loss_sum", "tokens")])
-        if self.env.distributed:
-            dist.all_reduce(sums)
-        loss_sum, tokens = sums.tolist()
+    def log_training(self, window: dict, last: dict) -> None:
+        loss_sum, tokens = self.window_sums(window, self.WINDOW_KEYS)
         row = {"step": self.step, "epoch": self.epoch, "loss": loss_sum / max(tokens, 1.0),
                "lr": learning_rate(self.cfg, self.step - 1), "penalty": float(last["penalty"]),
                "grad_norm": float(last["grad_norm"]), "tok_per_s": tokens / max(window["time"], 1e-9),
@@ -314,53 +221,20 @@ class Trainer:
         return results
 
 
-def choose_amp_dtype(cfg: Config, env: Environment, model_factory, stream: torch.Tensor, log,
-                     saved_precision: str | None) -> torch.dtype | None:
-    """The autocast dtype of the run (None = float32); a resumed run keeps the choice it saved. On CPUs
-    with native bf16, "auto" times forward+backward of one batch both ways on a throwaway model."""
-    if cfg.train.precision == "auto" and saved_precision is not None:
-        return DTYPES[saved_precision]
-
-    def probe() -> torch.dtype | None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.train.seed)
-            loss_module = LossModule(model_factory().to(env.device))
-            inputs, targets = collate_blocks(stream, list(range(min(cfg.train.batch_size, block_count(
-                stream, cfg.model.context)))), cfg.model.context)
-
-            def step(dtype):
-                with autocast_factory(dtype, env.device)():
-                    loss = loss_module(inputs.to(env.device), targets.to(env.device))
-                loss.backward()
-                loss_module.zero_grad(set_to_none=True)
-
-            dtype, seconds = faster_cpu_dtype(step)
-        choice = [dtype]
-        if env.distributed:
-            dist.broadcast_object_list(choice, src=0)
-        log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
-            f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
-        return choice[0]
-
-    return autocast_dtype(cfg.train.precision, env.device, probe=probe)
+def probe_loss(cfg: Config, env: Environment, vocab_size: int, stream: torch.Tensor):
+    """A throwaway model and the loss of its first training batch, for the CPU precision probe."""
+    loss_module = LossModule(DecoderLM(cfg.model, vocab_size).to(env.device))
+    indices = list(range(min(cfg.train.batch_size, block_count(stream, cfg.model.context))))
+    inputs, targets = (t.to(env.device) for t in collate_blocks(stream, indices, cfg.model.context))
+    return loss_module, lambda: loss_module(inputs, targets)
 
 
 def run_training(cfg: Config) -> dict:
     """Trains (or resumes) the run described by cfg and scores the test text; returns the results.
     Everything that can be checked without data is checked before any data is read."""
-    env = setup_environment(cfg.train.threads)
-    check_precision(cfg.train.precision, env.device)
-    check_recipe(cfg)
-    run = open_run_dir(cfg, env, check_resumable)
+    env, run, log = start_run(cfg, check_resumable)
     run_dir, saved = run.path, run.saved
-    log = RunLog(run_dir, env.is_main)
-    if run.moved_to:
-        log(f"the earlier run in {run_dir} was moved to {run.moved_to} (--overwrite)")
-    if saved is not None and saved["config"] != cfg.to_dict():
-        log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
     started = time.perf_counter()
-    if env.is_main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     train_path, valid_path, test_path = data_paths(cfg, run_dir, env, log)
     train_docs = read_documents(train_path, cfg.data.documents)
     valid_docs = read_documents(valid_path, cfg.data.documents)
@@ -374,13 +248,10 @@ def run_training(cfg: Config) -> dict:
         f"({train_docs.utf8_bytes / max(train.numel(), 1):.2f} bytes per token), "
         f"{block_count(train, cfg.model.context):,} blocks of {cfg.model.context}; valid {valid.stream.numel():,} tokens"
         + (f"; test {test.stream.numel():,} tokens" if test else ""))
-    amp_dtype = choose_amp_dtype(cfg, env, lambda: DecoderLM(cfg.model, tokenizer.vocab_size), train, log,
-                                 saved["counters"].get("precision") if saved else None)
+    amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
+                                 lambda: probe_loss(cfg, env, tokenizer.vocab_size, train))
     trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype)
-    if saved is not None:
-        trainer.load_state_dict(saved)
-        log.truncate_metrics(trainer.step)
-        log(f"resumed from {run_dir / checkpoint.LATEST} at step {trainer.step}")
+    resume(trainer, saved)
     trainer.train()
     results = trainer.finish(test)
     if env.is_main:

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..trainer.cli import FINITE, NOT_NEGATIVE, POSITIVE, add_config_flags, check_output, config_from_args, run_command
+from ..trainer.cli import FINITE, NOT_NEGATIVE, POSITIVE, add_train_command, check_output, command_parser, config_from_args, run_command
 from ..trainer.text import DataError
-from .config import build_config, read_config_file, section_fields
+from .config import Config, build_config
 
 DESCRIPTION = """\
 Transformer translation on l2fast's fused weight penalties.
@@ -33,15 +33,11 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2fast", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, commands = command_parser("l2fast", DESCRIPTION)
 
-    train = commands.add_parser("train", help="train a model (defaults: the demo corpus and model)",
-                                description="Train a Transformer translation model. With no data options, trains on the "
-                                            "built-in demo corpus. Values come from defaults, then --config, then flags.")
-    train.add_argument("--config", help="JSON or TOML file with sections data, model, train, penalty, decode")
-    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
-    add_config_flags(train, section_fields())
+    add_train_command(commands, "train a model (defaults: the demo corpus and model)",
+                      "Train a Transformer translation model. With no data options, trains on the built-in demo corpus.",
+                      Config)
 
     translate = commands.add_parser("translate", help="translate a file or stdin to stdout",
                                     description="Translate one sentence per line (lines end at \\n only) to stdout "
@@ -158,7 +154,7 @@ def command_evaluate(args) -> None:
 
 
 def command_train(args) -> None:
-    cfg = config_from_args(args, read_config_file, build_config)
+    cfg = config_from_args(args, Config, build_config)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return

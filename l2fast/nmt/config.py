@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trainer import config as plumbing
-from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, merge, opt
+from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, common, merge, opt
 from ..trainer.rundir import FRESH_RUN, check_fixed
 
 __all__ = ["Config", "ConfigError", "FIXED_ON_RESUME", "build_config", "check", "check_resumable", "merge",
@@ -30,20 +30,20 @@ class DataConfig:
                          "use instead of training new ones, e.g. RUN_DIR/tokenizer of an earlier run")
     vocab_size: int = opt(2000, "subword vocabulary size (per side when --no-joint-vocab)")
     joint_vocab: bool = opt(True, "one sentencepiece model for both languages (needed for --tie all)")
-    subword_type: str = opt("unigram", "sentencepiece model type", ("unigram", "bpe"))
+    subword_type: str = common("unigram")
     character_coverage: float = opt(1.0, "sentencepiece character coverage (0.9995 suits large CJK alphabets)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    d_model: int = opt(256, "model width")
-    heads: int = opt(4, "attention heads (must divide --d-model)")
+    d_model: int = common(256)
+    heads: int = common(4)
     encoder_layers: int = opt(3, "encoder layers")
     decoder_layers: int = opt(3, "decoder layers")
-    ff_dim: int = opt(1024, "feed-forward inner width")
+    ff_dim: int = common(1024)
     dropout: float = opt(0.0, "dropout on embeddings, residual branches and feed-forward activations (the demo needs "
                          "none; use 0.1-0.3 on real corpora)")
-    attention_dropout: float = opt(0.0, "dropout on attention weights")
+    attention_dropout: float = common(0.0)
     positions: str = opt("sinusoidal", "position encoding", ("sinusoidal", "learned"))
     max_positions: int = opt(512, "longest sequence the model accepts (size of learned position tables)")
     tie: str = opt("all", "embedding sharing: all = source, target and output share one matrix (joint vocab); "
@@ -53,34 +53,31 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_tokens: int = opt(3000, "tokens per batch (padded source + target), per process and accumulation step")
-    accumulate: int = opt(1, "batches whose gradients are summed into one update")
-    max_steps: int = opt(800, "stop after this many updates (0 = no limit)")
+    accumulate: int = common(1)
+    max_steps: int = common(800)
     max_epochs: int = opt(0, "stop after this many passes over the data (0 = no limit)")
-    max_minutes: float = opt(11.0, "stop training after this much wall-clock time, validation included (0 = no limit)")
-    lr: float = opt(1e-3, "peak learning rate")
-    lr_schedule: str = opt("inverse_sqrt", "learning-rate schedule after linear warm-up", ("inverse_sqrt", "cosine", "constant"))
-    warmup: int = opt(300, "linear warm-up updates")
-    min_lr: float = opt(0.0, "learning rate floor reached by the cosine schedule at --max-steps")
-    adam_betas: tuple = opt((0.9, 0.98), "Adam beta1 beta2")
-    adam_eps: float = opt(1e-9, "Adam epsilon")
-    clip_norm: float = opt(1.0, "clip the global gradient norm to this (fused norm op; 0 = off)")
+    max_minutes: float = common(11.0)
+    lr: float = common(1e-3)
+    lr_schedule: str = common("inverse_sqrt")
+    warmup: int = common(300)
+    min_lr: float = common(0.0)
+    adam_betas: tuple = common((0.9, 0.98))
+    adam_eps: float = common(1e-9)
+    clip_norm: float = common(1.0)
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy")
     average_decay: float = opt(0.0, "validate, test and translate with an exponential moving average of the weights "
                                "with this decay per update, e.g. 0.998 (0 = off, use the last weights)")
-    precision: str = opt("auto", "autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs "
-                          "with native bf16 (AVX512-BF16, AMX) the faster of bf16 and fp32 in a timed probe, else fp32", ("auto", "fp32", "bf16", "fp16"))
-    threads: int = opt(0, "CPU threads for torch (0 = all cores)")
-    seed: int = opt(1, "random seed (data order, dropout, initialisation)")
-    log_every: int = opt(100, "log training loss, throughput and penalty every N updates")
+    precision: str = common("auto")
+    threads: int = common(0)
+    seed: int = common(1)
+    log_every: int = common(100)
     valid_every: int = opt(200, "validate (loss, BLEU, chrF) and checkpoint every N updates")
     valid_beam: int = opt(1, "beam size for validation BLEU (1 = greedy, the fastest)")
     valid_max_sentences: int = opt(200, "validate on at most this many sentences (0 = all)")
     patience: int = opt(0, "early stopping: stop after N validations without a better BLEU (0 = off)")
-    run_dir: str = opt("runs/demo", "directory for checkpoints, tokenizer, metrics, plot and results")
-    resume: bool = opt(True, "continue from RUN_DIR/latest.pt if it exists")
-    overwrite: bool = opt(False, "start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
-                          "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
-                          "can be resumed)")
+    run_dir: str = common("runs/demo")
+    resume: bool = common(True)
+    overwrite: bool = common(False)
 
 
 @dataclass(frozen=True)
@@ -89,10 +86,8 @@ class PenaltyConfig:
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w)")
     decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term; L2 only, "
                           "so --l1 with --decoupled is an error")
-    penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
-                                "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
-                                "nested objects with \"type\" are schedules too; empty = constant")
-    decay_norms_and_biases: bool = opt(False, "also penalise biases and layer-norm weights (exempt otherwise)")
+    penalty_schedule: str = common("")
+    decay_norms_and_biases: bool = common(False)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, merge
+from .config import ConfigError, describe, merge, read_config_file, section_fields, sections_of
 from .text import DataError
 
 # What a command reports as one line, "l2fast COMMAND: error: ...", with exit status 2.
@@ -27,7 +27,8 @@ def add_config_flags(parser: argparse.ArgumentParser, section_fields) -> None:
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} options")
         default = f.default
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        help, choices = describe(f)
+        help_text = f"{help} (default: {default!r})"
         kwargs = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "help": help_text, "metavar": f.name.upper()}
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
@@ -36,15 +37,32 @@ def add_config_flags(parser: argparse.ArgumentParser, section_fields) -> None:
             kwargs.update(nargs=len(default), type=float, metavar="X")  # replaces the metavar above
         else:
             kwargs["type"] = type(default)
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
+            if choices:
+                kwargs["choices"] = choices
                 del kwargs["metavar"]
         groups[section].add_argument(_flag(f.name), **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, read_config_file: Callable, build_config: Callable):
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A parser whose first argument names the command, and the object its commands are added to."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def add_train_command(commands, help: str, description: str, config_cls) -> argparse.ArgumentParser:
+    """The train command: --config, --print-config and one flag per option of config_cls."""
+    train = commands.add_parser("train", help=help, description=description + " Values come from defaults, then "
+                                "--config, then flags.")
+    names = ", ".join(sections_of(config_cls))
+    train.add_argument("--config", help=f"JSON or TOML file with sections {names}")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_config_flags(train, section_fields(config_cls))
+    return train
+
+
+def config_from_args(args: argparse.Namespace, config_cls, build_config: Callable):
     """The configuration of defaults < args.config's file < the flags given."""
-    overrides = read_config_file(args.config) if args.config else {}
+    overrides = read_config_file(args.config, config_cls) if args.config else {}
     flags: dict[str, dict] = {}
     for key, value in vars(args).items():
         if "." in key:

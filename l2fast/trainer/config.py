@@ -28,6 +28,54 @@ def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+# Options both trainers have: one help text (and set of choices) each, written once; each trainer
+# declares such an option with common(default), its own default.
+COMMON_OPTIONS = {
+    "d_model": ("model width", None),
+    "heads": ("attention heads (must divide --d-model)", None),
+    "ff_dim": ("feed-forward inner width", None),
+    "attention_dropout": ("dropout on attention weights", None),
+    "subword_type": ("sentencepiece model type", ("unigram", "bpe")),
+    "accumulate": ("batches whose gradients are summed into one update", None),
+    "max_steps": ("stop after this many updates (0 = no limit)", None),
+    "max_minutes": ("stop training after this much wall-clock time, validation included (0 = no limit)", None),
+    "lr": ("peak learning rate", None),
+    "lr_schedule": ("learning-rate schedule after linear warm-up", ("inverse_sqrt", "cosine", "constant")),
+    "warmup": ("linear warm-up updates", None),
+    "min_lr": ("learning rate floor reached by the cosine schedule at --max-steps", None),
+    "adam_betas": ("Adam beta1 beta2", None),
+    "adam_eps": ("Adam epsilon", None),
+    "clip_norm": ("clip the global gradient norm to this (fused norm op; 0 = off)", None),
+    "precision": ("autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs with native bf16 "
+                  "(AVX512-BF16, AMX) the faster of bf16 and fp32 in a timed probe, else fp32",
+                  ("auto", "fp32", "bf16", "fp16")),
+    "threads": ("CPU threads for torch (0 = all cores)", None),
+    "seed": ("random seed (data order, dropout, initialisation)", None),
+    "log_every": ("log training loss, throughput and penalty every N updates", None),
+    "run_dir": ("directory for checkpoints, tokenizer, metrics, plot and results", None),
+    "resume": ("continue from RUN_DIR/latest.pt if it exists", None),
+    "overwrite": ("start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
+                  "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
+                  "can be resumed)", None),
+    "penalty_schedule": ("coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
+                         "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
+                         "nested objects with \"type\" are schedules too; empty = constant", None),
+    "decay_norms_and_biases": ("also penalise biases and layer-norm weights (exempt otherwise)", None),
+}
+
+
+def common(default: Any) -> Any:
+    """An option of COMMON_OPTIONS (found by the field's name) with this trainer's default."""
+    return field(default=default, metadata={"common": True})
+
+
+def describe(f) -> tuple[str, tuple | None]:
+    """(help text, choices or None) of an option field."""
+    if f.metadata.get("common"):
+        return COMMON_OPTIONS[f.name]
+    return f.metadata["help"], f.metadata.get("choices")
+
+
 def sections_of(config_cls) -> dict:
     """{section name: section class} of a configuration class."""
     return {f.name: f.default_factory for f in fields(config_cls)}
@@ -61,7 +109,7 @@ def _coerce(section: str, f, value: Any, where: str) -> Any:
             value = json.dumps(value) if isinstance(value, dict) else str(value)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {section}.{f.name} must be of type {kind.__name__}, got {value!r}") from None
-    choices = f.metadata.get("choices")
+    choices = describe(f)[1]
     if choices and value not in choices:
         raise ConfigError(f"{where}: {section}.{f.name} must be one of {', '.join(choices)}, got {value!r}")
     return value
