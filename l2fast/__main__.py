@@ -1,4 +1,5 @@
-"""``python -m l2fast`` and the ``l2fast`` console script: the translation trainer's commands."""
+"""``python -m l2fast`` and the ``l2fast`` console script: the translation trainer's commands, and the
+language model's under ``l2fast lm``."""
 import importlib.util
 import sys
 
@@ -19,11 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] in (["--version"], ["-V"]):
         print(version_line())
         return 0
+    language_model = args[:1] == ["lm"]
     missing = missing_nmt_modules()
     if missing:
-        print(f"l2fast: the translation trainer needs the nmt extra (missing: {', '.join(missing)}): "
-              "pip install 'l2fast[nmt]'", file=sys.stderr)
+        who = "l2fast lm: the language-model trainer" if language_model else "l2fast: the translation trainer"
+        print(f"{who} needs the nmt extra (missing: {', '.join(missing)}): pip install 'l2fast[nmt]'", file=sys.stderr)
         return 1
+    if language_model:
+        from l2fast.lm.cli import main as lm_main
+
+        return lm_main(args[1:])
     from l2fast.nmt.cli import main as cli_main
 
     return cli_main(argv)

@@ -9,11 +9,11 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import checkpoint  # noqa: E402
-from l2fast.nmt.checkpoint import CheckpointError  # noqa: E402
+from l2fast.trainer import checkpoint  # noqa: E402
+from l2fast.trainer.checkpoint import CheckpointError  # noqa: E402
 from l2fast.nmt.config import ConfigError  # noqa: E402
-from l2fast.nmt.rundir import RUN_STATE_KEYS  # noqa: E402
-from l2fast.nmt.runtime import RunLog  # noqa: E402
+from l2fast.trainer.rundir import RUN_STATE_KEYS  # noqa: E402
+from l2fast.trainer.runtime import RunLog  # noqa: E402
 from l2fast.nmt.train import run_training  # noqa: E402
 from test_nmt_train import tiny_config  # noqa: E402
 
