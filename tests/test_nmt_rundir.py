@@ -65,6 +65,12 @@ def test_a_corrupt_latest_checkpoint_names_the_file_and_the_way_out(tmp_path, da
         run_training(tiny_config(tmp_path))
 
 
+def test_a_text_file_as_checkpoint_gets_a_short_reason(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")  # torch's own message here is many lines of pickle advice
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+notes.txt cannot be read, it is truncated or corrupt \(not a zip archive\)$"):
+        checkpoint.load(tmp_path / "notes.txt")
+
+
 def test_a_file_that_is_not_a_run_checkpoint_is_named(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="other.pt is not a checkpoint of this trainer .*'config'"):
