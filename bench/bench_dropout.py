@@ -1,5 +1,5 @@
 """Dropout forward + backward: torch's ``F.dropout`` against the trainer's byte-mask CPU dropout
-(``l2fast.nmt.dropout.Dropout``), on activations the size of a small Transformer's feed-forward layer.
+(``l2fast.trainer.dropout.Dropout``), on activations the size of a small Transformer's feed-forward layer.
 
     python bench/bench_dropout.py                  # 4096 x 1024 float32, p = 0.1, CPU
 """
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from common import header, median_seconds, table
 
-from l2fast.nmt.dropout import Dropout
+from l2fast.trainer.dropout import Dropout
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``python -m l2fast`` and the ``l2fast`` console script: the translation trainer's commands."""
+"""``python -m l2fast`` and the ``l2fast`` console script: the translation trainer's commands, and the
+language model's under ``l2fast lm``."""
 import importlib.util
 import sys
 
@@ -19,25 +20,26 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] in (["--version"], ["-V"]):
         print(version_line())
         return 0
-    missing = missing_nmt_module()
-    if missing is not None:
-        print(f"l2fast: the translation trainer needs the nmt extra ({missing} is missing): "
-              "pip install 'l2fast[nmt]'", file=sys.stderr)
+    language_model = args[:1] == ["lm"]
+    missing = missing_nmt_modules()
+    if missing:
+        who = "l2fast lm: the language-model trainer" if language_model else "l2fast: the translation trainer"
+        print(f"{who} needs the nmt extra (missing: {', '.join(missing)}): pip install 'l2fast[nmt]'", file=sys.stderr)
         return 1
+    if language_model:
+        from l2fast.lm.cli import main as lm_main
+
+        return lm_main(args[1:])
     from l2fast.nmt.cli import main as cli_main
 
     return cli_main(argv)
 
 
-def missing_nmt_module() -> str | None:
-    """The first module of the nmt extra that cannot be imported. Checked before any command runs,
+def missing_nmt_modules() -> list[str]:
+    """The modules of the nmt extra that cannot be imported, sorted. Checked before any command runs,
     because the trainer imports some of them only when a command needs them."""
-    for name in sorted(NMT_EXTRA_MODULES):
-        if name == "tomli" and sys.version_info >= (3, 11):
-            continue  # tomllib is in the standard library
-        if importlib.util.find_spec(name) is None:
-            return name
-    return None
+    needed = sorted(NMT_EXTRA_MODULES - ({"tomli"} if sys.version_info >= (3, 11) else set()))  # tomllib is in 3.11+
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 if __name__ == "__main__":

@@ -19,3 +19,13 @@ def random_tensors(sizes, dtype, device, seed=0):
 def ulp_tol(dtype):
     """Elementwise tolerance of one rounding in dtype (fused vs. separate multiply-add)."""
     return {torch.float32: 2e-7, torch.float64: 1e-15, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on one thread: their operations are too small to share, and on a busy two-core
+    machine two threads wait for each other far longer than the work takes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -48,6 +48,16 @@ BIASES = ["layer.self_attn.in_proj_bias", "layer.self_attn.out_proj.bias", "laye
 NORMS = ["layer.norm1.weight", "layer.norm1.bias", "layer.norm2.weight", "layer.norm2.bias", "bn.weight", "bn.bias", "final_norm.scale"]
 
 
+def split_by_hand(model, decayed_keys: dict, exempt_keys: dict) -> list[dict]:
+    """The default split written out by hand: biases and norm parameters exempt."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    exempt = set(BIASES + NORMS)
+    return [
+        {"params": [p for n, p in named if n not in exempt], **decayed_keys},
+        {"params": [p for n, p in named if n in exempt], **exempt_keys},
+    ]
+
+
 def names(groups):
     return [sorted(g["param_names"]) for g in groups]
 
@@ -112,16 +122,8 @@ def test_weight_decay_key_equals_a_hand_made_split():
             optimizer.step()
         return model
 
-    def by_hand(model):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        exempt = set(BIASES + NORMS)
-        return [
-            {"params": [p for n, p in named if n not in exempt], "weight_decay": 0.3},
-            {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
-        ]
-
     got = run(lambda m: l2fast.param_groups(m, l2=0.3, key="weight_decay"))
-    want = run(by_hand)
+    want = run(lambda m: split_by_hand(m, {"weight_decay": 0.3}, {"weight_decay": 0.0}))
     assert all(torch.equal(p, q) for p, q in zip(got.parameters(), want.parameters()))
 
 
@@ -149,15 +151,8 @@ def test_wrapper_applies_both_penalties_to_the_penalised_group_only():
         optimizer.step()
         return model
 
-    def by_hand(model):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        exempt = set(BIASES + NORMS)
-        return [
-            {"params": [p for n, p in named if n not in exempt]},
-            {"params": [p for n, p in named if n in exempt], "l2": 0.0, "l1": 0.0},
-        ]
-
-    got, want = run(l2fast.param_groups), run(by_hand)
+    got = run(l2fast.param_groups)
+    want = run(lambda m: split_by_hand(m, {}, {"l2": 0.0, "l1": 0.0}))
     assert all(torch.equal(p, q) for p, q in zip(got.parameters(), want.parameters()))
     torch.manual_seed(0)
     before = TinyTranslator()

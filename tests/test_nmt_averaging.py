@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from l2fast.nmt import checkpoint
+from l2fast.trainer import checkpoint
 from l2fast.nmt.averaging import WeightAverage
 
 

@@ -7,7 +7,7 @@ from l2fast.nmt.data import (  # noqa: E402
     DataError, TokenizedPairs, collate, decode_batches, drop_empty, filter_long, read_parallel, train_batches,
 )
 from l2fast.nmt.demo_corpus import generate, number_words, write_demo_corpus  # noqa: E402
-from l2fast.nmt.special_tokens import BOS, EOS, PAD  # noqa: E402
+from l2fast.trainer.special_tokens import BOS, EOS, PAD  # noqa: E402
 
 
 def write(path, text, mode="w"):

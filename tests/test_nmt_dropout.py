@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from l2fast.nmt.dropout import Dropout, random_bytes
+from l2fast.trainer.dropout import Dropout, random_bytes
 
 
 def test_random_bytes_are_uniform():

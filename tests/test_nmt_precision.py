@@ -6,7 +6,8 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import precision, train  # noqa: E402
+from l2fast.nmt import train
+from l2fast.trainer import loop, precision  # noqa: E402
 from l2fast.nmt.config import ConfigError  # noqa: E402
 from test_nmt_train import losses, tiny_config  # noqa: E402
 
@@ -55,7 +56,7 @@ def test_probe_runs_real_steps_and_leaves_the_run_unchanged(tmp_path, monkeypatc
     settings = dict(model={"dropout": 0.3}, train={"max_steps": 3, "valid_every": 3, "valid_max_sentences": 4})
     train.run_training(tiny_config(tmp_path, "fp32", train={**settings["train"], "precision": "fp32"}, model=settings["model"]))
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
-    monkeypatch.setattr(train, "faster_cpu_dtype", measured_but_fp32)
+    monkeypatch.setattr(loop, "faster_cpu_dtype", measured_but_fp32)
     train.run_training(tiny_config(tmp_path, "auto", model=settings["model"], train={**settings["train"], "precision": "auto"}))
     assert len(timed) == 1 and timed[0]["fp32"] > 0 and timed[0]["bf16"] > 0
     assert "precision auto: this CPU has native bf16" in (tmp_path / "auto" / "train.log").read_text()

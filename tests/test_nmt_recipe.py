@@ -11,7 +11,7 @@ pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
 from l2fast.nmt.config import ConfigError, build_config  # noqa: E402
-from l2fast.nmt.recipe import build_optimizer  # noqa: E402
+from l2fast.trainer.recipe import build_optimizer  # noqa: E402
 from l2fast.nmt.train import run_training  # noqa: E402
 from test_nmt_train import tiny_config  # noqa: E402
 

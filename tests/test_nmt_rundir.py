@@ -9,11 +9,11 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import checkpoint  # noqa: E402
-from l2fast.nmt.checkpoint import CheckpointError  # noqa: E402
+from l2fast.trainer import checkpoint  # noqa: E402
+from l2fast.trainer.checkpoint import CheckpointError  # noqa: E402
 from l2fast.nmt.config import ConfigError  # noqa: E402
-from l2fast.nmt.rundir import RUN_STATE_KEYS  # noqa: E402
-from l2fast.nmt.runtime import RunLog  # noqa: E402
+from l2fast.trainer.rundir import RUN_STATE_KEYS  # noqa: E402
+from l2fast.trainer.runtime import RunLog  # noqa: E402
 from l2fast.nmt.train import run_training  # noqa: E402
 from test_nmt_train import tiny_config  # noqa: E402
 
@@ -63,6 +63,12 @@ def test_a_corrupt_latest_checkpoint_names_the_file_and_the_way_out(tmp_path, da
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} {message}.*best.pt is untouched.*--overwrite"):
         run_training(tiny_config(tmp_path))
+
+
+def test_a_text_file_as_checkpoint_gets_a_short_reason(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")  # torch's own message here is many lines of pickle advice
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+notes.txt cannot be read, it is truncated or corrupt \(not a zip archive\)$"):
+        checkpoint.load(tmp_path / "notes.txt")
 
 
 def test_a_file_that_is_not_a_run_checkpoint_is_named(tmp_path):

@@ -12,7 +12,7 @@ from l2fast.nmt.config import ModelConfig  # noqa: E402
 from l2fast.nmt.loss import label_smoothed_loss  # noqa: E402
 from l2fast.nmt.model import Transformer  # noqa: E402
 from l2fast.nmt.search import beam_search, greedy  # noqa: E402
-from l2fast.nmt.special_tokens import BOS, EOS, PAD  # noqa: E402
+from l2fast.trainer.special_tokens import BOS, EOS, PAD  # noqa: E402
 
 
 def tiny_model(**overrides):

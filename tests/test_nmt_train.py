@@ -11,10 +11,10 @@ import torch
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
-from l2fast.nmt import checkpoint  # noqa: E402
+from l2fast.trainer import checkpoint  # noqa: E402
 from l2fast.nmt.config import ConfigError, build_config  # noqa: E402
 from l2fast.nmt.demo_corpus import generate  # noqa: E402
-from l2fast.nmt.recipe import learning_rate  # noqa: E402
+from l2fast.trainer.recipe import learning_rate  # noqa: E402
 from l2fast.nmt.train import run_training  # noqa: E402
 
 TINY_MODEL = {"d_model": 64, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ff_dim": 128}
@@ -80,7 +80,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, average_
 
 KILL_DURING_SAVE = textwrap.dedent("""
     import sys, time, torch
-    from l2fast.nmt import checkpoint
+    from l2fast.trainer import checkpoint
     path = sys.argv[1]
     checkpoint.atomic_save({"step": 1, "weights": torch.ones(1000)}, path)
 

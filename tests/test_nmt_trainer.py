@@ -12,8 +12,8 @@ pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
 from l2fast.nmt.data import collate, train_batches  # noqa: E402
-from l2fast.nmt.runtime import Environment, RunLog  # noqa: E402
-from l2fast.nmt.special_tokens import BOS, EOS  # noqa: E402
+from l2fast.trainer.runtime import Environment, RunLog  # noqa: E402
+from l2fast.trainer.special_tokens import BOS, EOS  # noqa: E402
 from l2fast.nmt.train import Trainer, prepare_data, run_training  # noqa: E402
 from test_nmt_train import tiny_config, write_corpus  # noqa: E402
 
@@ -24,7 +24,7 @@ STOP_DECISION = textwrap.dedent("""
     from types import SimpleNamespace
     import torch, torch.distributed as dist
     from l2fast.nmt.config import build_config
-    from l2fast.nmt.runtime import Environment
+    from l2fast.trainer.runtime import Environment
     from l2fast.nmt.train import Trainer
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=2)

@@ -17,7 +17,7 @@ import l2fast
 
 from .config import ModelConfig
 from .model import Transformer
-from .precision import autocast_dtype, autocast_factory
+from ..trainer.precision import autocast_dtype, autocast_factory
 from .loss import LossModule
 
 SIZES = {

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, build_config, merge, read_config_file, section_fields
-from .data import DataError
+from ..trainer.cli import FINITE, NOT_NEGATIVE, POSITIVE, add_train_command, check_output, command_parser, config_from_args, run_command
+from ..trainer.text import DataError
+from .config import Config, build_config
 
 DESCRIPTION = """\
 Transformer translation on l2fast's fused weight penalties.
@@ -25,60 +24,6 @@ Transformer translation on l2fast's fused weight penalties.
 Run `l2fast COMMAND --help` for every option of a command."""
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per configuration field, grouped by section; absent flags leave the value alone."""
-    groups = {}
-    for section, f in section_fields():
-        if section not in groups:
-            groups[section] = parser.add_argument_group(f"{section} options")
-        default = f.default
-        help_text = f"{f.metadata['help']} (default: {default!r})"
-        kwargs = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "help": help_text, "metavar": f.name.upper()}
-        if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-            del kwargs["metavar"]
-        elif isinstance(default, tuple):
-            kwargs.update(nargs=len(default), type=float, metavar="X")  # replaces the metavar above
-        else:
-            kwargs["type"] = type(default)
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-                del kwargs["metavar"]
-        groups[section].add_argument(_flag(f.name), **kwargs)
-
-
-def config_from_args(args: argparse.Namespace):
-    overrides = read_config_file(args.config) if args.config else {}
-    flags: dict[str, dict] = {}
-    for key, value in vars(args).items():
-        if "." in key:
-            section, name = key.split(".", 1)
-            flags.setdefault(section, {})[name] = value
-    return build_config(merge(overrides, flags), where=args.config or "command line")
-
-
-def _number(kind, low: float, what: str):
-    """An argparse type: a finite number of kind that is at least low (its error names what it wanted)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-POSITIVE = _number(int, 1, "a positive integer")
-NOT_NEGATIVE = _number(int, 0, "an integer >= 0")
-FINITE = _number(float, -math.inf, "a finite number")
-
-
 def _decode_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, tokenizer and config")
     parser.add_argument("--beam", type=POSITIVE, help="beam size (default: the checkpoint's decode.beam; 1 = greedy)")
@@ -88,15 +33,11 @@ def _decode_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="l2fast", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser, commands = command_parser("l2fast", DESCRIPTION)
 
-    train = commands.add_parser("train", help="train a model (defaults: the demo corpus and model)",
-                                description="Train a Transformer translation model. With no data options, trains on the "
-                                            "built-in demo corpus. Values come from defaults, then --config, then flags.")
-    train.add_argument("--config", help="JSON or TOML file with sections data, model, train, penalty, decode")
-    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
-    add_config_flags(train)
+    add_train_command(commands, "train a model (defaults: the demo corpus and model)",
+                      "Train a Transformer translation model. With no data options, trains on the built-in demo corpus.",
+                      Config)
 
     translate = commands.add_parser("translate", help="translate a file or stdin to stdout",
                                     description="Translate one sentence per line (lines end at \\n only) to stdout "
@@ -141,17 +82,6 @@ def _decode_settings(args, cfg):
             args.decode_tokens or d.decode_tokens)
 
 
-def _check_output(path: str | None, flag: str) -> None:
-    """Refuses an output path that cannot be written, before any translating."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{flag} {path} is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: directory {path.parent} does not exist")
-
-
 def _load(args):
     import torch
 
@@ -180,7 +110,7 @@ def _translate_lines(lines, model, tokenizer, cfg, device, args, progress=None) 
 def command_translate(args) -> None:
     from .streaming import batches_as_available, utf8_lines
 
-    _check_output(args.output, "--output")
+    check_output(args.output, "--output")
     try:
         source = open(args.input, "rb") if args.input else sys.stdin.buffer
     except OSError as e:
@@ -204,8 +134,8 @@ def command_evaluate(args) -> None:
     from .data import read_parallel
     from .metrics import score
 
-    _check_output(args.hyp, "--hyp")
-    _check_output(args.json, "--json")
+    check_output(args.hyp, "--hyp")
+    check_output(args.json, "--json")
     model, tokenizer, cfg, device = _load(args)
     test = read_parallel(args.test, args.src_suffix or cfg.data.src_suffix, args.tgt_suffix or cfg.data.tgt_suffix)
     start = time.perf_counter()
@@ -224,7 +154,7 @@ def command_evaluate(args) -> None:
 
 
 def command_train(args) -> None:
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, Config, build_config)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return
@@ -238,22 +168,20 @@ def command_train(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "train":
-            command_train(args)
-        elif args.command == "translate":
-            command_translate(args)
-        elif args.command == "evaluate":
-            command_evaluate(args)
-        elif args.command == "bench":
-            from .bench import run_bench
+    return run_command("l2fast", args.command, lambda: COMMANDS[args.command](args))
 
-            print(run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision))
-        elif args.command == "ablation":
-            from .ablation import run_ablation
 
-            print(run_ablation(args.run_dir, args.max_steps, args.only))
-    except (ConfigError, DataError, CheckpointError, OSError) as e:
-        print(f"l2fast {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def command_bench(args) -> None:
+    from .bench import run_bench
+
+    print(run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision))
+
+
+def command_ablation(args) -> None:
+    from .ablation import run_ablation
+
+    print(run_ablation(args.run_dir, args.max_steps, args.only))
+
+
+COMMANDS = {"train": command_train, "translate": command_translate, "evaluate": command_evaluate,
+            "bench": command_bench, "ablation": command_ablation}

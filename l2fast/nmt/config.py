@@ -5,25 +5,16 @@ place, and every field has one flag named after it (``max_tokens`` -> ``--max-to
 """
 from __future__ import annotations
 
-import json
-import math
-import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, packaged (the nmt extra depends on it there)
-    import tomli as tomllib
+from ..trainer import config as plumbing
+from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, common, merge, opt
+from ..trainer.rundir import FRESH_RUN, check_fixed
 
-
-class ConfigError(ValueError):
-    """A configuration value that is missing, unknown, or inconsistent with another."""
-
-
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+__all__ = ["Config", "ConfigError", "FIXED_ON_RESUME", "build_config", "check", "check_resumable", "merge",
+           "read_config_file", "section_fields", "with_overrides"]
 
 
 @dataclass(frozen=True)
@@ -39,20 +30,20 @@ class DataConfig:
                          "use instead of training new ones, e.g. RUN_DIR/tokenizer of an earlier run")
     vocab_size: int = opt(2000, "subword vocabulary size (per side when --no-joint-vocab)")
     joint_vocab: bool = opt(True, "one sentencepiece model for both languages (needed for --tie all)")
-    subword_type: str = opt("unigram", "sentencepiece model type", ("unigram", "bpe"))
+    subword_type: str = common("unigram")
     character_coverage: float = opt(1.0, "sentencepiece character coverage (0.9995 suits large CJK alphabets)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    d_model: int = opt(256, "model width")
-    heads: int = opt(4, "attention heads (must divide --d-model)")
+    d_model: int = common(256)
+    heads: int = common(4)
     encoder_layers: int = opt(3, "encoder layers")
     decoder_layers: int = opt(3, "decoder layers")
-    ff_dim: int = opt(1024, "feed-forward inner width")
+    ff_dim: int = common(1024)
     dropout: float = opt(0.0, "dropout on embeddings, residual branches and feed-forward activations (the demo needs "
                          "none; use 0.1-0.3 on real corpora)")
-    attention_dropout: float = opt(0.0, "dropout on attention weights")
+    attention_dropout: float = common(0.0)
     positions: str = opt("sinusoidal", "position encoding", ("sinusoidal", "learned"))
     max_positions: int = opt(512, "longest sequence the model accepts (size of learned position tables)")
     tie: str = opt("all", "embedding sharing: all = source, target and output share one matrix (joint vocab); "
@@ -62,34 +53,31 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     max_tokens: int = opt(3000, "tokens per batch (padded source + target), per process and accumulation step")
-    accumulate: int = opt(1, "batches whose gradients are summed into one update")
-    max_steps: int = opt(800, "stop after this many updates (0 = no limit)")
+    accumulate: int = common(1)
+    max_steps: int = common(800)
     max_epochs: int = opt(0, "stop after this many passes over the data (0 = no limit)")
-    max_minutes: float = opt(11.0, "stop training after this much wall-clock time, validation included (0 = no limit)")
-    lr: float = opt(1e-3, "peak learning rate")
-    lr_schedule: str = opt("inverse_sqrt", "learning-rate schedule after linear warm-up", ("inverse_sqrt", "cosine", "constant"))
-    warmup: int = opt(300, "linear warm-up updates")
-    min_lr: float = opt(0.0, "learning rate floor reached by the cosine schedule at --max-steps")
-    adam_betas: tuple = opt((0.9, 0.98), "Adam beta1 beta2")
-    adam_eps: float = opt(1e-9, "Adam epsilon")
-    clip_norm: float = opt(1.0, "clip the global gradient norm to this (fused norm op; 0 = off)")
+    max_minutes: float = common(11.0)
+    lr: float = common(1e-3)
+    lr_schedule: str = common("inverse_sqrt")
+    warmup: int = common(300)
+    min_lr: float = common(0.0)
+    adam_betas: tuple = common((0.9, 0.98))
+    adam_eps: float = common(1e-9)
+    clip_norm: float = common(1.0)
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy")
     average_decay: float = opt(0.0, "validate, test and translate with an exponential moving average of the weights "
                                "with this decay per update, e.g. 0.998 (0 = off, use the last weights)")
-    precision: str = opt("auto", "autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs "
-                          "with native bf16 (AVX512-BF16, AMX) the faster of bf16 and fp32 in a timed probe, else fp32", ("auto", "fp32", "bf16", "fp16"))
-    threads: int = opt(0, "CPU threads for torch (0 = all cores)")
-    seed: int = opt(1, "random seed (data order, dropout, initialisation)")
-    log_every: int = opt(100, "log training loss, throughput and penalty every N updates")
+    precision: str = common("auto")
+    threads: int = common(0)
+    seed: int = common(1)
+    log_every: int = common(100)
     valid_every: int = opt(200, "validate (loss, BLEU, chrF) and checkpoint every N updates")
     valid_beam: int = opt(1, "beam size for validation BLEU (1 = greedy, the fastest)")
     valid_max_sentences: int = opt(200, "validate on at most this many sentences (0 = all)")
     patience: int = opt(0, "early stopping: stop after N validations without a better BLEU (0 = off)")
-    run_dir: str = opt("runs/demo", "directory for checkpoints, tokenizer, metrics, plot and results")
-    resume: bool = opt(True, "continue from RUN_DIR/latest.pt if it exists")
-    overwrite: bool = opt(False, "start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
-                          "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
-                          "can be resumed)")
+    run_dir: str = common("runs/demo")
+    resume: bool = common(True)
+    overwrite: bool = common(False)
 
 
 @dataclass(frozen=True)
@@ -98,10 +86,8 @@ class PenaltyConfig:
     l1: float = opt(0.0, "L1 coefficient: the gradient gains l1*sign(w)")
     decoupled: bool = opt(False, "decoupled decay w -= lr*l2*w (as in AdamW) instead of a gradient term; L2 only, "
                           "so --l1 with --decoupled is an error")
-    penalty_schedule: str = opt("", "coefficient schedule as JSON: {\"type\": NAME, \"args\": [...], ...keyword arguments} "
-                                "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
-                                "nested objects with \"type\" are schedules too; empty = constant")
-    decay_norms_and_biases: bool = opt(False, "also penalise biases and layer-norm weights (exempt otherwise)")
+    penalty_schedule: str = common("")
+    decay_norms_and_biases: bool = common(False)
 
 
 @dataclass(frozen=True)
@@ -125,129 +111,42 @@ class Config:
         return asdict(self)
 
 
-SECTIONS = {f.name: f.default_factory for f in fields(Config)}
-
-
 def section_fields():
     """(section name, field) for every option, in declaration order."""
-    for name, cls in SECTIONS.items():
-        for f in fields(cls):
-            yield name, f
-
-
-def _coerce(section: str, f, value: Any, where: str) -> Any:
-    default = f.default if f.default is not MISSING else None
-    kind = type(default)
-    try:
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-        elif kind is tuple:
-            value = tuple(float(v) for v in value)
-            if len(value) != len(default):
-                raise TypeError
-        elif kind is float:
-            value = float(value)
-        elif kind is int:
-            if isinstance(value, bool) or float(value) != int(value):
-                raise TypeError
-            value = int(value)
-        elif kind is str and not isinstance(value, str):
-            value = json.dumps(value) if isinstance(value, dict) else str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{where}: {section}.{f.name} must be of type {kind.__name__}, got {value!r}") from None
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {section}.{f.name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+    return plumbing.section_fields(Config)
 
 
 def build_config(overrides: dict[str, dict[str, Any]], where: str = "config") -> Config:
     """A Config from {section: {field: value}}, coercing types and naming any unknown key."""
-    _sections(overrides, where)
-    sections = {}
-    for section, cls in SECTIONS.items():
-        values = dict(overrides.get(section, {}))
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"{where}: unknown option {section}.{unknown[0]} (known: {', '.join(known)})")
-        sections[section] = cls(**{k: _coerce(section, known[k], v, where) for k, v in values.items()})
-    unknown_sections = sorted(set(overrides) - set(SECTIONS))
-    if unknown_sections:
-        raise ConfigError(f"{where}: unknown section [{unknown_sections[0]}] (known: {', '.join(SECTIONS)})")
-    config = Config(**sections)
+    config = plumbing.build_sections(Config, overrides, where)
     check(config)
     return config
 
 
-def _sections(content: Any, where) -> dict:
-    """content itself when it has the shape {section: {option: value}}, else a ConfigError."""
-    if not isinstance(content, dict):
-        raise ConfigError(f"{where}: expected sections {', '.join(SECTIONS)} as an object, got a {type(content).__name__}")
-    for section, values in content.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: section [{section}] must be an object of options, got a {type(values).__name__}")
-    return content
-
-
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        if path.suffix == ".toml":
-            with open(path, "rb") as f:
-                return _sections(tomllib.load(f), path)
-        with open(path, encoding="utf-8") as f:
-            return _sections(json.load(f), path)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except OSError as e:
-        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """extra's options over base's, section by section (both already shaped as {section: {option: value}})."""
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
-    for section, values in extra.items():
-        merged.setdefault(section, {}).update(values)
-    return merged
+    return plumbing.read_config_file(path, Config)
 
 
 def check(config: Config) -> None:
     """Every value and combination that can be judged without data, so a bad setting fails before any
     data is read or a tokenizer trained."""
     m, d, t, p, dec = config.model, config.data, config.train, config.penalty, config.decode
-    for section, f in section_fields():
-        value = getattr(getattr(config, section), f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        if isinstance(values[0], float) and not all(math.isfinite(v) for v in values):
-            raise ConfigError(f"{section}.{f.name} must be finite, got {value!r}")
-    positive = {"data.vocab_size": d.vocab_size, "data.max_len": d.max_len, "data.demo_train_size": d.demo_train_size,
-                "model.d_model": m.d_model, "model.heads": m.heads, "model.encoder_layers": m.encoder_layers,
-                "model.decoder_layers": m.decoder_layers, "model.ff_dim": m.ff_dim, "model.max_positions": m.max_positions,
-                "train.max_tokens": t.max_tokens, "train.accumulate": t.accumulate, "train.log_every": t.log_every,
-                "train.valid_every": t.valid_every, "train.valid_beam": t.valid_beam, "train.lr": t.lr,
-                "train.adam_eps": t.adam_eps, "decode.beam": dec.beam, "decode.decode_tokens": dec.decode_tokens}
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    not_negative = {"train.max_steps": t.max_steps, "train.max_epochs": t.max_epochs, "train.max_minutes": t.max_minutes,
-                    "train.warmup": t.warmup, "train.min_lr": t.min_lr, "train.clip_norm": t.clip_norm,
-                    "train.threads": t.threads, "train.valid_max_sentences": t.valid_max_sentences,
-                    "train.patience": t.patience, "penalty.l2": p.l2, "penalty.l1": p.l1,
-                    "decode.max_len_a": dec.max_len_a, "decode.max_len_b": dec.max_len_b}
-    for name, value in not_negative.items():
-        if value < 0:
-            raise ConfigError(f"{name} must be >= 0, got {value}")
-    for name, value in (("model.dropout", m.dropout), ("model.attention_dropout", m.attention_dropout),
-                        ("train.average_decay", t.average_decay), ("train.label_smoothing", t.label_smoothing),
-                        ("train.adam_betas[0]", t.adam_betas[0]), ("train.adam_betas[1]", t.adam_betas[1])):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    check_finite(config)
+    check_ranges(
+        positive={"data.vocab_size": d.vocab_size, "data.max_len": d.max_len, "data.demo_train_size": d.demo_train_size,
+                  "model.d_model": m.d_model, "model.heads": m.heads, "model.encoder_layers": m.encoder_layers,
+                  "model.decoder_layers": m.decoder_layers, "model.ff_dim": m.ff_dim, "model.max_positions": m.max_positions,
+                  "train.max_tokens": t.max_tokens, "train.accumulate": t.accumulate, "train.log_every": t.log_every,
+                  "train.valid_every": t.valid_every, "train.valid_beam": t.valid_beam, "train.lr": t.lr,
+                  "train.adam_eps": t.adam_eps, "decode.beam": dec.beam, "decode.decode_tokens": dec.decode_tokens},
+        not_negative={"train.max_steps": t.max_steps, "train.max_epochs": t.max_epochs, "train.max_minutes": t.max_minutes,
+                      "train.warmup": t.warmup, "train.min_lr": t.min_lr, "train.clip_norm": t.clip_norm,
+                      "train.threads": t.threads, "train.valid_max_sentences": t.valid_max_sentences,
+                      "train.patience": t.patience, "penalty.l2": p.l2, "penalty.l1": p.l1,
+                      "decode.max_len_a": dec.max_len_a, "decode.max_len_b": dec.max_len_b},
+        fractions={"model.dropout": m.dropout, "model.attention_dropout": m.attention_dropout,
+                   "train.average_decay": t.average_decay, "train.label_smoothing": t.label_smoothing,
+                   "train.adam_betas[0]": t.adam_betas[0], "train.adam_betas[1]": t.adam_betas[1]})
     if not 0.0 < d.character_coverage <= 1.0:
         raise ConfigError(f"data.character_coverage must be in (0, 1], got {d.character_coverage}")
     if m.d_model % m.heads:
@@ -256,20 +155,7 @@ def check(config: Config) -> None:
         raise ConfigError("model.tie = 'all' shares one embedding across languages and needs data.joint_vocab = true")
     if d.max_len + 1 > m.max_positions:  # a kept pair has max_len tokens plus EOS (source) or BOS (target)
         raise ConfigError(f"data.max_len + 1 ({d.max_len + 1}) exceeds model.max_positions ({m.max_positions})")
-    if t.max_steps == 0 and t.max_epochs == 0 and t.max_minutes == 0:
-        raise ConfigError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
-    if t.lr_schedule == "cosine" and t.max_steps == 0:
-        raise ConfigError("train.lr_schedule = 'cosine' decays to train.max_steps, so set it")
-    if p.decoupled and p.l1:
-        raise ConfigError(f"penalty.decoupled applies L2 only (as AdamW's weight_decay), but penalty.l1 = {p.l1}: "
-                          "use --no-decoupled for an L1 penalty")
-    if p.penalty_schedule:
-        try:
-            spec = json.loads(p.penalty_schedule)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"penalty.penalty_schedule is not valid JSON: {e}") from None
-        if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError('penalty.penalty_schedule must be a JSON object with a "type" key')
+    check_penalty_and_stop(t, p)
     if bool(d.train) != bool(d.valid):
         raise ConfigError("give data.train and data.valid together (or neither, for the demo corpus)")
 
@@ -280,3 +166,17 @@ def with_overrides(config: Config, section: str, **values) -> Config:
     check(updated)
     return updated
 
+
+
+# What a resumed run cannot change: the shapes of the saved weights and the optimizer's kind of decay.
+# Dropout rates are not shapes, so a resumed run may change them.
+FIXED_ON_RESUME = tuple(("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout")) + (
+    ("penalty", "decoupled"),)
+
+
+def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
+    check_fixed(saved_config, cfg, where, FIXED_ON_RESUME)
+    if bool(saved_config.get("train", {}).get("average_decay")) != bool(cfg.train.average_decay):
+        raise ConfigError(f"{where} was trained with train.average_decay = {saved_config['train']['average_decay']!r}; "
+                          f"a resumed run cannot switch the weight average {'on' if cfg.train.average_decay else 'off'}: "
+                          f"keep it, or {FRESH_RUN}")

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from .special_tokens import BOS, EOS, PAD
-
-
-class DataError(ValueError):
-    """Unreadable or malformed corpus; the message names the file and line."""
+from ..trainer.special_tokens import BOS, EOS, PAD
+from ..trainer.text import DataError, read_lines
 
 
 @dataclass
@@ -26,33 +22,6 @@ class ParallelText:
     src: list[str]
     tgt: list[str]
     line_numbers: list[int]  # 1-based line of each pair in its file(s)
-
-
-def decode_line(raw: bytes, name: str, number: int) -> str:
-    """One line of a UTF-8 text without its line ending (and, on line 1, without a byte-order mark);
-    invalid UTF-8 is an error naming the file and line."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}:{number}: invalid UTF-8 at byte {e.start} of the line ({e.reason})") from None
-    if number == 1:
-        text = text.removeprefix("\ufeff")
-    return text.removesuffix("\n").removesuffix("\r")
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 file, split on "\\n" only (other Unicode line breaks stay inside a line)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read: {e.strerror}") from None
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [decode_line(line, str(path), number) for number, line in enumerate(lines, start=1)]
 
 
 def read_parallel(spec: str, src_suffix: str, tgt_suffix: str) -> ParallelText:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import checkpoint
+from ..trainer import checkpoint
 from .config import Config, build_config
 from .model import Transformer
 from .tokenizer import Tokenizer

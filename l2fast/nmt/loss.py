@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import Transformer
-from .special_tokens import PAD
+from ..trainer.special_tokens import PAD
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:

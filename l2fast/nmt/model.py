@@ -12,39 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..trainer.dropout import Dropout
+from ..trainer.layers import Block, FeedForward, SelfAttention, merge_heads, split_heads
+from ..trainer.special_tokens import PAD
 from .config import ModelConfig
-from .dropout import Dropout
-from .special_tokens import PAD
 
 Cache = list[dict[str, torch.Tensor]]
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, length, width = x.shape
-    return x.view(batch, length, heads, width // heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    batch, heads, length, head_dim = x.shape
-    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for all three projections
-        self.out = nn.Linear(d_model, d_model)
-
-    def forward(self, x, mask=None, causal=False, cache: dict | None = None):
-        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        if cache is not None:  # incremental decoding: x is the newest position only
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(_merge_heads(y))
 
 
 class CrossAttention(nn.Module):
@@ -59,34 +32,20 @@ class CrossAttention(nn.Module):
         if cache is not None and "k" in cache:  # the source does not change while decoding
             k, v = cache["k"], cache["v"]
         else:
-            k, v = (_split_heads(t, self.heads) for t in self.kv(memory).chunk(2, dim=-1))
+            k, v = (split_heads(t, self.heads) for t in self.kv(memory).chunk(2, dim=-1))
             if cache is not None:
                 cache["k"], cache["v"] = k, v
-        q = _split_heads(self.q(x), self.heads)
+        q = split_heads(self.q(x), self.heads)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(_merge_heads(y))
+        return self.out(merge_heads(y))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, d_model: int, ff_dim: int, dropout: float):
-        super().__init__()
-        self.inner, self.outer, self.dropout = nn.Linear(d_model, ff_dim), nn.Linear(ff_dim, d_model), Dropout(dropout)
-
-    def forward(self, x):
-        return self.outer(self.dropout(F.relu(self.inner(x))))
-
-
-class EncoderLayer(nn.Module):
+class EncoderLayer(Block):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attn_norm, self.ff_norm = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
-        self.attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
-        self.dropout = Dropout(cfg.dropout)
+        super().__init__(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, cfg.attention_dropout)
 
     def forward(self, x, mask):
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask))
-        return x + self.dropout(self.ff(self.ff_norm(x)))
+        return super().forward(x, mask=mask)
 
 
 class DecoderLayer(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .data import decode_batches, pad
 from .model import Transformer
-from .special_tokens import BOS, EOS, PAD
+from ..trainer.special_tokens import BOS, EOS, PAD
 
 
 def _length_limits(src: torch.Tensor, a: float, b: int, max_positions: int) -> torch.Tensor:

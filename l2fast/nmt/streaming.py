@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from .data import decode_line
+from ..trainer.text import decode_line
 
 _END = object()
 

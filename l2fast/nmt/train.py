@@ -1,7 +1,8 @@
 """Training: data and tokenizer preparation, the update step, validation, checkpoints, final test.
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (biases and norm weights
-exempt), gradient clipping through the fused norm op. A run directory holds everything a run makes:
+exempt), gradient clipping inside the optimizer step (``max_grad_norm``). A run directory holds
+everything a run makes:
 tokenizer, ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``train.log``,
 ``results.json`` and the test translations.
 """
@@ -18,11 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import l2fast
-
-from . import checkpoint
+from ..trainer import checkpoint
 from .averaging import WeightAverage
-from .config import Config
+from .config import Config, check_resumable
 from .data import (TokenizedPairs, collate, drop_empty, eval_batches, filter_long, fit_positions, read_parallel,
                    train_batches)
 from .demo_corpus import write_demo_corpus
@@ -31,10 +30,10 @@ from .loss import LossModule
 from .metrics import Scores, score
 from .model import Transformer
 from .plot import plot_metrics
-from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
-from .recipe import build_optimizer, check_recipe, learning_rate
-from .rundir import open_run_dir
-from .runtime import Environment, RunLog, setup_environment
+from ..trainer.loop import TrainerLoop, choose_amp_dtype, resume, start_run
+from ..trainer.precision import autocast_factory
+from ..trainer.recipe import build_optimizer, learning_rate
+from ..trainer.runtime import Environment, RunLog
 from .search import translate_ids
 from .tokenizer import Tokenizer
 
@@ -92,38 +91,16 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
     return tokenizer, train, split(valid_text), (split(test_text) if test_text else None)
 
 
-def probe_cpu_precision(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: TokenizedPairs, log) -> torch.dtype | None:
-    """Times forward+backward of the first training batch on a throwaway model in float32 and under
-    bf16 autocast and returns the faster; the random state is left as it was, and rank 0 decides for all."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        loss_module = LossModule(build_model(cfg, tokenizer).to(env.device), cfg.train.label_smoothing)
-        batch = collate(pairs, train_batches(pairs, cfg.train.max_tokens, cfg.train.seed, 0, 0, 1)[0]).to(env.device)
-
-        def step(dtype):
-            with autocast_factory(dtype, env.device)():
-                loss, _ = loss_module(batch.src, batch.tgt_in, batch.tgt_out)
-            loss.backward()
-            loss_module.zero_grad(set_to_none=True)
-
-        dtype, seconds = faster_cpu_dtype(step)
-    choice = [dtype]
-    if env.distributed:
-        dist.broadcast_object_list(choice, src=0)
-    log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
-        f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
-    return choice[0]
+def probe_loss(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: TokenizedPairs):
+    """A throwaway model and the loss of the first training batch, for the CPU precision probe."""
+    loss_module = LossModule(build_model(cfg, tokenizer).to(env.device), cfg.train.label_smoothing)
+    batch = collate(pairs, train_batches(pairs, cfg.train.max_tokens, cfg.train.seed, 0, 0, 1)[0]).to(env.device)
+    return loss_module, lambda: loss_module(batch.src, batch.tgt_in, batch.tgt_out)[0]
 
 
-def choose_amp_dtype(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: TokenizedPairs, log,
-                     saved_precision: str | None) -> torch.dtype | None:
-    """The autocast dtype of the run (None = float32); a resumed run keeps the choice it saved."""
-    if cfg.train.precision == "auto" and saved_precision is not None:
-        return DTYPES[saved_precision]
-    return autocast_dtype(cfg.train.precision, env.device, probe=lambda: probe_cpu_precision(cfg, env, tokenizer, pairs, log))
+class Trainer(TrainerLoop):
+    WINDOW_KEYS = ("loss_sum", "nll_sum", "src_tokens", "tgt_tokens")
 
-
-class Trainer:
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
                  train: TokenizedPairs, valid: Split, test: Split | None, amp_dtype: torch.dtype | None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
@@ -144,41 +121,16 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        return {
-            "config": self.cfg.to_dict(),
-            "tokenizer": self.tokenizer.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "average": self.average.state_dict() if self.average else None,
-            "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_bleu": self.best_bleu, "bad_validations": self.bad_validations, "elapsed": self.elapsed,
-                         "precision": next(k for k, v in DTYPES.items() if v == self.amp_dtype)},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
-        }
+    def extra_state(self) -> dict:
+        return {"average": self.average.state_dict() if self.average else None}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+    def extra_counters(self) -> dict:
+        return {"best_bleu": self.best_bleu, "bad_validations": self.bad_validations}
+
+    def load_extra(self, state: dict) -> None:
         if self.average:
             self.average.load_state_dict(state["average"])
-        c = state["counters"]
-        self.step, self.epoch, self.batch_in_epoch = c["step"], c["epoch"], c["batch_in_epoch"]
-        self.best_bleu, self.bad_validations, self.elapsed = c["best_bleu"], c["bad_validations"], c["elapsed"]
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and self.env.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-
-    def save(self, best: bool) -> None:
-        if not self.env.is_main:
-            return
-        state = self.state_dict()
-        checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
-        if best:
-            checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+        self.best_bleu, self.bad_validations = state["counters"]["best_bleu"], state["counters"]["bad_validations"]
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -202,94 +154,30 @@ class Trainer:
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.detach()
             nll_sum += nll.detach()
-        lr = learning_rate(self.cfg, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.optimizer.max_grad_norm is None:  # else the optimizer measures (and clips) the unscaled norm
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = l2fast.sq_norm([p.grad for p in self.model.parameters() if p.grad is not None]).sqrt()
-        before = self.optimizer.last_penalty
-        self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
-        if self.optimizer.max_grad_norm is not None:
-            grad_norm = self.optimizer.last_grad_norm
-        penalty = self.optimizer.last_penalty
-        if penalty is before:
-            penalty = torch.tensor(float("nan"), device=self.env.device)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        grad_norm, penalty = self.step_optimizer()
         if self.average:
             self.average.update(self.model)
         self.step += 1
-        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm, "penalty": penalty}
+        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm, "penalty": penalty,
+                "src_tokens": sum(b.src_tokens for b in batches), "tgt_tokens": sum(b.tgt_tokens for b in batches)}
 
     def should_stop(self) -> str | None:
+        reason = TrainerLoop.should_stop(self)
+        patience = self.cfg.train.patience
+        if reason is None and patience and self.bad_validations >= patience:
+            return f"early stopping: {patience} validations without a better BLEU"
+        return reason
+
+    def epoch_batches(self) -> list[list[int]]:
         t = self.cfg.train
-        if t.max_steps and self.step >= t.max_steps:
-            return f"reached max_steps = {t.max_steps}"
-        if t.max_epochs and self.epoch >= t.max_epochs:
-            return f"reached max_epochs = {t.max_epochs}"
-        # The clocks of several processes disagree: the first process over the limit stops them all.
-        if t.max_minutes and self.env.any(self.elapsed >= t.max_minutes * 60):
-            return f"reached max_minutes = {t.max_minutes}"
-        if t.patience and self.bad_validations >= t.patience:
-            return f"early stopping: {t.patience} validations without a better BLEU"
-        return None
+        return train_batches(self.train_pairs, t.max_tokens, t.seed, self.epoch, self.env.rank, self.env.world_size)
 
-    def train(self) -> None:
-        from tqdm import tqdm
+    def collate(self, indices: list[int]):
+        return collate(self.train_pairs, indices)
 
-        t = self.cfg.train
-        self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
-                 f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
-                 f"{torch.get_num_threads()} threads each")
-        self.log(f"optimizer step: {'one pass (penalty, clipping and update fused)' if self.optimizer.fused else 'two passes'}"
-                 f"{'' if self.optimizer.max_grad_norm is None else f', gradient norm clipped to {self.optimizer.max_grad_norm}'}")
-        bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
-                   disable=None if self.env.is_main else True, dynamic_ncols=True)
-        window = dict.fromkeys(("loss_sum", "nll_sum", "src_tokens", "tgt_tokens", "time"), 0.0)
-        last = None
-        reason = self.should_stop()
-        while reason is None:
-            batches = train_batches(self.train_pairs, t.max_tokens, t.seed, self.epoch, self.env.rank, self.env.world_size)
-            while self.batch_in_epoch < len(batches) and reason is None:
-                start = time.perf_counter()
-                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
-                collated = [collate(self.train_pairs, indices) for indices in group]
-                last = self.update(collated)
-                self.batch_in_epoch += len(group)
-                window["src_tokens"] += sum(b.src_tokens for b in collated)
-                window["tgt_tokens"] += sum(b.tgt_tokens for b in collated)
-                for key in ("loss_sum", "nll_sum"):
-                    window[key] += last[key]  # stays on the device until the log step
-                log_now = self.step % t.log_every == 0
-                if log_now and self.env.device.type == "cuda":
-                    torch.cuda.synchronize()  # so the time below covers the queued work
-                spent = time.perf_counter() - start
-                window["time"] += spent
-                self.elapsed += spent
-                if log_now:
-                    self._log_training(window, last)
-                    window = dict.fromkeys(window, 0.0)
-                bar.update(1)
-                if self.step % t.valid_every == 0:
-                    self.validate_and_save()
-                reason = self.should_stop()
-            if self.batch_in_epoch >= len(batches):
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.optimizer.end_epoch()  # for penalty schedules counted in epochs
-                reason = reason or self.should_stop()
-        bar.close()
-        self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
-        if self.step % t.valid_every != 0:
-            self.validate_and_save()
-
-    def _log_training(self, window: dict, last: dict) -> None:
+    def log_training(self, window: dict, last: dict) -> None:
         # Sums over all processes: loss and NLL per target token, throughput of the whole job.
-        sums = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=self.env.device).reshape(())
-                            for k in ("loss_sum", "nll_sum", "src_tokens", "tgt_tokens")])
-        if self.env.distributed:
-            dist.all_reduce(sums)
-        loss_sum, nll_sum, src_tokens, tgt_tokens = sums.tolist()
+        loss_sum, nll_sum, src_tokens, tgt_tokens = self.window_sums(window, self.WINDOW_KEYS)
         seconds = max(window["time"], 1e-9)
         row = {
             "step": self.step, "epoch": self.epoch,
@@ -402,26 +290,14 @@ class Trainer:
 def run_training(cfg: Config) -> dict | None:
     """Trains (or resumes) the run described by cfg and scores the test set; returns the results.
     Everything that can be checked without data is checked before any data is read."""
-    env = setup_environment(cfg.train.threads)
-    check_precision(cfg.train.precision, env.device)
-    check_recipe(cfg)
-    run = open_run_dir(cfg, env)
+    env, run, log = start_run(cfg, check_resumable)
     run_dir, saved = run.path, run.saved
-    log = RunLog(run_dir, env.is_main)
-    if run.moved_to:
-        log(f"the earlier run in {run_dir} was moved to {run.moved_to} (--overwrite)")
-    if saved is not None and saved["config"] != cfg.to_dict():
-        log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
     started = time.perf_counter()
-    if env.is_main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
-    amp_dtype = choose_amp_dtype(cfg, env, tokenizer, train, log, saved["counters"].get("precision") if saved else None)
+    amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
+                                 lambda: probe_loss(cfg, env, tokenizer, train))
     trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype)
-    if saved is not None:
-        trainer.load_state_dict(saved)
-        log.truncate_metrics(trainer.step)
-        log(f"resumed from {run_dir / checkpoint.LATEST} at step {trainer.step}")
+    resume(trainer, saved)
     log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
     trainer.train()
     results = trainer.evaluate_test()

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 LATEST, BEST = "latest.pt", "best.pt"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 
 
 class CheckpointError(ValueError):
@@ -46,12 +47,16 @@ def load(path: str | Path, map_location="cpu", require: tuple[str, ...] = ()) ->
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
+    unreadable = f"checkpoint {path} cannot be read, it is truncated or corrupt"
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:  # a text file would get torch's long pickle-security message instead
+            raise CheckpointError(f"{unreadable} (not a zip archive)")
     try:
         # weights_only: a checkpoint holds tensors, numbers, strings and bytes, never code to run.
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds here (EOFError, RuntimeError from the zip reader, pickle errors)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read, it is truncated or corrupt ({reason})") from None
+        raise CheckpointError(f"{unreadable} ({reason})") from None
     missing = [key for key in require if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this trainer (it has no {missing[0]!r})")

@@ -10,7 +10,7 @@ from torch import nn
 
 import l2fast
 
-from .config import Config, ConfigError
+from .config import ConfigError, TrainerConfig as Config
 
 
 def build_schedule(spec):
@@ -35,6 +35,13 @@ def build_schedule(spec):
     return spec
 
 
+def no_decay_rules(p) -> tuple[str, ...]:
+    """The l2fast.param_groups rules of the parameters the penalty section exempts: biases and norm
+    weights unless decay_norms_and_biases, and embeddings where the section has decay_embeddings = false."""
+    rules = () if p.decay_norms_and_biases else ("bias", "norm")
+    return rules + (() if getattr(p, "decay_embeddings", True) else ("embedding",))
+
+
 def build_optimizer(model: nn.Module, cfg: Config):
     """Adam over the two parameter groups of l2fast.param_groups, wrapped by l2fast.Penalized.
 
@@ -42,7 +49,7 @@ def build_optimizer(model: nn.Module, cfg: Config):
     group's own "l2" / "l1" override the wrapper's arguments, so passing them to both could let one
     silently defeat the other."""
     t, p = cfg.train, cfg.penalty
-    groups = l2fast.param_groups(model, l2=p.l2, l1=p.l1, **({"no_decay": ()} if p.decay_norms_and_biases else {}))
+    groups = l2fast.param_groups(model, l2=p.l2, l1=p.l1, no_decay=no_decay_rules(p))
     adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     schedule = build_schedule(json.loads(p.penalty_schedule)) if p.penalty_schedule else None
     # Clipping goes into the step: one norm pass, the clip factor applied inside the one-pass update.

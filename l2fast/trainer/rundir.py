@@ -8,17 +8,14 @@ checkpoint is never deleted without being asked for by name.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
-from .config import Config, ConfigError, ModelConfig
+from .config import ConfigError
 from .runtime import Environment
 
-# What a resumed run cannot change: the shapes of the saved weights and the optimizer's kind of decay.
-# Dropout rates are not shapes, so a resumed run may change them.
-FIXED_ON_RESUME = tuple(("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout")) + (
-    ("penalty", "decoupled"),)
 RUN_STATE_KEYS = ("config", "tokenizer", "model", "optimizer", "scaler", "counters", "rng")
 FRESH_RUN = "pass --overwrite to start afresh (the earlier run is moved aside, nothing is deleted) or choose another --run-dir"
 
@@ -38,17 +35,14 @@ def _check_can_be_directory(path: Path) -> None:
             return
 
 
-def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
+def check_fixed(saved_config: dict, cfg, where: Path, fixed: tuple[tuple[str, str], ...]) -> None:
+    """Refuses to resume when an option in fixed ((section, name) pairs) differs from the saved run's."""
     new = cfg.to_dict()
-    for section, name in FIXED_ON_RESUME:
+    for section, name in fixed:
         old = saved_config.get(section, {}).get(name)
         if old != new[section][name]:
             raise ConfigError(f"{where} was trained with {section}.{name} = {old!r}, but this run asks for "
                               f"{new[section][name]!r}, which a resumed run cannot change: keep {old!r}, or {FRESH_RUN}")
-    if bool(saved_config.get("train", {}).get("average_decay")) != bool(cfg.train.average_decay):
-        raise ConfigError(f"{where} was trained with train.average_decay = {saved_config['train']['average_decay']!r}; "
-                          f"a resumed run cannot switch the weight average {'on' if cfg.train.average_decay else 'off'}: "
-                          f"keep it, or {FRESH_RUN}")
 
 
 def _aside(path: Path) -> Path:
@@ -59,9 +53,10 @@ def _aside(path: Path) -> Path:
     return candidate
 
 
-def open_run_dir(cfg: Config, env: Environment) -> RunDir:
+def open_run_dir(cfg, env: Environment, check_resumable: Callable[[dict, object, Path], None]) -> RunDir:
     """Decides, on every process alike, whether the run resumes or starts afresh, and readies the directory.
-    Every refusal happens on every process before any of them changes anything."""
+    Every refusal happens on every process before any of them changes anything. ``check_resumable(saved
+    config, cfg, checkpoint path)`` refuses the options the trainer cannot change on resume."""
     path = Path(cfg.train.run_dir)
     _check_can_be_directory(path)
     latest = path / checkpoint.LATEST

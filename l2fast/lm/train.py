@@ -1,0 +1,260 @@
+"""Language-model training: data and tokenizer, the update step, validation, checkpoints, final test.
+
+The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (the shared recipe of
+``l2fast.trainer.recipe``), gradient clipping inside the optimizer step (``max_grad_norm``). A run
+directory holds everything a run makes: ``tokenizer.model`` (sentencepiece), ``latest.pt`` / ``best.pt``,
+``metrics.jsonl``, ``metrics.png``, ``train.log``, ``config.json`` and ``results.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..trainer import checkpoint
+from ..trainer.loop import TrainerLoop, choose_amp_dtype, resume, start_run
+from ..trainer.plot import plot_panels
+from ..trainer.precision import autocast_factory
+from ..trainer.recipe import build_optimizer, learning_rate
+from ..trainer.runtime import Environment, RunLog
+from .config import Config, check_resumable
+from .data import (Documents, block_count, check_trainable, collate_blocks, eval_windows, read_documents, token_stream,
+                   train_batches)
+from .demo_text import write_demo_text
+from .evaluate import Score, score_stream, stream_nll
+from .generate import Sampling, generate
+from .model import DecoderLM
+from .tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer, from_state_dict
+
+PANELS = [
+    ("loss per token (nats)", [("loss", "train", "-"), ("valid_loss", "valid", "o-")]),
+    ("validation bits per byte", [("valid_bpb", None, "o-")]),
+    ("penalty value", [("penalty", None, "-")]),
+]
+DEMO_SIZES = {"valid": 300, "test": 300}
+SAMPLE_PROMPTS = ["", "This is a story about"]
+
+
+@dataclass
+class Split:
+    docs: Documents
+    stream: torch.Tensor
+
+
+class LossModule(nn.Module):
+    """Model + summed next-token NLL in one forward, so DistributedDataParallel sees every parameter used."""
+
+    def __init__(self, model: DecoderLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.model(inputs)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+
+
+def data_paths(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[str, str, str]:
+    """The train, valid and test files: the configured ones, or the demo text written into RUN_DIR/data."""
+    d = cfg.data
+    if d.train:
+        return d.train, d.valid, d.test
+    sizes = {"train": d.demo_documents, **DEMO_SIZES}
+    paths = {split: run_dir / "data" / f"{split}.txt" for split in sizes}
+    if env.is_main and not all(p.exists() for p in paths.values()):
+        write_demo_text(run_dir / "data", sizes)
+        log(f"demo text: {sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test stories in {run_dir / 'data'}")
+    env.barrier()
+    return str(paths["train"]), str(paths["valid"]), str(paths["test"])
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, train: Documents, env: Environment, log, saved: dict | None) -> Tokenizer:
+    """Bytes; or the run's sentencepiece model: from the checkpoint when resuming, else trained (on the main
+    process) and saved as RUN_DIR/tokenizer.model."""
+    if cfg.data.tokenizer == "bytes":
+        return ByteTokenizer()
+    if saved is not None:
+        return from_state_dict(saved["tokenizer"])
+    path = run_dir / "tokenizer.model"
+    if env.is_main:
+        start = time.perf_counter()
+        tokenizer = SentencePieceTokenizer.train(train.texts, cfg.data.vocab_size, cfg.data.subword_type)
+        path.write_bytes(tokenizer.model)
+        log(f"tokenizer: sentencepiece {cfg.data.subword_type}, vocab {tokenizer.vocab_size}, "
+            f"trained in {time.perf_counter() - start:.1f}s")
+    env.barrier()
+    return SentencePieceTokenizer(path.read_bytes())
+
+
+class Trainer(TrainerLoop):
+    WINDOW_KEYS = ("loss_sum", "tokens")
+
+    def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
+                 train: torch.Tensor, valid: Split, amp_dtype: torch.dtype | None):
+        self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
+        self.tokenizer, self.train_stream, self.valid = tokenizer, train, valid
+        torch.manual_seed(cfg.train.seed)
+        self.model = DecoderLM(cfg.model, tokenizer.vocab_size).to(env.device)
+        self.loss_module = LossModule(self.model)
+        if env.distributed:
+            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.amp_dtype = amp_dtype
+        self.autocast = autocast_factory(amp_dtype, env.device)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_loss = math.inf
+        self.elapsed = 0.0  # training wall time over all sessions of this run
+        self.valid_windows = self._valid_windows()
+
+    def _valid_windows(self) -> list[tuple[int, int]]:
+        """This process's share of the validation windows (at most train.valid_max_tokens tokens in all)."""
+        windows = eval_windows(self.valid.stream, self.cfg.model.context)
+        limit = self.cfg.train.valid_max_tokens
+        if limit:
+            windows = windows[:max(1, limit // self.cfg.model.context)]
+        return windows[self.env.rank::self.env.world_size]
+
+    # ---- checkpoints and training (the loop is l2fast.trainer.loop's) ------------------------
+
+    def extra_counters(self) -> dict:
+        return {"best_loss": self.best_loss}
+
+    def load_extra(self, state: dict) -> None:
+        self.best_loss = state["counters"]["best_loss"]
+
+    def epoch_batches(self) -> list[list[int]]:
+        t = self.cfg.train
+        return train_batches(block_count(self.train_stream, self.cfg.model.context), t.batch_size, t.seed, self.epoch,
+                             self.env.rank, self.env.world_size)
+
+    def collate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return collate_blocks(self.train_stream, indices, self.cfg.model.context)
+
+    def update(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over the gradient sum of several batches, normalised per predicted token over
+        all batches and processes (so accumulation and DDP equal one big batch)."""
+        tokens = sum(targets.numel() for _, targets in batches) * self.env.world_size
+        scale = self.env.world_size / tokens  # DDP averages gradients over processes
+        loss_sum = torch.zeros((), device=self.env.device)
+        for i, (inputs, targets) in enumerate(batches):
+            inputs, targets = inputs.to(self.env.device), targets.to(self.env.device)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.loss_module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.loss_module(inputs, targets)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach()
+        grad_norm, penalty = self.step_optimizer()
+        self.step += 1
+        return {"loss_sum": loss_sum, "tokens": tokens // self.env.world_size, "grad_norm": grad_norm, "penalty": penalty}
+
+    def log_training(self, window: dict, last: dict) -> None:
+        loss_sum, tokens = self.window_sums(window, self.WINDOW_KEYS)
+        row = {"step": self.step, "epoch": self.epoch, "loss": loss_sum / max(tokens, 1.0),
+               "lr": learning_rate(self.cfg, self.step - 1), "penalty": float(last["penalty"]),
+               "grad_norm": float(last["grad_norm"]), "tok_per_s": tokens / max(window["time"], 1e-9),
+               "elapsed_s": self.elapsed}
+        row["ppl"] = math.exp(min(row["loss"], 50.0))
+        self.log.metrics(row)
+        self.log(f"step {row['step']:6d}  epoch {row['epoch']:3d}  loss {row['loss']:.4f}  ppl {row['ppl']:8.3f}  "
+                 f"lr {row['lr']:.2e}  penalty {row['penalty']:.4g}  |g| {row['grad_norm']:.3f}  "
+                 f"{row['tok_per_s']:,.0f} tok/s")
+
+    # ---- validation and test -----------------------------------------------------------------
+
+    def valid_score(self) -> Score:
+        """Loss, perplexity and bits per byte on (the first train.valid_max_tokens tokens of) the validation text."""
+        nats, tokens = stream_nll(self.model, self.valid.stream, self.env.device, autocast=self.autocast,
+                                  windows=self.valid_windows)
+        totals = torch.stack([nats, torch.tensor(float(tokens), dtype=torch.float64, device=self.env.device)])
+        if self.env.distributed:
+            dist.all_reduce(totals)
+        nats, tokens = float(totals[0]), int(totals[1])
+        full = self.valid.stream.numel() - 1
+        # The bytes of the scored part: in proportion, when only part of the text is scored.
+        utf8_bytes = self.valid.docs.utf8_bytes if tokens == full else max(1, round(self.valid.docs.utf8_bytes * tokens / full))
+        return Score(nats, tokens, utf8_bytes)
+
+    def validate_and_save(self) -> Score:
+        start = time.perf_counter()
+        score = self.valid_score()
+        improved = score.loss < self.best_loss
+        if improved:
+            self.best_loss = score.loss
+        self.elapsed += time.perf_counter() - start
+        self.log.metrics({"step": self.step, **score.as_dict("valid"), "elapsed_s": self.elapsed})
+        self.log(f"valid step {self.step}: {score.line()}{'  (best)' if improved else ''}  "
+                 f"[{time.perf_counter() - start:.1f}s]")
+        self.save(best=improved)
+        if self.env.is_main:
+            plot_panels(self.log.metrics_path, self.run_dir / "metrics.png", PANELS)
+        return score
+
+    def finish(self, test: Split | None) -> dict:
+        """Scores the test text (else the whole validation text) with the best checkpoint, logs samples,
+        and writes results.json."""
+        self.env.barrier()  # the main process may still be writing best.pt
+        best_path = self.run_dir / checkpoint.BEST
+        if best_path.exists():
+            self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
+        split, name = (test, "test") if test is not None else (self.valid, "valid")
+        start = time.perf_counter()
+        score = score_stream(self.model, split.stream, split.docs.utf8_bytes, self.env.device, self.autocast)
+        results = {"scored": split.docs.name, **score.as_dict(name), "step": self.step, "best_valid_loss": self.best_loss,
+                   "train_seconds": self.elapsed, "score_seconds": time.perf_counter() - start}
+        if self.env.is_main:
+            self.log(f"{name} ({split.docs.name}, {score.tokens:,} tokens, {score.utf8_bytes:,} bytes): {score.line()}")
+            samples = generate(self.model, self.tokenizer.encode(SAMPLE_PROMPTS), 200, self.tokenizer.eod,
+                               Sampling(temperature=0.8, top_k=40), self.cfg.train.seed, self.env.device)
+            for prompt, text in zip(SAMPLE_PROMPTS, self.tokenizer.decode(samples)):
+                self.log(f"sample (temperature 0.8, top-k 40): {prompt + text!r}")
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return results
+
+
+def probe_loss(cfg: Config, env: Environment, vocab_size: int, stream: torch.Tensor):
+    """A throwaway model and the loss of its first training batch, for the CPU precision probe."""
+    loss_module = LossModule(DecoderLM(cfg.model, vocab_size).to(env.device))
+    indices = list(range(min(cfg.train.batch_size, block_count(stream, cfg.model.context))))
+    inputs, targets = (t.to(env.device) for t in collate_blocks(stream, indices, cfg.model.context))
+    return loss_module, lambda: loss_module(inputs, targets)
+
+
+def run_training(cfg: Config) -> dict:
+    """Trains (or resumes) the run described by cfg and scores the test text; returns the results.
+    Everything that can be checked without data is checked before any data is read."""
+    env, run, log = start_run(cfg, check_resumable)
+    run_dir, saved = run.path, run.saved
+    started = time.perf_counter()
+    train_path, valid_path, test_path = data_paths(cfg, run_dir, env, log)
+    train_docs = read_documents(train_path, cfg.data.documents)
+    valid_docs = read_documents(valid_path, cfg.data.documents)
+    test_docs = read_documents(test_path, cfg.data.documents) if test_path else None
+    tokenizer = prepare_tokenizer(cfg, run_dir, train_docs, env, log, saved)
+    train = token_stream(tokenizer, train_docs)
+    check_trainable(train, cfg.model.context, cfg.train.batch_size, env.world_size, train_docs.name)
+    valid = Split(valid_docs, token_stream(tokenizer, valid_docs))
+    test = Split(test_docs, token_stream(tokenizer, test_docs)) if test_docs else None
+    log(f"data: {len(train_docs.texts):,} training documents, {train.numel():,} tokens "
+        f"({train_docs.utf8_bytes / max(train.numel(), 1):.2f} bytes per token), "
+        f"{block_count(train, cfg.model.context):,} blocks of {cfg.model.context}; valid {valid.stream.numel():,} tokens"
+        + (f"; test {test.stream.numel():,} tokens" if test else ""))
+    amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
+                                 lambda: probe_loss(cfg, env, tokenizer.vocab_size, train))
+    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype)
+    resume(trainer, saved)
+    trainer.train()
+    results = trainer.finish(test)
+    if env.is_main:
+        plot_panels(log.metrics_path, run_dir / "metrics.png", PANELS)
+        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+    return results

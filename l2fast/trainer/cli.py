@@ -1,0 +1,111 @@
+"""Command-line plumbing both trainers use: one flag per configuration option, number types whose
+errors name what they wanted, output paths checked before work starts, and one-line errors."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, describe, merge, read_config_file, section_fields, sections_of
+from .text import DataError
+
+# What a command reports as one line, "l2fast COMMAND: error: ...", with exit status 2.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, OSError)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, section_fields) -> None:
+    """One flag per configuration field, grouped by section; absent flags leave the value alone."""
+    groups = {}
+    for section, f in section_fields:
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} options")
+        default = f.default
+        help, choices = describe(f)
+        help_text = f"{help} (default: {default!r})"
+        kwargs = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS, "help": help_text, "metavar": f.name.upper()}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+            del kwargs["metavar"]
+        elif isinstance(default, tuple):
+            kwargs.update(nargs=len(default), type=float, metavar="X")  # replaces the metavar above
+        else:
+            kwargs["type"] = type(default)
+            if choices:
+                kwargs["choices"] = choices
+                del kwargs["metavar"]
+        groups[section].add_argument(_flag(f.name), **kwargs)
+
+
+def command_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A parser whose first argument names the command, and the object its commands are added to."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser, parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+
+def add_train_command(commands, help: str, description: str, config_cls) -> argparse.ArgumentParser:
+    """The train command: --config, --print-config and one flag per option of config_cls."""
+    train = commands.add_parser("train", help=help, description=description + " Values come from defaults, then "
+                                "--config, then flags.")
+    names = ", ".join(sections_of(config_cls))
+    train.add_argument("--config", help=f"JSON or TOML file with sections {names}")
+    train.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_config_flags(train, section_fields(config_cls))
+    return train
+
+
+def config_from_args(args: argparse.Namespace, config_cls, build_config: Callable):
+    """The configuration of defaults < args.config's file < the flags given."""
+    overrides = read_config_file(args.config, config_cls) if args.config else {}
+    flags: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            flags.setdefault(section, {})[name] = value
+    return build_config(merge(overrides, flags), where=args.config or "command line")
+
+
+def _number(kind, low: float, what: str):
+    """An argparse type: a finite number of kind that is at least low (its error names what it wanted)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE = _number(int, 1, "a positive integer")
+NOT_NEGATIVE = _number(int, 0, "an integer >= 0")
+FINITE = _number(float, -math.inf, "a finite number")
+NOT_NEGATIVE_FLOAT = _number(float, 0.0, "a finite number >= 0")
+
+
+def check_output(path: str | None, flag: str) -> None:
+    """Refuses an output path that cannot be written, before any work."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {path.parent} does not exist")
+
+
+def run_command(prog: str, command: str, action: Callable[[], None]) -> int:
+    """Runs action; a user error becomes one line on stderr and exit status 2."""
+    try:
+        action()
+    except USER_ERRORS as e:
+        print(f"{prog} {command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

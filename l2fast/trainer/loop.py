@@ -1,0 +1,223 @@
+"""The training loop both trainers run, and what surrounds it: the checkpointed state, the optimizer
+step (learning rate, unscaling, fused clipping, the penalised update), the stop conditions, the CPU
+precision probe and the start of a run.
+
+A trainer subclasses ``TrainerLoop`` and sets, in its constructor, the attributes named in the class
+docstring; it supplies ``epoch_batches()``, ``collate(indices)``, ``update(batches)`` (which calls
+``step_optimizer``), ``log_training(window, last)`` and ``validate_and_save()``, and, where it keeps
+more than the shared state, ``extra_state()`` / ``extra_counters()`` / ``load_extra(state)``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+import l2fast
+
+from . import checkpoint
+from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
+from .recipe import check_recipe, learning_rate
+from .rundir import RunDir, open_run_dir
+from .runtime import Environment, RunLog, setup_environment
+
+
+class TrainerLoop:
+    """Shared attributes: cfg, env, run_dir, log, tokenizer, model, optimizer (l2fast.Penalized), scaler,
+    amp_dtype, step, epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run).
+    ``WINDOW_KEYS``: the entries of each update's result summed between two log lines."""
+
+    WINDOW_KEYS: tuple[str, ...] = ()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def extra_counters(self) -> dict:
+        return {}
+
+    def load_extra(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            **self.extra_state(),
+            "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "elapsed": self.elapsed, **self.extra_counters(),
+                         "precision": next(k for k, v in DTYPES.items() if v == self.amp_dtype)},
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        c = state["counters"]
+        self.step, self.epoch, self.batch_in_epoch, self.elapsed = c["step"], c["epoch"], c["batch_in_epoch"], c["elapsed"]
+        self.load_extra(state)
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+
+    def save(self, best: bool) -> None:
+        if not self.env.is_main:
+            return
+        state = self.state_dict()
+        checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
+        if best:
+            checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def step_optimizer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update after the backward passes: learning rate, then the penalised step (unscaling and
+        clipping inside it on the one-pass path, before it otherwise).
+        Returns the gradient norm and the penalty value (NaN where the scaler skipped the update)."""
+        lr = learning_rate(self.cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.optimizer.max_grad_norm is None:  # else the optimizer measures (and clips) the unscaled norm
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = l2fast.sq_norm([p.grad for p in self.model.parameters() if p.grad is not None]).sqrt()
+        before = self.optimizer.last_penalty
+        self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        if self.optimizer.max_grad_norm is not None:
+            grad_norm = self.optimizer.last_grad_norm
+        penalty = self.optimizer.last_penalty
+        if penalty is before:
+            penalty = torch.tensor(float("nan"), device=self.env.device)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, penalty
+
+    def should_stop(self) -> str | None:
+        t = self.cfg.train
+        if t.max_steps and self.step >= t.max_steps:
+            return f"reached max_steps = {t.max_steps}"
+        if getattr(t, "max_epochs", 0) and self.epoch >= t.max_epochs:
+            return f"reached max_epochs = {t.max_epochs}"
+        # The clocks of several processes disagree: the first process over the limit stops them all.
+        if t.max_minutes and self.env.any(self.elapsed >= t.max_minutes * 60):
+            return f"reached max_minutes = {t.max_minutes}"
+        return None
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
+                 f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
+                 f"{torch.get_num_threads()} threads each")
+        clipped = self.optimizer.max_grad_norm
+        self.log(f"optimizer step: {'one pass (penalty, clipping and update fused)' if self.optimizer.fused else 'two passes'}"
+                 f"{'' if clipped is None else f', gradient norm clipped to {clipped}'}")
+        bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
+                   disable=None if self.env.is_main else True, dynamic_ncols=True)
+        window = dict.fromkeys((*self.WINDOW_KEYS, "time"), 0.0)
+        reason = self.should_stop()
+        while reason is None:
+            batches = self.epoch_batches()
+            while self.batch_in_epoch < len(batches) and reason is None:
+                start = time.perf_counter()
+                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
+                last = self.update([self.collate(indices) for indices in group])
+                self.batch_in_epoch += len(group)
+                for key in self.WINDOW_KEYS:
+                    window[key] += last[key]  # tensors stay on the device until the log step
+                log_now = self.step % t.log_every == 0
+                if log_now and self.env.device.type == "cuda":
+                    torch.cuda.synchronize()  # so the time below covers the queued work
+                spent = time.perf_counter() - start
+                window["time"] += spent
+                self.elapsed += spent
+                if log_now:
+                    self.log_training(window, last)
+                    window = dict.fromkeys(window, 0.0)
+                bar.update(1)
+                if self.step % t.valid_every == 0:
+                    self.validate_and_save()
+                reason = self.should_stop()
+            if self.batch_in_epoch >= len(batches):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.optimizer.end_epoch()  # for penalty schedules counted in epochs
+                reason = reason or self.should_stop()
+        bar.close()
+        self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
+        if self.step % t.valid_every != 0:
+            self.validate_and_save()
+
+    def window_sums(self, window: dict, keys: tuple[str, ...]) -> list[float]:
+        """The window's sums of keys over all processes."""
+        sums = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=self.env.device).reshape(())
+                            for k in keys])
+        if self.env.distributed:
+            dist.all_reduce(sums)
+        return sums.tolist()
+
+
+def choose_amp_dtype(cfg, env: Environment, log, saved_precision: str | None,
+                     probe_loss: Callable[[], tuple[torch.nn.Module, Callable[[], torch.Tensor]]]) -> torch.dtype | None:
+    """The autocast dtype of the run (None = float32); a resumed run keeps the choice it saved. On CPUs with
+    native bf16, "auto" times forward+backward of one batch in float32 and under bf16 autocast and takes the
+    faster: ``probe_loss()`` builds a throwaway model and returns it with a function computing the loss of
+    one training batch. The random state is left as it was, and rank 0 decides for all."""
+    if cfg.train.precision == "auto" and saved_precision is not None:
+        return DTYPES[saved_precision]
+
+    def probe() -> torch.dtype | None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            module, loss_of = probe_loss()
+
+            def step(dtype):
+                with autocast_factory(dtype, env.device)():
+                    loss = loss_of()
+                loss.backward()
+                module.zero_grad(set_to_none=True)
+
+            dtype, seconds = faster_cpu_dtype(step)
+        choice = [dtype]
+        if env.distributed:
+            dist.broadcast_object_list(choice, src=0)
+        log(f"precision auto: this CPU has native bf16; a training step took {seconds['fp32']:.3f}s in float32 and "
+            f"{seconds['bf16']:.3f}s under bf16 autocast, so training runs in {choice[0] or torch.float32}")
+        return choice[0]
+
+    return autocast_dtype(cfg.train.precision, env.device, probe=probe)
+
+
+def start_run(cfg, check_resumable) -> tuple[Environment, RunDir, RunLog]:
+    """The environment, the run directory (resumed or fresh) and its log, with config.json written; the
+    precision and the penalty recipe are checked first, before anything is written.
+    check_resumable: the trainer's refusal of options a resumed run cannot change."""
+    env = setup_environment(cfg.train.threads)
+    check_precision(cfg.train.precision, env.device)
+    check_recipe(cfg)
+    run = open_run_dir(cfg, env, check_resumable)
+    log = RunLog(run.path, env.is_main)
+    if run.moved_to:
+        log(f"the earlier run in {run.path} was moved to {run.moved_to} (--overwrite)")
+    if run.saved is not None and run.saved["config"] != cfg.to_dict():
+        log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
+    if env.is_main:
+        (run.path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return env, run, log
+
+
+def resume(trainer: TrainerLoop, saved: dict | None) -> None:
+    """Loads the saved state into trainer, drops metrics rows written after it, and says so."""
+    if saved is None:
+        return
+    trainer.load_state_dict(saved)
+    trainer.log.truncate_metrics(trainer.step)
+    trainer.log(f"resumed from {trainer.run_dir / checkpoint.LATEST} at step {trainer.step}")
