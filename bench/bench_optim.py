@@ -1,9 +1,13 @@
 """Optimizer step time with a weight penalty on a Transformer-base parameter set: torch's own
 weight_decay, the naive autograd penalty, and l2fast.Penalized, each against a plain
 Adam(weight_decay=0) step of the same implementation (for-loop, foreach, fused), measured round-robin
-in one process. Prints a markdown table.
+in one process. Prints a markdown table. ``--one-pass`` times l2fast's one-pass step (the penalty, the
+clip factor and the update in one native pass) against torch's fused Adam with and without
+``clip_grad_norm_`` and torch's for-loop ``Adam(weight_decay)``, with bytes moved per second as a % of
+an in-place ``add_`` roofline; ``--plot FILE.png`` adds step time vs parameter count (1M..100M).
 
     python bench/bench_optim.py [--device cpu|cuda] [--impls for-loop,foreach,fused] [--rounds N]
+    python bench/bench_optim.py --one-pass [--rounds N] [--plot bench/optim_scaling.png --sizes 1,3,10,30,100]
 """
 from __future__ import annotations
 
@@ -46,12 +50,120 @@ def step_methods(params: list[torch.Tensor], impl: dict) -> dict:
     }
 
 
+CLIP = 1.0
+# Bytes per parameter each method moves (float32): Adam reads w, g, m, v and writes w, m, v; the clip
+# norm reads g once more, and a separate scaling pass reads and writes g; the penalty pass of the
+# two-pass path reads w and g and writes g.
+ADAM_BYTES, NORM_BYTES, SCALE_BYTES = 28, 4, 8
+
+
+def one_pass_methods(params: list[torch.Tensor]) -> dict:
+    """name -> (step function, bytes moved per parameter)."""
+    fused = torch.optim.Adam(params, lr=LR, fused=True)
+    ours = l2fast.Penalized(torch.optim.Adam(params, lr=LR, fused=True), l2=LAM)
+    ours_clip = l2fast.Penalized(torch.optim.Adam(params, lr=LR, fused=True), l2=LAM, max_grad_norm=CLIP)
+    fused_clip = torch.optim.Adam(params, lr=LR, fused=True)
+    for_loop = torch.optim.Adam(params, lr=LR, weight_decay=LAM, foreach=False)
+    assert ours.fused and ours_clip.fused
+
+    def clip_then_fused():
+        torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=True)
+        fused_clip.step()
+
+    return {
+        "Adam(fused=True, weight_decay=0)": (fused.step, ADAM_BYTES),
+        f"l2fast.Penalized(Adam(fused=True), l2={LAM})": (ours.step, ADAM_BYTES),
+        f"clip_grad_norm_(foreach) + Adam(fused=True)": (clip_then_fused, ADAM_BYTES + NORM_BYTES + SCALE_BYTES),
+        f"l2fast.Penalized(Adam(fused=True), l2={LAM}, max_grad_norm={CLIP})": (ours_clip.step, ADAM_BYTES + NORM_BYTES),
+        f"Adam(weight_decay={LAM}) for-loop (torch's CPU default)": (for_loop.step, ADAM_BYTES),
+    }
+
+
+def roofline_bytes_per_second(numel: int, device: str, rounds: int) -> float:
+    """In-place add_ (read, read, write) over buffers as large as the parameters: the bytes per second
+    the machine streams for an elementwise update."""
+    x = torch.randn(numel, device=device)
+    y = torch.randn(numel, device=device)
+    seconds = median_seconds({"add_": lambda: x.add_(y, alpha=1e-9)}, device, rounds=rounds)["add_"]
+    return 12 * numel / seconds
+
+
+def flat_params(numel: int, device: str, tensors: int = 64) -> list[torch.Tensor]:
+    """numel values in `tensors` equal tensors (the parameter count of the scaling plot)."""
+    size = max(1, numel // tensors)
+    return make_params([(size,)] * tensors, device)
+
+
+def with_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    for p in params:
+        p.requires_grad_()
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def one_pass_table(args, command: str) -> None:
+    params = with_grads(make_params(transformer_base_shapes(), args.device))
+    numel = sum(p.numel() for p in params)
+    print(header("One-pass penalized Adam step", args.device, command))
+    print(f"Parameters: Transformer-base, {len(params)} float32 tensors, {numel / 1e6:.1f}M values (l2 = weight_decay "
+          f"= {LAM}, clip norm {CLIP}). Median of {args.rounds} round-robin steps after 2 warm-up steps. Roofline: "
+          f"in-place add_ over {numel / 1e6:.1f}M values.\n")
+    methods = one_pass_methods(params)
+    times = median_seconds({name: fn for name, (fn, _) in methods.items()}, args.device, rounds=args.rounds)
+    roofline = roofline_bytes_per_second(numel, args.device, args.rounds)
+    fused = times["Adam(fused=True, weight_decay=0)"]
+    rows = []
+    for name, (_, per_param) in methods.items():
+        seconds = times[name]
+        rate = per_param * numel / seconds
+        rows.append([name, f"{1e3 * seconds:.1f}", f"{seconds / fused:.2f}x", f"{per_param} B",
+                     f"{rate / 1e9:.1f} GB/s", f"{100 * rate / roofline:.0f}%"])
+    print(table(["step", "median ms", "vs Adam(fused=True)", "bytes/param", "moved", "% of add_ roofline"], rows))
+    if args.plot:
+        scaling_plot(args, list(methods))
+
+
+def scaling_plot(args, names: list[str]) -> None:
+    """Step time of every method vs parameter count, one process, round-robin per size; a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [int(float(s) * 1e6) for s in args.sizes.split(",")]
+    series = {name: [] for name in names}
+    for numel in sizes:
+        params = with_grads(flat_params(numel, args.device))
+        methods = one_pass_methods(params)
+        times = median_seconds({name: fn for name, (fn, _) in methods.items()}, args.device, rounds=args.rounds)
+        for name in names:
+            series[name].append(times[name])
+        del params, methods
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, ts in series.items():
+        ax.loglog([n / 1e6 for n in sizes], [1e3 * t for t in ts], marker="o", label=name)
+    ax.set_xlabel("parameters (millions, float32, 64 tensors)")
+    ax.set_ylabel("median step time (ms)")
+    ax.set_title(f"Optimizer step vs parameter count ({args.device}, {torch.get_num_threads()} threads)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    print(f"\nStep time vs parameter count ({', '.join(f'{n / 1e6:g}M' for n in sizes)}): {args.plot}")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--impls", default=",".join(IMPLS), help="Adam implementations to time")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--one-pass", action="store_true", help="time the one-pass step against its peers")
+    parser.add_argument("--plot", default=None, help="with --one-pass: also write step time vs size to this PNG")
+    parser.add_argument("--sizes", default="1,3,10,30,100", help="millions of parameters for --plot")
     args = parser.parse_args(argv)
+    if args.one_pass:
+        one_pass_table(args, ("python bench/bench_optim.py " + " ".join(argv)).strip())
+        return
 
     shapes = transformer_base_shapes()
     params = [p.requires_grad_() for p in make_params(shapes, args.device)]

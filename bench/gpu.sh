@@ -32,8 +32,9 @@ if command -v compute-sanitizer >/dev/null; then
   # racecheck: shared-memory hazards in block_sum; memcheck: out-of-bounds and misaligned accesses.
   echo "== compute-sanitizer (racecheck, memcheck) on the CUDA op tests and the graph check =="
   for tool in racecheck memcheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest tests/test_ops.py -q -p no:cacheprovider \
-      -k "cuda and (hand_worked or misaligned or empty or mixed_dtypes or add_penalty_grad_matches or nan)" 2>&1 \
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" -m pytest tests/test_ops.py tests/test_optim_fused.py \
+      -q -p no:cacheprovider -k "cuda and (hand_worked or misaligned or empty or mixed_dtypes or add_penalty_grad_matches \
+      or nan or one_pass_step_on_cuda)" 2>&1 \
       | tee "$LOG_DIR/sanitizer-$tool.log" | tail -3
     compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" bench/cuda_graph_check.py 2>&1 \
       | tee -a "$LOG_DIR/sanitizer-$tool.log" | tail -2
@@ -44,3 +45,4 @@ fi
 
 echo "== benchmarks =="
 (cd bench && "$PY" bench_ops.py --device cuda) 2>&1 | tee "$LOG_DIR/bench.log"
+(cd bench && "$PY" bench_optim.py --one-pass --device cuda) 2>&1 | tee -a "$LOG_DIR/bench.log"

@@ -26,7 +26,7 @@ from numbers import Real
 import torch
 import torch.distributed as dist
 
-from . import functional
+from . import fused_step, functional
 from .schedules import Clock, Schedule, as_schedule
 
 PENALTY_KEYS = ("l2", "l1")
@@ -148,6 +148,19 @@ class Penalized(torch.optim.Optimizer):
             parameters (FSDP2's ``fully_shard``) are found and reduced over their mesh by themselves.
         extra_group_keys: group keys besides the inner optimizer's, l2fast's and torch's own that
             your groups carry on purpose; any other key is rejected as a likely typo.
+        fused: ``"auto"`` (default) takes the one-pass step when the inner optimizer is exactly
+            ``torch.optim.Adam``, ``AdamW`` or ``SGD`` and every group's options are supported: one
+            native pass per step reads w, g and the optimizer state once, with the penalty, the
+            GradScaler unscaling, the clip coefficient and the update inside it. ``True`` insists
+            (an unsupported optimizer or option is an error naming it); ``False`` keeps the two-pass
+            path (penalty pass, then the inner optimizer's own step). ``fused`` (the attribute) says
+            which path ``step`` takes. A step with a closure, DTensor parameters or sparse gradients
+            falls back to the two-pass path for that step.
+        max_grad_norm: clip the global L2 norm of all gradients of the optimizer's parameters to this
+            value, as ``torch.nn.utils.clip_grad_norm_`` before the step would (the penalty gradient is
+            added after clipping, as an inner ``weight_decay`` would be). On the one-pass path the norm
+            is one fused pass over the gradients and the clip coefficient is applied inside the update;
+            ``last_grad_norm`` keeps the norm (a device tensor) for logging.
 
     The wrapper is an Optimizer: ``param_groups``, ``state`` and ``defaults`` are the inner
     optimizer's own objects; ``zero_grad``, ``add_param_group``, ``state_dict``, ``load_state_dict``,
@@ -177,9 +190,10 @@ class Penalized(torch.optim.Optimizer):
             scheduled (l2, l1) of each group for the next step.
     """
 
-    # GradScaler must unscale the gradients before step(): the penalty is added to the true gradients.
-    _step_supports_amp_scaling = False
-    _PICKLED = ("optimizer", "decoupled", "schedule", "shard_group", "extra_group_keys", "_clock", "last_penalty")
+    _PICKLED = (
+        "optimizer", "decoupled", "schedule", "shard_group", "extra_group_keys", "_clock", "last_penalty",
+        "_fused_mode", "max_grad_norm", "last_grad_norm",
+    )
 
     def __init__(
         self,
@@ -191,6 +205,8 @@ class Penalized(torch.optim.Optimizer):
         *,
         shard_group: "dist.ProcessGroup | None" = None,
         extra_group_keys: Iterable[str] = (),
+        fused: bool | str = "auto",
+        max_grad_norm: float | None = None,
     ):
         if isinstance(optimizer, Penalized) or any(k in getattr(optimizer, "defaults", {}) for k in PENALTY_KEYS):
             raise TypeError(
@@ -210,6 +226,17 @@ class Penalized(torch.optim.Optimizer):
         self.extra_group_keys = frozenset(extra_group_keys)
         self._clock = Clock()
         self.last_penalty: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
+        if fused not in ("auto", True, False):
+            raise ValueError(f"l2fast.Penalized: fused must be 'auto', True or False, got {fused!r}")
+        self._fused_mode = fused
+        if max_grad_norm is not None:
+            max_grad_norm = _coefficient(max_grad_norm, "max_grad_norm")
+            if max_grad_norm == 0.0:
+                raise ValueError("l2fast.Penalized: max_grad_norm must be > 0 (None: no clipping)")
+        self.max_grad_norm = max_grad_norm
+        if fused is True:
+            self._require_fusable()
         # Check everything (a schedule that fails at step 0 fails here) before changing the inner optimizer.
         for i, group in enumerate(optimizer.param_groups):
             self._check_group(group, i, defaults)
@@ -244,6 +271,24 @@ class Penalized(torch.optim.Optimizer):
     @defaults.setter
     def defaults(self, defaults: dict) -> None:
         self.optimizer.defaults = defaults
+
+    @property
+    def fused(self) -> bool:
+        """Whether ``step`` takes the one-pass path (closures, DTensor parameters and sparse gradients
+        still fall back for their step)."""
+        return self._fused_mode is not False and fused_step.unsupported(self.optimizer) is None
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        # On the one-pass path GradScaler hands over grad_scale / found_inf and the kernel unscales and
+        # skips on the device; on the two-pass path GradScaler unscales first (the penalty is added to
+        # the true gradients) and skips step() itself.
+        return self.fused
+
+    def _require_fusable(self) -> None:
+        reason = fused_step.unsupported(self.optimizer)
+        if reason is not None:  # (add_param_group raises the same message)
+            raise ValueError(f"l2fast.Penalized(fused=True): {reason}; pass fused='auto' or False for the two-pass path")
 
     @property
     def clock(self) -> Clock:
@@ -306,19 +351,72 @@ class Penalized(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         self._check_group(param_group, len(self.param_groups), self.defaults)
         self.optimizer.add_param_group(param_group)
+        reason = fused_step.unsupported(self.optimizer) if self._fused_mode is True else None
+        if reason is not None:
+            self.optimizer.param_groups.pop()
+            raise ValueError(f"l2fast.Penalized(fused=True): {reason}; pass fused='auto' or False for the two-pass path")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         coefficients = self.coefficients()
-        if closure is None:
-            self.last_penalty = self._apply_penalty(coefficients)
-            loss = self.optimizer.step()
+        # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on.
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        # found_inf lives on the parameters' device; on the CPU reading it costs nothing. On a GPU the
+        # kernels skip the step on the device, and this read (for the clock) is the step's one sync.
+        skip = found_inf is not None and bool(found_inf)
+        if closure is None and self.fused and fused_step.per_step_fallback(self.optimizer, _dtensor_type()) is None:
+            self._fused_step(coefficients, grad_scale, found_inf, skip)
+            loss = None
         else:
-            loss = self.optimizer.step(self._penalized_closure(closure, coefficients))
-        self._clock = self._clock._replace(step=self._clock.step + 1)
+            if skip:  # GradScaler handed the step to us (one-pass path) but this step falls back
+                return None
+            if grad_scale is not None:
+                self._unscale(grad_scale)
+            if closure is None:
+                self._clip()
+                self.last_penalty = self._apply_penalty(coefficients)
+                loss = self.optimizer.step()
+            else:
+                loss = self.optimizer.step(self._penalized_closure(closure, coefficients))
+        if not skip:
+            self._clock = self._clock._replace(step=self._clock.step + 1)
         return loss
+
+    def _reduce_over(self) -> tuple:
+        return () if self.shard_group is None else (self.shard_group,)
+
+    def _fused_step(self, coefficients, grad_scale, found_inf, skip: bool) -> None:
+        scalars = {"grad_scale": grad_scale, "found_inf": found_inf, "clip": None}
+        if self.max_grad_norm is not None:
+            norm = fused_step.grad_norm(self.optimizer, grad_scale, self._reduce_over())
+            scalars["clip"] = fused_step.clip_coefficient(norm, self.max_grad_norm)
+            self.last_grad_norm = norm
+        with torch.no_grad():
+            values = fused_step.step(self.optimizer, coefficients, self.decoupled, scalars, self._reduce_over(), skip)
+        total = _all_reduced_total(_sum_by_process_groups(values))
+        if not skip:
+            self.last_penalty = total if total is not None else self._zero()
+
+    def _unscale(self, grad_scale: torch.Tensor) -> None:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, grad_scale.double().reciprocal().float())
+
+    def _clip(self) -> None:
+        """Two-pass clipping: the norm, then every gradient scaled (torch's clip_grad_norm_ semantics)."""
+        if self.max_grad_norm is None:
+            return
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if _dtensor_type() is not None and any(isinstance(p, _dtensor_type()) for p in params):
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            return
+        norm = fused_step.grad_norm(self.optimizer, None, self._reduce_over())
+        if params:
+            grads = [p.grad for p in params]
+            torch._foreach_mul_(grads, fused_step.clip_coefficient(norm, self.max_grad_norm).to(grads[0].dtype))
+        self.last_grad_norm = norm
 
     def _penalized_closure(self, closure, coefficients):
         decay_pending = True
@@ -326,6 +424,7 @@ class Penalized(torch.optim.Optimizer):
         def penalized_closure():
             nonlocal decay_pending
             loss = closure()
+            self._clip()
             if self.decoupled:
                 if decay_pending:
                     self.last_penalty = self._apply_penalty(coefficients)
@@ -431,5 +530,5 @@ class Penalized(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return (
             f"Penalized(l2={self.defaults['l2']}, l1={self.defaults['l1']}, decoupled={self.decoupled}, "
-            f"schedule={self.schedule!r}) wrapping {self.optimizer!r}"
+            f"schedule={self.schedule!r}, fused={self.fused}) wrapping {self.optimizer!r}"
         )

@@ -104,3 +104,96 @@ def decay_(params, factors, l2) -> torch.Tensor:
         if fraction != 0.0:
             w.copy_(w.to(opmath_dtype(w.dtype)) * (1.0 - fraction))
     return value
+
+
+# The penalized optimizer steps: torch.optim's for-loop Adam / SGD, written with the same torch ops
+# (lerp_, add(alpha=), addcmul_, addcdiv_), in the op-math dtype of the parameters (the state is
+# stored back in the parameter dtype).
+
+
+def _step_scalars(grad_scale, found_inf, clip) -> tuple[bool, float, float]:
+    """(skip, inv_scale, clip) read on the host: the reference may synchronise."""
+    skip = found_inf is not None and float(found_inf) != 0.0
+    inv_scale = float(torch.tensor(1.0 / float(grad_scale), dtype=torch.float32)) if grad_scale is not None else 1.0
+    return skip, inv_scale, 1.0 if clip is None else float(clip)
+
+
+def _op_grad(w, g, inv_scale, clip, maximize, l2, l1):
+    """((g * inv_scale) * clip), negated under maximize, plus l2 * w + l1 * sign(w); all in op math."""
+    g = g.to(opmath_dtype(g.dtype)) * inv_scale * clip
+    if maximize:
+        g = -g
+    if l2 != 0.0:
+        g = g.add(w, alpha=l2)
+    if l1 != 0.0:
+        g = g + l1 * torch.sign(w)
+    return g
+
+
+def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1, decay,
+               value_l2, maximize, grad_scale, found_inf, clip) -> torch.Tensor:
+    from . import optim_checks
+
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    if max_exp_avg_sqs:
+        states["max_exp_avg_sqs"] = max_exp_avg_sqs
+    coeffs = {"beta1": beta1, "beta2": beta2, "eps": eps, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    optim_checks.check_step_args(params, grads, states, steps, coeffs,
+                                 {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    n = len(params)
+    ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
+    value = _penalty_value([w.detach() for w in params], ex["value_l2"], ex["l1"])
+    skip, inv_scale, clip_value = _step_scalars(grad_scale, found_inf, clip)
+    if skip:
+        return value
+    for i, w in enumerate(params):
+        steps[i].add_(1)
+        step = float(steps[i])
+        op = opmath_dtype(w.dtype)
+        wi = w.to(op)
+        g = _op_grad(wi, grads[i], inv_scale, clip_value, maximize, ex["l2"][i], ex["l1"][i])
+        wi = wi * (1.0 - ex["decay"][i])
+        b1, b2 = ex["beta1"][i], ex["beta2"][i]
+        m = exp_avgs[i].to(op).lerp_(g, 1.0 - b1)
+        v = exp_avg_sqs[i].to(op).mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        v_hat = v
+        if max_exp_avg_sqs:
+            v_hat = torch.maximum(max_exp_avg_sqs[i].to(op), v)
+            max_exp_avg_sqs[i].copy_(v_hat)
+        step_size = ex["lr"][i] / (1.0 - b1**step)
+        denom = v_hat.sqrt() / (1.0 - b2**step) ** 0.5 + ex["eps"][i]
+        w.copy_(wi.addcdiv_(m, denom, value=-step_size))
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)
+    return value
+
+
+def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
+              maximize, grad_scale, found_inf, clip) -> torch.Tensor:
+    from . import optim_checks
+
+    states = {"momentum_buffers": momentum_buffers} if momentum_buffers else {}
+    coeffs = {"momentum": momentum, "dampening": dampening, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    optim_checks.check_step_args(params, grads, states, None, coeffs,
+                                 {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    n = len(params)
+    ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
+    fresh = list(fresh) * n if len(fresh) == 1 else list(fresh)
+    value = _penalty_value([w.detach() for w in params], ex["value_l2"], ex["l1"])
+    skip, inv_scale, clip_value = _step_scalars(grad_scale, found_inf, clip)
+    if skip:
+        return value
+    for i, w in enumerate(params):
+        op = opmath_dtype(w.dtype)
+        wi = w.to(op)
+        g = _op_grad(wi, grads[i], inv_scale, clip_value, maximize, ex["l2"][i], ex["l1"][i])
+        wi = wi * (1.0 - ex["decay"][i])
+        if momentum_buffers:
+            mu = ex["momentum"][i]
+            buf = g if fresh[i] else momentum_buffers[i].to(op).mul_(mu).add_(g, alpha=1.0 - ex["dampening"][i])
+            momentum_buffers[i].copy_(buf)
+            g = g.add(buf, alpha=mu) if nesterov else buf
+        w.copy_(wi.add_(g, alpha=-ex["lr"][i]))
+    return value

@@ -286,3 +286,76 @@ def test_finish_kernels_fold_in_the_shared_order():
     xs = [torch.tensor([BIG], dtype=torch.float64)] + [torch.ones(1, dtype=torch.float64)] * 300
     values = [BIG] + [1.0] * 300
     assert emu.l1_norm(xs, [1.0], False).item() == fold_block_order(values) != left_to_right(values)
+
+
+# The optimizer steps (adam_step_, sgd_step_): two steps each (SGD's fresh buffer, then its update;
+# Adam's counter at 1, then 2), with the GradScaler scale and the clip coefficient as device scalars;
+# then a step with found_inf set, which must write nothing and leave the counters alone.
+STEP_SIZES = [0, 1, 7, 1000, CHUNK + 9]  # zero-size, packs with tails, two chunks
+STEP_TOL = {torch.float32: 1e-6, torch.float64: 1e-14, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def _adam(impl, ps, gs, state, scalars, amsgrad=False, maximize=False):
+    return impl.adam_step_(ps, gs, state[0], state[1], state[2] if amsgrad else [], state[3], [1e-2], [0.9],
+                           [0.99], [1e-8], [0.0, 0.1, 0.0, 1e-2, 0.2], [1e-3], [0.0, 0.0, 1e-3, 0.0, 1e-3],
+                           [0.1], maximize, *scalars)
+
+
+def _sgd(impl, ps, gs, state, scalars, k, nesterov=False, momentum=True):
+    return impl.sgd_step_(ps, gs, state[0] if momentum else [], [1e-2, 2e-2, 1e-2, 1e-2, 3e-2], [0.9], [0.1],
+                          [int(k == 0)], [0.1], [0.0, 1e-3, 0.0, 0.0, 1e-3], [0.0], [0.1], nesterov, False, *scalars)
+
+
+STEP_CASES = {
+    "adam": lambda impl, ps, gs, st, sc, k: _adam(impl, ps, gs, st, sc),
+    "adam-amsgrad-maximize": lambda impl, ps, gs, st, sc, k: _adam(impl, ps, gs, st, sc, amsgrad=True, maximize=True),
+    "sgd-nesterov": lambda impl, ps, gs, st, sc, k: _sgd(impl, ps, gs, st, sc, k, nesterov=True),
+    "sgd-plain": lambda impl, ps, gs, st, sc, k: _sgd(impl, ps, gs, st, sc, k, momentum=False),
+}
+
+
+def _step_run(impl, case, dtype, skip_last):
+    params = random_tensors(STEP_SIZES, dtype, "cpu", seed=21)
+    state = [random_tensors(STEP_SIZES, dtype, "cpu", seed=22 + j) for j in range(3)]
+    state[1] = [s.abs() for s in state[1]]  # exp_avg_sq >= 0
+    state.append([torch.tensor(float(k), dtype=torch.float32 if k else torch.float64) for k in range(len(params))])
+    values = []
+    for k in range(3 if skip_last else 2):
+        grads = [g * 64.0 for g in random_tensors(STEP_SIZES, dtype, "cpu", seed=30 + k)]
+        found_inf = torch.tensor([float(k == 2)])
+        scalars = (torch.tensor(64.0), found_inf, torch.tensor(0.75, dtype=torch.float64))
+        values.append(STEP_CASES[case](impl, params, grads, state, scalars, k))
+    return params, state, values
+
+
+# Every dtype for the two main rules; the variants in float32 and bfloat16 (the harness is slow).
+STEP_RUNS = [(case, dtype) for case in ("adam", "sgd-nesterov") for dtype in DTYPES] + [
+    (case, dtype) for case in ("adam-amsgrad-maximize", "sgd-plain") for dtype in (torch.float32, torch.bfloat16)
+]
+
+
+@pytest.mark.parametrize("case, dtype", STEP_RUNS)
+def test_optimizer_steps_match_reference(case, dtype):
+    got = _step_run(emu, case, dtype, skip_last=dtype == torch.float32)
+    want = _step_run(reference, case, dtype, skip_last=dtype == torch.float32)
+    tol = STEP_TOL[dtype]
+    for got_list, want_list in zip([got[0]] + got[1], [want[0]] + want[1]):
+        for g, w in zip(got_list, want_list):
+            assert g.dtype == w.dtype
+            scale = w.double().abs().max().item() if w.numel() else 0.0  # (exceptions abort under ASan)
+            torch.testing.assert_close(g.double(), w.double(), rtol=tol, atol=tol * scale)
+    for g, w in zip(got[2], want[2]):
+        assert_sums_close(g, w, dtype)
+
+
+def test_optimizer_step_skipped_by_found_inf_writes_nothing():
+    params = random_tensors([CHUNK + 3], torch.float32, "cpu", seed=40)
+    before = [p.clone() for p in params]
+    grads = random_tensors([CHUNK + 3], torch.float32, "cpu", seed=41)
+    state = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    steps = [torch.tensor(4.0)]
+    value = emu.adam_step_(params, grads, *state, [], steps, [1e-2], [0.9], [0.99], [1e-8], [0.1], [0.0], [0.0], [0.1],
+                           False, None, torch.tensor(1.0), None)
+    assert torch.equal(params[0], before[0]) and steps[0].item() == 4.0
+    assert not any(s.any() for lst in state for s in lst)
+    assert_sums_close(value, reference.penalty(before, [0.1], [0.0]), torch.float32)

@@ -44,6 +44,7 @@ def test_train_prints_test_bleu_and_writes_the_run_directory(trained):
     assert "test BLEU" in proc.stdout and "nrefs:1|case:mixed" in proc.stdout
     log = (run_dir / "train.log").read_text()
     assert "tok/s" in log and "valid step 4" in log
+    assert "optimizer step: one pass (penalty, clipping and update fused), gradient norm clipped to 1.0" in log
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["model"]["d_model"] == 32 and saved["train"]["max_steps"] == 4  # file and flags both applied
     assert json.loads((run_dir / "results.json").read_text())["step"] == 4

@@ -29,11 +29,15 @@ def test_optimizer_step_equals_adam_on_penalised_gradients(l2, l1):
     adam = torch.optim.Adam(reference.parameters(), lr=1e-2, betas=cfg.train.adam_betas, eps=cfg.train.adam_eps)
     decayed = {"0.weight", "2.weight"}  # biases and the layer norm are exempt
     g = torch.Generator().manual_seed(1)
+    assert optimizer.max_grad_norm == cfg.train.clip_norm  # clipping goes into the optimizer's step
     for _ in range(3):
-        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        for p, q in zip(model.parameters(), reference.parameters()):
             grad = torch.randn(p.shape, generator=g)
-            p.grad = grad.clone()
-            q.grad = grad + (l2 * q.detach() + l1 * q.detach().sign() if name in decayed else 0.0)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), cfg.train.clip_norm)  # then the penalty, as weight_decay
+        for name, q in reference.named_parameters():
+            if name in decayed:
+                q.grad += l2 * q.detach() + l1 * q.detach().sign()
         optimizer.step()
         adam.step()
     for p, q in zip(model.parameters(), reference.parameters()):

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "optim_step.h"
 
 namespace l2fast {
 namespace {
@@ -48,6 +49,16 @@ at::Tensor decay_(at::TensorList params, c10::ArrayRef<double> factors, c10::Arr
   return empty_sum(params, /*per_tensor=*/false);
 }
 
+// The optimizer steps: their entry points check the arguments, then this Kernels gives the empty sum.
+struct NoBackendStepKernels {
+  static void none(const StepArgs& args, at::Tensor& result) {
+    empty_sum(args.params, /*per_tensor=*/false);  // refuses a device without kernels
+    result.zero_();
+  }
+  static void adam_step(const StepArgs& args, at::Tensor& result) { none(args, result); }
+  static void sgd_step(const StepArgs& args, at::Tensor& result) { none(args, result); }
+};
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(l2fast, CompositeExplicitAutograd, m) {
@@ -57,6 +68,7 @@ TORCH_LIBRARY_IMPL(l2fast, CompositeExplicitAutograd, m) {
   m.impl("penalty_grad", &penalty_grad);
   m.impl("add_penalty_grad_", &add_penalty_grad_);
   m.impl("decay_", &decay_);
+  StepEntryPoints<NoBackendStepKernels>::register_all(m);
 }
 
 }  // namespace l2fast

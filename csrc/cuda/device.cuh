@@ -42,6 +42,7 @@ constexpr unsigned kFullMask = 0xffffffffu;
 enum DType : int32_t { kF32, kF64, kF16, kBF16 };
 
 struct TensorMeta {
+  static constexpr int kPerLaunch = 448;  // tensors per LaunchTable: fits CUDA's parameter limit
   const void* x;    // the tensor read (params)
   void* y;          // the tensor written, when there is one (grads, outputs, x itself for decay)
   int64_t length;   // elements this op visits: numel, or 0 when the tensor takes no part
@@ -51,18 +52,21 @@ struct TensorMeta {
   int32_t vectorized;  // x and y are 16-byte aligned: whole chunks move in 16-byte packs
 };
 
-// Up to kTensorsPerLaunch consecutive tensors of one op call, with their chunk counts as a prefix
+// Up to Meta::kPerLaunch consecutive tensors of one op call, with their chunk counts as a prefix
 // sum: block b of the launch works on chunk b - chunk_end[t - 1] of the tensor t with
-// chunk_end[t - 1] <= b < chunk_end[t]. Sized to fit CUDA's 32,764-byte parameter limit.
-constexpr int kTensorsPerLaunch = 448;
+// chunk_end[t - 1] <= b < chunk_end[t]. Sized to fit CUDA's 32,764-byte parameter limit. Meta is
+// TensorMeta, or a type derived from it for an op that needs more per tensor (the optimizer step).
+template <class Meta = TensorMeta>
 struct LaunchTable {
   int64_t first_tensor;   // index of metas[0] in the op's tensor list
   int64_t first_partial;  // index of this launch's first chunk among all chunks of the op call
   int64_t count;          // tensors in this launch
-  int64_t chunk_end[kTensorsPerLaunch];
-  TensorMeta metas[kTensorsPerLaunch];
+  int64_t chunk_end[Meta::kPerLaunch];
+  Meta metas[Meta::kPerLaunch];
 };
-static_assert(sizeof(LaunchTable) + 64 <= 32764, "a launch table must fit in the kernel parameters");
+constexpr int kTensorsPerLaunch = TensorMeta::kPerLaunch;
+constexpr bool fits_kernel_parameters(size_t table_bytes) { return table_bytes + 64 <= 32764; }
+static_assert(fits_kernel_parameters(sizeof(LaunchTable<>)), "a launch table must fit in the kernel parameters");
 
 // The chunk a block owns: tensor t of the table, elements [begin, begin + len).
 struct ChunkSpan {
@@ -71,11 +75,13 @@ struct ChunkSpan {
   int len;
 };
 
-C10_HOST_DEVICE inline int64_t chunk_begin(const LaunchTable& table, int64_t t) {
+template <class Meta>
+C10_HOST_DEVICE inline int64_t chunk_begin(const LaunchTable<Meta>& table, int64_t t) {
   return t == 0 ? 0 : table.chunk_end[t - 1];
 }
 
-C10_HOST_DEVICE inline ChunkSpan locate_chunk(const LaunchTable& table, int64_t block) {
+template <class Meta>
+C10_HOST_DEVICE inline ChunkSpan locate_chunk(const LaunchTable<Meta>& table, int64_t block) {
   int64_t lo = 0, hi = table.count - 1;  // the first t with block < chunk_end[t]
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
@@ -118,8 +124,8 @@ struct Sums {
 
 // This thread's share of elements [begin, begin + len) of one tensor, N elements per pack. All loads
 // of kUnroll packs are issued before any is used, so memory requests overlap even when the op writes.
-template <typename T, int N, class Op>
-__device__ __forceinline__ void walk(const Op& op, const TensorMeta& m, int64_t begin, int len, Sums& sums) {
+template <typename T, int N, class Op, class Meta>
+__device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin, int len, Sums& sums) {
   using Item = typename Op::template Item<T, N>;
   const int packs = len / N;
   for (int p0 = threadIdx.x; p0 < packs; p0 += kThreads * kUnroll) {
@@ -137,8 +143,8 @@ __device__ __forceinline__ void walk(const Op& op, const TensorMeta& m, int64_t 
   }
 }
 
-template <typename T, class Op>
-__device__ __forceinline__ void run_chunk(const Op& op, const TensorMeta& m, const ChunkSpan& c, Sums& sums) {
+template <typename T, class Op, class Meta>
+__device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const ChunkSpan& c, Sums& sums) {
   constexpr int N = 16 / sizeof(T);
   // Chunk starts are multiples of kChunk, so an aligned tensor gives aligned packs.
   const int vector_len = m.vectorized ? c.len / N * N : 0;
@@ -165,12 +171,12 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
 
 // One block per chunk: runs op over it and, when the op reduces, writes the chunk's partial sums.
 template <class Op>
-__global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONST(LaunchTable) table,
+__global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONST(LaunchTable<typename Op::Meta>) table,
                                                          double2* partials) {
   const ChunkSpan c = locate_chunk(table, blockIdx.x);
-  const TensorMeta& m = table.metas[c.tensor];
+  const typename Op::Meta& m = table.metas[c.tensor];
   Op local = op;
-  local.bind();
+  local.bind(m);
   Sums sums;
   switch (m.dtype) {
     case kF32: run_chunk<float>(local, m, c, sums); break;
@@ -189,8 +195,8 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONS
 
 // One warp per tensor of the table: its chunk partials folded in fold_warp_order, then weighted.
 // The value goes to per_tensor_out (cast to the result dtype) when that is given, else to values.
-template <typename Out>
-__global__ void __launch_bounds__(kThreads) tensor_values_kernel(L2FAST_GRID_CONST(LaunchTable) table,
+template <typename Out, class Meta>
+__global__ void __launch_bounds__(kThreads) tensor_values_kernel(L2FAST_GRID_CONST(LaunchTable<Meta>) table,
                                                                  const double2* partials, Out* per_tensor_out,
                                                                  double* values) {
   const int64_t t = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarpLanes;

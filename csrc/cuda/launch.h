@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "../common/optim_step.h"
 #include "../common/plan.h"
 #include "device.cuh"
 #include "op_functors.cuh"
@@ -41,15 +42,16 @@ inline TensorMeta make_meta(const at::Tensor& x, void* y, Weights weights, doubl
   return {xp, y, takes_part ? x.numel() : 0, weights, multiplier, dtype_code(x.scalar_type()), vectorized ? 1 : 0};
 }
 
-// The op's tensors cut into launch tables of at most kTensorsPerLaunch consecutive tensors each.
-inline std::vector<LaunchTable> plan_launches(const std::vector<TensorMeta>& metas) {
-  std::vector<LaunchTable> tables;
+// The op's tensors cut into launch tables of at most Meta::kPerLaunch consecutive tensors each.
+template <class Meta>
+std::vector<LaunchTable<Meta>> plan_launches(const std::vector<Meta>& metas) {
+  std::vector<LaunchTable<Meta>> tables;
   int64_t partials = 0;
-  for (size_t first = 0; first < metas.size(); first += kTensorsPerLaunch) {
-    LaunchTable& table = tables.emplace_back();
+  for (size_t first = 0; first < metas.size(); first += Meta::kPerLaunch) {
+    LaunchTable<Meta>& table = tables.emplace_back();
     table.first_tensor = static_cast<int64_t>(first);
     table.first_partial = partials;
-    table.count = std::min<int64_t>(kTensorsPerLaunch, static_cast<int64_t>(metas.size() - first));
+    table.count = std::min<int64_t>(Meta::kPerLaunch, static_cast<int64_t>(metas.size() - first));
     int64_t chunks = 0;
     for (int64_t t = 0; t < table.count; ++t) {
       table.metas[t] = metas[first + t];
@@ -61,16 +63,20 @@ inline std::vector<LaunchTable> plan_launches(const std::vector<TensorMeta>& met
   return tables;
 }
 
-inline int64_t chunks_in(const LaunchTable& table) { return table.count == 0 ? 0 : table.chunk_end[table.count - 1]; }
+template <class Meta>
+int64_t chunks_in(const LaunchTable<Meta>& table) {
+  return table.count == 0 ? 0 : table.chunk_end[table.count - 1];
+}
 
-// Runs op over every chunk of every tensor. When the op reduces, also fills `result`: one value per
-// tensor (per_tensor) or their sum. An empty list or a list with nothing to visit launches no chunk
-// kernel (CUDA refuses a grid of zero blocks) and still writes its zeros.
+// Runs op over every chunk of every tensor of the tables (n tensors in all). When the op reduces,
+// also fills `result`: one value per tensor (per_tensor) or their sum. A list with nothing to visit
+// launches no chunk kernel (CUDA refuses a grid of zero blocks) and still writes its zeros.
 template <class Device, class Op>
-void run(const Device& device, const Op& op, const std::vector<TensorMeta>& metas, at::Tensor* result,
-         bool per_tensor) {
+void run_tables(const Device& device, const Op& op, const std::vector<LaunchTable<typename Op::Meta>>& tables,
+                int64_t n, at::Tensor* result, bool per_tensor) {
+  using Table = LaunchTable<typename Op::Meta>;
+  static_assert(sizeof(Op) + sizeof(Table) + sizeof(double2*) <= 32764, "chunk_kernel's parameters exceed CUDA's limit");
   TORCH_INTERNAL_ASSERT(Op::kReduces == (result != nullptr));
-  const std::vector<LaunchTable> tables = plan_launches(metas);
   const int64_t chunks = tables.empty() ? 0 : tables.back().first_partial + chunks_in(tables.back());
   TORCH_CHECK(chunks <= std::numeric_limits<int32_t>::max(), "l2fast: ", chunks, " chunks exceed one CUDA grid");
   at::Tensor partials;
@@ -79,20 +85,25 @@ void run(const Device& device, const Op& op, const std::vector<TensorMeta>& meta
     partials = device.empty(2 * chunks, at::kDouble);
     partial_ptr = reinterpret_cast<double2*>(partials.template data_ptr<double>());
   }
-  for (const LaunchTable& table : tables)
+  for (const Table& table : tables)
     if (chunks_in(table) > 0) device.launch(&chunk_kernel<Op>, chunks_in(table), op, table, partial_ptr);
   if (!Op::kReduces) return;
 
-  const auto n = static_cast<int64_t>(metas.size());
   at::Tensor values = per_tensor ? at::Tensor() : device.empty(std::max<int64_t>(n, 1), at::kDouble);
   double* value_ptr = per_tensor ? nullptr : values.template data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(result->scalar_type(), "l2fast_finish", [&] {
     scalar_t* out = result->template data_ptr<scalar_t>();
-    for (const LaunchTable& table : tables)
-      device.launch(&tensor_values_kernel<scalar_t>, (table.count + kWarps - 1) / kWarps, table,
+    for (const Table& table : tables)
+      device.launch(&tensor_values_kernel<scalar_t, typename Op::Meta>, (table.count + kWarps - 1) / kWarps, table,
                     static_cast<const double2*>(partial_ptr), per_tensor ? out : nullptr, value_ptr);
     if (!per_tensor) device.launch(&total_kernel<scalar_t>, 1, static_cast<const double*>(value_ptr), n, out);
   });
+}
+
+template <class Device, class Op>
+void run(const Device& device, const Op& op, const std::vector<TensorMeta>& metas, at::Tensor* result,
+         bool per_tensor) {
+  run_tables(device, op, plan_launches(metas), static_cast<int64_t>(metas.size()), result, per_tensor);
 }
 
 // Metadata of params[i] (read) with outs[i] (written; none when outs is empty) and the weights of
@@ -134,6 +145,82 @@ struct DeviceKernels {
                                 factors[i] != 0.0 || weights[i].any()));
     }
     run(Device(result.device()), ScaleOp{}, metas, &result, false);
+  }
+};
+
+// The device scalars of a step as the double[3] StepOp reads (see StepScalar), formed on the device
+// by copies that convert: the host never reads them.
+template <class Device>
+at::Tensor step_scalars(const Device& device, const StepScalars& s) {
+  at::Tensor out = device.empty(3, at::kDouble);
+  const auto put = [&](StepScalar k, const std::optional<at::Tensor>& t, double absent) {
+    if (t) out.select(0, k).copy_(t->reshape({}));
+    else out.select(0, k).fill_(absent);
+  };
+  put(kGradScale, s.grad_scale, 1.0);
+  put(kFoundInf, s.found_inf, 0.0);
+  put(kClip, s.clip, 1.0);
+  return out;
+}
+
+// Metadata of tensor i of a step: packs only where w, g and every state tensor are 16-byte aligned.
+inline StepMeta step_meta(const StepArgs& args, size_t i) {
+  const at::Tensor& w = args.params[i];
+  StepMeta m{};
+  static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], 1.0, /*takes_part=*/true);
+  m.grad = args.grads[i].const_data_ptr();
+  bool aligned = m.vectorized && aligned16(m.grad);
+  for (size_t k = 0; k < args.states.size(); ++k) {
+    m.state[k] = args.states[k][i].data_ptr();
+    aligned = aligned && aligned16(m.state[k]);
+  }
+  m.vectorized = aligned ? 1 : 0;
+  m.hyper = args.hyper[i];
+  if (i < args.steps.size()) {
+    const at::Tensor& step = args.steps[i];
+    TORCH_CHECK(step.device() == w.device(), "l2fast: steps[", i, "] is on ", step.device(), " but params[", i,
+                "] is on ", w.device(), "; on this device the step counters live beside the parameters, as torch's "
+                "fused Adam keeps them");
+    m.step = step.data_ptr();
+    m.step_is_double = step.scalar_type() == at::kDouble ? 1 : 0;
+  }
+  return m;
+}
+
+// Runs one optimizer step: Adam's counters first (when it has them), then one chunk kernel pass that
+// updates every tensor and sums the penalty value, then the finish kernels.
+template <class Device, class Rule>
+void run_step(const StepArgs& args, at::Tensor& result) {
+  if (args.params.empty()) {  // reached only through a device scalar: the empty sum, nothing to launch
+    result.zero_();
+    return;
+  }
+  const Device device(args.params[0].device());
+  const at::Tensor scalars = step_scalars(device, args.scalars);
+  StepOp<Rule> op;
+  op.scalars = scalars.const_data_ptr<double>();
+  op.maximize = args.maximize;
+  std::vector<StepMeta> metas;
+  for (size_t i = 0; i < args.params.size(); ++i) metas.push_back(step_meta(args, i));
+  const auto tables = plan_launches(metas);
+  if (!args.steps.empty())
+    for (const auto& table : tables)
+      device.launch(&count_steps_kernel, (table.count + kThreads - 1) / kThreads, table, op.scalars);
+  run_tables(device, op, tables, static_cast<int64_t>(metas.size()), &result, /*per_tensor=*/false);
+}
+
+// The Kernels of StepEntryPoints (csrc/common/optim_step.h) for any Device.
+template <class Device>
+struct DeviceStepKernels {
+  static void adam_step(const StepArgs& args, at::Tensor& result) {
+    if (args.states.size() == 3) run_step<Device, AdamRule<true>>(args, result);
+    else run_step<Device, AdamRule<false>>(args, result);
+  }
+
+  static void sgd_step(const StepArgs& args, at::Tensor& result) {
+    if (args.states.empty()) run_step<Device, SgdRule<false, false>>(args, result);
+    else if (args.nesterov) run_step<Device, SgdRule<true, true>>(args, result);
+    else run_step<Device, SgdRule<true, false>>(args, result);
   }
 };
 

@@ -1,9 +1,13 @@
 // The per-pack work of every CUDA op, run by chunk_kernel (device.cuh). Like device.cuh, compiled
 // by nvcc and, unchanged, by the host SIMT harness.
 //
-// An op provides: kReduces (whether its chunks write partial sums), bind() (per-thread set-up, run
-// once before the first pack), Item<T, N> (what one pack's loads hold), load() and apply().
+// An op provides: Meta (what it knows per tensor: TensorMeta or a type derived from it), kReduces
+// (whether its chunks write partial sums), bind(meta) (per-thread set-up, run once before the first
+// pack), Item<T, N> (what one pack's loads hold), load() and apply().
 #pragma once
+#include <type_traits>
+
+#include "../common/optim_math.h"
 #include "device.cuh"
 
 namespace l2fast::cuda {
@@ -15,11 +19,12 @@ __device__ __forceinline__ at::opmath_type<T> to_op(T v) {
 
 // The loads of an op that reads x alone.
 struct ReadsX {
+  using Meta = TensorMeta;
   template <typename T, int N>
   struct Item {
     Pack<T, N> x;
   };
-  __device__ void bind() {}
+  __device__ void bind(const TensorMeta&) {}
   template <typename T, int N>
   __device__ Item<T, N> load(const TensorMeta& m, int64_t i) const {
     return {load_pack<T, N>(m.x, i)};
@@ -40,6 +45,7 @@ struct ReduceOp : ReadsX {
 // optimizer's add_penalty_grad_) also sums x for the penalty value; the autograd backward does not.
 template <bool kAccumulate>
 struct PenaltyGradOp {
+  using Meta = TensorMeta;
   static constexpr bool kReduces = kAccumulate;
   const double* scale_ptr = nullptr;  // device scalar, read once per thread when !kAccumulate
   double scale = 1.0;
@@ -47,7 +53,7 @@ struct PenaltyGradOp {
   struct Item {
     Pack<T, N> x, y;
   };
-  __device__ void bind() {
+  __device__ void bind(const TensorMeta&) {
     if (!kAccumulate) scale = *scale_ptr;
   }
   template <typename T, int N>
@@ -89,6 +95,137 @@ struct ScaleOp : ReadsX {
       out.v[j] = static_cast<T>(x * factor);
     }
     store_pack<T, N>(m.y, i, out);
+  }
+};
+
+// The optimizer steps (adam_step_, sgd_step_). Per tensor: w (x, written in place as y; weights:
+// the penalty value of the weights the step starts from), its gradient, its state tensors and its
+// step counter, with its hyperparameters.
+struct StepMeta : TensorMeta {
+  static constexpr int kPerLaunch = 150;  // ~190 bytes each: the table stays under the parameter limit
+  const void* grad;
+  void* state[3];  // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq; SGD: momentum_buffer
+  void* step;      // Adam's step counter on the device (float32 or float64); null for SGD
+  int32_t step_is_double;
+  StepHyper hyper;
+};
+static_assert(fits_kernel_parameters(sizeof(LaunchTable<StepMeta>)), "a step table must fit in the kernel parameters");
+
+// The three device scalars of a step, as a double[3]: GradScaler's scale (1 without one), found_inf
+// (0 without one) and the clip coefficient (1 without one). Read by every thread; never by the host.
+enum StepScalar : int { kGradScale, kFoundInf, kClip };
+
+// Adam's step counters: step += 1 unless found_inf is set, before the chunk kernel reads them (one
+// thread per tensor of the table; stream order makes the new values visible to the next launch).
+__global__ void __launch_bounds__(kThreads) count_steps_kernel(L2FAST_GRID_CONST(LaunchTable<StepMeta>) table,
+                                                               const double* scalars) {
+  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (t >= table.count || scalars[kFoundInf] != 0.0) return;
+  void* step = table.metas[t].step;
+  if (table.metas[t].step_is_double) *static_cast<double*>(step) += 1.0;
+  else *static_cast<float*>(step) += 1.0f;
+}
+
+// How Adam (amsgrad or not) updates one element: its state tensors and the per-tensor terms.
+template <bool kAmsgrad>
+struct AdamRule {
+  static constexpr int kStates = kAmsgrad ? 3 : 2;
+  template <typename Op>
+  using Terms = AdamTerms<Op>;
+  template <typename Op>
+  __device__ static Terms<Op> terms(const StepHyper& h, double step, bool maximize, Op inv_scale, Op clip) {
+    return adam_terms<Op>(h, step, maximize, inv_scale, clip);
+  }
+  template <typename Op>
+  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
+    adam_element<Op, kAmsgrad>(w, g, s[0], s[1], s[2], t);
+  }
+};
+
+// How SGD (with momentum or not, Nesterov or not) updates one element.
+template <bool kMomentum, bool kNesterov>
+struct SgdRule {
+  static constexpr int kStates = kMomentum ? 1 : 0;
+  template <typename Op>
+  using Terms = SgdTerms<Op>;
+  template <typename Op>
+  __device__ static Terms<Op> terms(const StepHyper& h, double, bool maximize, Op inv_scale, Op clip) {
+    return sgd_terms<Op>(h, maximize, inv_scale, clip);
+  }
+  template <typename Op>
+  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
+    sgd_element<Op, kMomentum, kNesterov>(w, g, s[0], t);
+  }
+};
+
+// One optimizer step over a chunk: reads w, g and the state once, sums the penalty value of w as the
+// weights ask, and (unless found_inf is set) writes the updated w and state once.
+template <class Rule>
+struct StepOp {
+  using Meta = StepMeta;
+  static constexpr bool kReduces = true;
+  const double* scalars = nullptr;  // double[3], see StepScalar
+  bool maximize = false;
+  bool skip = false;
+  typename Rule::template Terms<float> terms32{};  // float32, float16, bfloat16 tensors
+  typename Rule::template Terms<double> terms64{};
+
+  template <typename T, int N>
+  struct Item {
+    Pack<T, N> w, g, s[3];
+  };
+
+  // The terms of this thread's tensor, from its hyperparameters, its step counter and the scalars.
+  __device__ void bind(const StepMeta& m) {
+    skip = scalars[kFoundInf] != 0.0;
+    const double inv_scale = static_cast<float>(1.0 / scalars[kGradScale]);  // as GradScaler.unscale_ rounds it
+    const double step = m.step == nullptr ? 0.0
+                        : m.step_is_double ? *static_cast<const double*>(m.step)
+                                           : static_cast<double>(*static_cast<const float*>(m.step));
+    if (m.dtype == kF64) terms64 = Rule::template terms<double>(m.hyper, step, maximize, inv_scale, scalars[kClip]);
+    else terms32 = Rule::template terms<float>(m.hyper, step, maximize, static_cast<float>(inv_scale),
+                                               static_cast<float>(scalars[kClip]));
+  }
+
+  template <typename Op>
+  __device__ const typename Rule::template Terms<Op>& terms() const {
+    if constexpr (std::is_same_v<Op, double>) return terms64;
+    else return terms32;
+  }
+
+  template <typename T, int N>
+  __device__ Item<T, N> load(const StepMeta& m, int64_t i) const {
+    Item<T, N> item;
+    item.w = load_pack<T, N>(m.x, i);
+    if (skip) return item;
+    item.g = load_pack<T, N>(m.grad, i);
+#pragma unroll
+    for (int k = 0; k < Rule::kStates; ++k) item.s[k] = load_pack<T, N>(m.state[k], i);
+    return item;
+  }
+
+  template <typename T, int N>
+  __device__ void apply(const StepMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
+    using Op = at::opmath_type<T>;
+#pragma unroll
+    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.w.v[j])));
+    if (skip) return;
+    const auto& t = terms<Op>();
+    Item<T, N> out;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      Op w = to_op(item.w.v[j]);
+      Op s[3] = {};
+#pragma unroll
+      for (int k = 0; k < Rule::kStates; ++k) s[k] = to_op(item.s[k].v[j]);
+      Rule::element(w, to_op(item.g.v[j]), s, t);
+      out.w.v[j] = static_cast<T>(w);
+#pragma unroll
+      for (int k = 0; k < Rule::kStates; ++k) out.s[k].v[j] = static_cast<T>(s[k]);
+    }
+    store_pack<T, N>(m.y, i, out.w);
+#pragma unroll
+    for (int k = 0; k < Rule::kStates; ++k) store_pack<T, N>(m.state[k], i, out.s[k]);
   }
 };
 

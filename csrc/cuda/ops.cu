@@ -1,5 +1,6 @@
-// CUDA kernels of every l2fast op: launch.h's host path with a Device that launches on the current
-// stream of the tensors' GPU. The device code is in device.cuh and op_functors.cuh.
+// CUDA kernels of every l2fast op, the optimizer steps included: launch.h's host path with a Device
+// that launches on the current stream of the tensors' GPU. The device code is in device.cuh and
+// op_functors.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -7,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../common/entry_points.h"
+#include "../common/optim_step.h"
 #include "launch.h"
 
 namespace l2fast::cuda {
@@ -37,7 +39,10 @@ class CudaDevice {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(l2fast, CUDA, m) { EntryPoints<DeviceKernels<CudaDevice>>::register_all(m); }
+TORCH_LIBRARY_IMPL(l2fast, CUDA, m) {
+  EntryPoints<DeviceKernels<CudaDevice>>::register_all(m);
+  StepEntryPoints<DeviceStepKernels<CudaDevice>>::register_all(m);
+}
 // Sparse inputs reach the entry points only to be refused by check_tensors with a clear message.
 TORCH_LIBRARY_IMPL(l2fast, SparseCUDA, m) { EntryPoints<DeviceKernels<CudaDevice>>::register_all(m); }
 

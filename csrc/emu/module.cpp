@@ -16,6 +16,7 @@
 #include "simt.h"
 // simt.h first: it defines the CUDA keywords the device code below is written in.
 #include "../common/entry_points.h"
+#include "../common/optim_step.h"
 #include "../cuda/launch.h"
 
 namespace l2fast::emu {
@@ -57,6 +58,7 @@ class EmuDevice {
 
 using Kernels = cuda::DeviceKernels<EmuDevice>;
 using Entry = EntryPoints<Kernels>;
+using StepEntry = StepEntryPoints<cuda::DeviceStepKernels<EmuDevice>>;
 
 // ASan poison on the bytes of each tensor: any read or write of them aborts with a report.
 void set_poisoned(const std::vector<at::Tensor>& tensors, bool poisoned) {
@@ -105,6 +107,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return Entry::add_penalty_grad_(ps, gs, l2, l1);
   });
   m.def("decay_", [](const Tensors& ps, const Doubles& f, const Doubles& l2) { return Entry::decay_(ps, f, l2); });
+  using Scalar = std::optional<at::Tensor>;
+  m.def("adam_step_", [](const Tensors& ps, const Tensors& gs, const Tensors& m1, const Tensors& m2, const Tensors& m2_max,
+                         const Tensors& steps, const Doubles& lr, const Doubles& beta1, const Doubles& beta2,
+                         const Doubles& eps, const Doubles& l2, const Doubles& l1, const Doubles& decay,
+                         const Doubles& value_l2, bool maximize, const Scalar& grad_scale, const Scalar& found_inf,
+                         const Scalar& clip) {
+    return StepEntry::adam_step_(ps, gs, m1, m2, m2_max, steps, lr, beta1, beta2, eps, l2, l1, decay, value_l2, maximize,
+                                 grad_scale, found_inf, clip);
+  });
+  m.def("sgd_step_", [](const Tensors& ps, const Tensors& gs, const Tensors& bufs, const Doubles& lr,
+                        const Doubles& momentum, const Doubles& dampening, const std::vector<int64_t>& fresh,
+                        const Doubles& l2, const Doubles& l1, const Doubles& decay, const Doubles& value_l2,
+                        bool nesterov, bool maximize, const Scalar& grad_scale, const Scalar& found_inf,
+                        const Scalar& clip) {
+    return StepEntry::sgd_step_(ps, gs, bufs, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
+                                maximize, grad_scale, found_inf, clip);
+  });
   // The Kernels alone, into results the caller allocates: the launch path for lists of any length,
   // empty ones included, whatever the entry points do before it.
   m.def("kernels_reduce", [](const Tensors& xs, const Doubles& l2, const Doubles& l1, bool per_tensor, at::Tensor result) {

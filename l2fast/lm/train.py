@@ -1,8 +1,8 @@
 """Language-model training: data and tokenizer, the update step, validation, checkpoints, final test.
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (the shared recipe of
-``l2fast.trainer.recipe``), gradient clipping through the fused norm op. A run directory holds
-everything a run makes: ``tokenizer.model`` (sentencepiece), ``latest.pt`` / ``best.pt``,
+``l2fast.trainer.recipe``), gradient clipping inside the optimizer step (``max_grad_norm``). A run
+directory holds everything a run makes: ``tokenizer.model`` (sentencepiece), ``latest.pt`` / ``best.pt``,
 ``metrics.jsonl``, ``metrics.png``, ``train.log``, ``config.json`` and ``results.json``.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Training: data and tokenizer preparation, the update step, validation, checkpoints, final test.
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (biases and norm weights
-exempt), gradient clipping through the fused norm op. A run directory holds everything a run makes:
+exempt), gradient clipping inside the optimizer step (``max_grad_norm``). A run directory holds
+everything a run makes:
 tokenizer, ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``train.log``,
 ``results.json`` and the test translations.
 """

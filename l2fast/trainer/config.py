@@ -45,7 +45,7 @@ COMMON_OPTIONS = {
     "min_lr": ("learning rate floor reached by the cosine schedule at --max-steps", None),
     "adam_betas": ("Adam beta1 beta2", None),
     "adam_eps": ("Adam epsilon", None),
-    "clip_norm": ("clip the global gradient norm to this (fused norm op; 0 = off)", None),
+    "clip_norm": ("clip the global gradient norm to this (inside the optimizer step; 0 = off)", None),
     "precision": ("autocast dtype: auto = bf16 on GPUs (fp16 where bf16 is missing); on CPUs with native bf16 "
                   "(AVX512-BF16, AMX) the faster of bf16 and fp32 in a timed probe, else fp32",
                   ("auto", "fp32", "bf16", "fp16")),

@@ -80,17 +80,19 @@ class TrainerLoop:
     # ---- training ----------------------------------------------------------------------------
 
     def step_optimizer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The update after the backward passes: learning rate, unscaling, clipping, the penalised step.
+        """The update after the backward passes: learning rate, then the penalised step (unscaling and
+        clipping inside it on the one-pass path, before it otherwise).
         Returns the gradient norm and the penalty value (NaN where the scaler skipped the update)."""
         lr = learning_rate(self.cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = (l2fast.clip_grad_norm_(params, self.cfg.train.clip_norm) if self.cfg.train.clip_norm > 0
-                     else l2fast.sq_norm([p.grad for p in params]).sqrt())
+        if self.optimizer.max_grad_norm is None:  # else the optimizer measures (and clips) the unscaled norm
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = l2fast.sq_norm([p.grad for p in self.model.parameters() if p.grad is not None]).sqrt()
         before = self.optimizer.last_penalty
         self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        if self.optimizer.max_grad_norm is not None:
+            grad_norm = self.optimizer.last_grad_norm
         penalty = self.optimizer.last_penalty
         if penalty is before:
             penalty = torch.tensor(float("nan"), device=self.env.device)
@@ -116,6 +118,9 @@ class TrainerLoop:
         self.log(f"model: {sum(p.numel() for p in self.model.parameters()):,} parameters; "
                  f"precision {self.amp_dtype or torch.float32}; {self.env.world_size} process(es) on {self.env.device}, "
                  f"{torch.get_num_threads()} threads each")
+        clipped = self.optimizer.max_grad_norm
+        self.log(f"optimizer step: {'one pass (penalty, clipping and update fused)' if self.optimizer.fused else 'two passes'}"
+                 f"{'' if clipped is None else f', gradient norm clipped to {clipped}'}")
         bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
                    disable=None if self.env.is_main else True, dynamic_ncols=True)
         window = dict.fromkeys((*self.WINDOW_KEYS, "time"), 0.0)

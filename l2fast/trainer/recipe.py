@@ -52,7 +52,9 @@ def build_optimizer(model: nn.Module, cfg: Config):
     groups = l2fast.param_groups(model, l2=p.l2, l1=p.l1, no_decay=no_decay_rules(p))
     adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     schedule = build_schedule(json.loads(p.penalty_schedule)) if p.penalty_schedule else None
-    return l2fast.Penalized(adam, decoupled=p.decoupled, schedule=schedule)
+    # Clipping goes into the step: one norm pass, the clip factor applied inside the one-pass update.
+    return l2fast.Penalized(adam, decoupled=p.decoupled, schedule=schedule,
+                            max_grad_norm=t.clip_norm if t.clip_norm > 0 else None)
 
 
 def check_recipe(cfg: Config) -> None:

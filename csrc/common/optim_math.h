@@ -1,0 +1,143 @@
+// The penalized optimizer steps' per-element math, shared by the CPU loop (csrc/cpu/optim_step.cpp)
+// and the CUDA functor (csrc/cuda/op_functors.cuh): host and device code without ATen, so the device
+// headers and the host SIMT harness include it unchanged.
+//
+// The math follows torch.optim's single-tensor (for-loop) Adam and SGD operation by operation, in
+// the op-math type of the parameters, with a fused multiply-add exactly where torch's CPU kernels use
+// one (lerp, add with alpha, addcmul), so float32 results match torch's to rounding: the gradient is
+// unscaled (GradScaler), clipped, negated (maximize), then gains l2 * w + l1 * sign(w); the weight is
+// decayed (AdamW); then Adam's lerp / mul-addcmul / sqrt-div-add / addcdiv, or SGD's momentum.
+#pragma once
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+#include "elementwise.h"
+
+namespace l2fast {
+
+// NaN-propagating maximum, as torch.maximum (amsgrad's running maximum must not hide a NaN).
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T max_nan(T a, T b) {
+  return (a > b || a != a) ? a : b;
+}
+
+// torch's CPU lerp as its vectorized kernel computes it: one fused multiply-add, from start with
+// weight for |weight| < 0.5, else from end with weight - 1 (the rounding torch's Adam sees).
+template <typename T>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T lerp_torch(T start, T end, T weight) {
+  const T w_abs = weight < T(0) ? -weight : weight;
+  return w_abs < T(0.5) ? std::fma(weight, end - start, start) : std::fma(weight - T(1), end - start, end);
+}
+
+// What every step does to the gradient and the weight before the optimizer's own math.
+template <typename Op>
+struct GradTerms {
+  Op inv_scale = Op(1);  // GradScaler's 1 / scale
+  Op clip = Op(1);       // min(1, max_norm / (norm + 1e-6))
+  Op sign = Op(1);       // -1 under maximize
+  Op l2 = Op(0), l1 = Op(0);
+  bool use_l2 = false, use_l1 = false;
+  Op keep = Op(1);  // 1 - decoupled decay fraction
+
+  // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w: l2 * w
+  // fused into the add as torch's grad.add(param, alpha=weight_decay) rounds it, then l1 * sign(w).
+  C10_HOST_DEVICE C10_ALWAYS_INLINE Op grad(Op g, Op w) const {
+    g = ((g * inv_scale) * clip) * sign;
+    if (use_l2) g = std::fma(l2, w, g);
+    if (use_l1) g = g + l1 * sign_of(w);
+    return g;
+  }
+};
+
+template <typename Op>
+struct AdamTerms {
+  GradTerms<Op> g;
+  Op lerp_weight, beta2, one_minus_beta2, bias2_sqrt, eps, neg_step_size;
+};
+
+template <typename Op>
+struct SgdTerms {
+  GradTerms<Op> g;
+  Op momentum, one_minus_dampening, neg_lr;
+  bool fresh;  // the momentum buffer is new: it starts as the gradient (torch's first step)
+};
+
+// One element of torch.optim.Adam's _single_tensor_adam (non-capturable branch).
+template <typename Op, bool kAmsgrad>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void adam_element(Op& w, Op g, Op& m, Op& v, Op& v_max, const AdamTerms<Op>& t) {
+  g = t.g.grad(g, w);
+  w = w * t.g.keep;
+  m = lerp_torch(m, g, t.lerp_weight);
+  v = std::fma(t.one_minus_beta2 * g, g, v * t.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+  Op v_hat = v;
+  if (kAmsgrad) {
+    v_max = max_nan(v_max, v);
+    v_hat = v_max;
+  }
+  const Op denom = std::sqrt(v_hat) / t.bias2_sqrt + t.eps;
+  w = w + t.neg_step_size * m / denom;
+}
+
+// One element of torch.optim.SGD's _single_tensor_sgd.
+template <typename Op, bool kMomentum, bool kNesterov>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void sgd_element(Op& w, Op g, Op& buf, const SgdTerms<Op>& t) {
+  g = t.g.grad(g, w);
+  w = w * t.g.keep;
+  if (kMomentum) {
+    buf = t.fresh ? g : std::fma(t.one_minus_dampening, g, buf * t.momentum);
+    g = kNesterov ? std::fma(t.momentum, buf, g) : buf;
+  }
+  w = std::fma(t.neg_lr, g, w);
+}
+
+// Per-tensor hyperparameters, as the host holds them (float64, like Python's floats).
+struct StepHyper {
+  double lr = 0.0, l2 = 0.0, l1 = 0.0, decay = 0.0;
+  double beta1 = 0.0, beta2 = 0.0, eps = 0.0;           // Adam
+  double momentum = 0.0, dampening = 0.0;               // SGD
+  bool fresh = false;                                   // SGD: a new momentum buffer
+};
+
+template <typename Op>
+C10_HOST_DEVICE inline GradTerms<Op> grad_terms(const StepHyper& h, bool maximize, Op inv_scale, Op clip) {
+  GradTerms<Op> g;
+  g.inv_scale = inv_scale;
+  g.clip = clip;
+  g.sign = maximize ? Op(-1) : Op(1);
+  g.l2 = static_cast<Op>(h.l2);
+  g.l1 = static_cast<Op>(h.l1);
+  g.use_l2 = h.l2 != 0.0;
+  g.use_l1 = h.l1 != 0.0;
+  g.keep = static_cast<Op>(1.0 - h.decay);  // formed in float64, as AdamW's mul_(1 - lr * wd)
+  return g;
+}
+
+// Adam's scalars at `step` (already incremented), in float64 as torch's for-loop Adam forms them.
+template <typename Op>
+C10_HOST_DEVICE inline AdamTerms<Op> adam_terms(const StepHyper& h, double step, bool maximize, Op inv_scale, Op clip) {
+  AdamTerms<Op> t;
+  t.g = grad_terms<Op>(h, maximize, inv_scale, clip);
+  const double bias1 = 1.0 - std::pow(h.beta1, step);
+  const double bias2 = 1.0 - std::pow(h.beta2, step);
+  t.lerp_weight = static_cast<Op>(1.0 - h.beta1);
+  t.beta2 = static_cast<Op>(h.beta2);
+  t.one_minus_beta2 = static_cast<Op>(1.0 - h.beta2);
+  t.bias2_sqrt = static_cast<Op>(std::pow(bias2, 0.5));  // Python's bias_correction2**0.5
+  t.eps = static_cast<Op>(h.eps);
+  t.neg_step_size = static_cast<Op>(-(h.lr / bias1));
+  return t;
+}
+
+template <typename Op>
+C10_HOST_DEVICE inline SgdTerms<Op> sgd_terms(const StepHyper& h, bool maximize, Op inv_scale, Op clip) {
+  SgdTerms<Op> t;
+  t.g = grad_terms<Op>(h, maximize, inv_scale, clip);
+  t.momentum = static_cast<Op>(h.momentum);
+  t.one_minus_dampening = static_cast<Op>(1.0 - h.dampening);
+  t.neg_lr = static_cast<Op>(-h.lr);
+  t.fresh = h.fresh;
+  return t;
+}
+
+}  // namespace l2fast

@@ -1,0 +1,66 @@
+// The penalized optimizer steps (adam_step_, sgd_step_): their argument checks, shared by every
+// backend (l2fast/optim_checks.py runs the same checks with the same messages for the fake kernels
+// and the reference). Free of op registrations, so the host SIMT harness links it too.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "checks.h"
+#include "optim_step.h"
+
+namespace l2fast {
+namespace {
+
+std::string py_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
+
+// A state list pairs with params one to one, in device, dtype, shape and memory layout (the update
+// walks all of them by the same flat index).
+void check_state(at::TensorList params, at::TensorList states, const char* name) {
+  TORCH_CHECK(states.size() == params.size(), "l2fast: got ", params.size(), " params but ", states.size(), " ", name);
+  check_tensors(states, name);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor &w = params[i], &s = states[i];
+    TORCH_CHECK(s.device() == w.device(), "l2fast: ", name, "[", i, "] is on ", s.device(), " but params[", i,
+                "] is on ", w.device());
+    TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", py_name(s.scalar_type()),
+                " but params[", i, "] has dtype ", py_name(w.scalar_type()), "; optimizer state is kept in the parameter dtype");
+    TORCH_CHECK(s.sizes() == w.sizes(), "l2fast: ", name, "[", i, "] has shape ", s.sizes(), " but params[", i,
+                "] has shape ", w.sizes());
+    TORCH_CHECK(s.strides() == w.strides() || (s.is_contiguous() && w.is_contiguous()), "l2fast: ", name, "[", i,
+                "] has strides ", s.strides(), " but params[", i, "] has strides ", w.strides(),
+                "; they must share one memory layout");
+  }
+}
+
+// A one-value float tensor: a step counter, GradScaler's scale or found_inf, a clip coefficient.
+void check_scalar(const at::Tensor& t, const char* name, const at::Device& device, bool host_allowed) {
+  TORCH_CHECK(t.numel() == 1, "l2fast: ", name, " must hold one value, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", name, " has dtype ",
+              py_name(t.scalar_type()), "; expected float32 or float64");
+  TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", name, " is on ", t.device(),
+              " but params are on ", device);
+}
+
+}  // namespace
+
+void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names) {
+  check_tensors(args.params, "params");
+  check_pairs(args.params, args.grads);
+  check_tensors(args.grads, "grads");
+  for (size_t k = 0; k < args.states.size(); ++k) check_state(args.params, args.states[k], state_names[k]);
+  if (args.params.empty()) return;
+  const at::Device device = args.params[0].device();
+  for (size_t i = 0; i < args.steps.size(); ++i)
+    check_scalar(args.steps[i], c10::str("steps[", i, "]").c_str(), device, /*host_allowed=*/true);
+  const auto& s = args.scalars;
+  if (s.grad_scale) check_scalar(*s.grad_scale, "grad_scale", device, false);
+  if (s.found_inf) check_scalar(*s.found_inf, "found_inf", device, false);
+  if (s.clip) check_scalar(*s.clip, "clip", device, false);
+  std::vector<at::Tensor> written(args.params.begin(), args.params.end());
+  for (const auto& list : args.states) written.insert(written.end(), list.begin(), list.end());
+  check_no_overlap(written, "params and state", args.grads, "grads");
+}
+
+}  // namespace l2fast

@@ -1,0 +1,134 @@
+// CPU kernels of the penalized optimizer steps: one read of (w, g, state) and one write per element,
+// parallel over the chunk plan of every CPU kernel, the penalty value of the weights before the update
+// summed per chunk in the same pass.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "../common/optim_step.h"
+#include "chunks.h"
+#include "spans.h"
+
+namespace l2fast::cpu {
+namespace {
+
+// What every chunk of one step shares: the GradScaler and clip scalars, read once on the host (they
+// are CPU tensors here, so reading them costs no synchronisation).
+struct HostScalars {
+  bool skip = false;  // found_inf: the step leaves everything as it is
+  double inv_scale = 1.0, clip = 1.0;
+};
+
+HostScalars read_scalars(const StepScalars& s) {
+  HostScalars h;
+  if (s.found_inf) h.skip = s.found_inf->item<double>() != 0.0;
+  // As GradScaler.unscale_ forms it: 1 / scale in float64, rounded to float32.
+  if (s.grad_scale) h.inv_scale = static_cast<float>(1.0 / s.grad_scale->item<double>());
+  if (s.clip) h.clip = s.clip->item<double>();
+  return h;
+}
+
+template <typename T>
+L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
+  LaneSums sums;
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); });
+  return sums.fold();
+}
+
+template <typename T, bool kAmsgrad>
+L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
+                                    const AdamTerms<at::opmath_type<T>>& t) {
+  using Op = at::opmath_type<T>;
+  LaneSums sums;
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+    Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
+    Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
+    sums.add<true, true>(lane, static_cast<double>(wi));
+    adam_element<Op, kAmsgrad>(wi, static_cast<Op>(g[i]), mi, vi, max_i, t);
+    w[i] = static_cast<T>(wi);
+    m[i] = static_cast<T>(mi);
+    v[i] = static_cast<T>(vi);
+    if (kAmsgrad) v_max[i] = static_cast<T>(max_i);
+  });
+  return sums.fold();
+}
+
+template <typename T, bool kMomentum, bool kNesterov>
+L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t) {
+  using Op = at::opmath_type<T>;
+  LaneSums sums;
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+    Op wi = static_cast<Op>(w[i]);
+    Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
+    sums.add<true, true>(lane, static_cast<double>(wi));
+    sgd_element<Op, kMomentum, kNesterov>(wi, static_cast<Op>(g[i]), bi, t);
+    w[i] = static_cast<T>(wi);
+    if (kMomentum) buf[i] = static_cast<T>(bi);
+  });
+  return sums.fold();
+}
+
+// Walks every chunk of every tensor: the penalty sums only when the step is skipped, else span(c).
+template <typename Span>
+void run_step(const StepArgs& args, const HostScalars& host, at::Tensor& result, Span span) {
+  const auto chunks = plan_chunks(args.params, [](size_t) { return true; }, kChunk);
+  const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
+    const at::Tensor& w = args.params[c.tensor];
+    return L2FAST_DISPATCH(w.scalar_type(), [&] {
+      if (host.skip) return sums_span(data_of<scalar_t>(w) + c.begin, c.len);
+      return span(c, scalar_t{});
+    });
+  });
+  finish(chunks, partials, args.value, /*per_tensor=*/false, result);
+}
+
+template <typename T>
+T* state_of(const StepArgs& args, size_t kind, const Chunk& c) {
+  return kind < args.states.size() ? data_of<T>(args.states[kind][c.tensor]) + c.begin : nullptr;
+}
+
+struct CpuStepKernels {
+  static void adam_step(const StepArgs& args, at::Tensor& result) {
+    const HostScalars host = read_scalars(args.scalars);
+    std::vector<double> steps(args.params.size());
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const at::Tensor& step = args.steps[i];
+      if (!host.skip) step.add_(1);  // torch's step_t += 1, in the counter's own dtype
+      steps[i] = step.item<double>();
+    }
+    const bool amsgrad = args.states.size() == 3;
+    run_step(args, host, result, [&](const Chunk& c, auto tag) {
+      using T = decltype(tag);
+      using Op = at::opmath_type<T>;
+      const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
+                                        static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
+      T* w = data_of<T>(args.params[c.tensor]) + c.begin;
+      const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+      T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
+      return amsgrad ? adam_span<T, true>(w, g, m, v, v_max, c.len, terms)
+                     : adam_span<T, false>(w, g, m, v, v_max, c.len, terms);
+    });
+  }
+
+  static void sgd_step(const StepArgs& args, at::Tensor& result) {
+    const HostScalars host = read_scalars(args.scalars);
+    const bool momentum = !args.states.empty();
+    run_step(args, host, result, [&](const Chunk& c, auto tag) {
+      using T = decltype(tag);
+      using Op = at::opmath_type<T>;
+      const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
+                                       static_cast<Op>(host.clip));
+      T* w = data_of<T>(args.params[c.tensor]) + c.begin;
+      const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+      T* buf = state_of<T>(args, 0, c);
+      if (!momentum) return sgd_span<T, false, false>(w, g, buf, c.len, terms);
+      return args.nesterov ? sgd_span<T, true, true>(w, g, buf, c.len, terms)
+                           : sgd_span<T, true, false>(w, g, buf, c.len, terms);
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(l2fast, CPU, m) { StepEntryPoints<CpuStepKernels>::register_all(m); }
+
+}  // namespace l2fast::cpu
