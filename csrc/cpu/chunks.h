@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../common/fold.h"
@@ -14,8 +17,8 @@
 
 namespace l2fast::cpu {
 
-// 32K elements: large enough to amortise the per-chunk call, small enough to balance two threads
-// over a Transformer's mix of large matrices and small vectors. (The CUDA chunk is 16K: there a
+// 32K elements: large enough to amortise the per-chunk call, small enough that the last grabs of a
+// call even out threads of unequal speed. (The CUDA chunk is 16K: there a
 // chunk is one block's work, and smaller chunks fill more SMs; see csrc/cuda/device.cuh.)
 constexpr int64_t kChunk = 1 << 15;
 
@@ -27,18 +30,50 @@ T* data_of(const at::Tensor& t) {
 #define L2FAST_DISPATCH(dtype, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2fast_cpu", __VA_ARGS__)
 
-// Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk. Threads split the
-// element range evenly; each chunk belongs to the thread whose range holds its first element.
+// Consecutive chunks handed out together: at least kChunk elements per grab, so a list of many small
+// tensors costs one shared-counter update per kChunk elements rather than one per tensor.
+inline std::vector<size_t> grab_bounds(const std::vector<Chunk>& chunks) {
+  std::vector<size_t> bounds{0};
+  int64_t filled = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    filled += chunks[k].len;
+    if (filled >= kChunk || k + 1 == chunks.size()) {
+      bounds.push_back(k + 1);
+      filled = 0;
+    }
+  }
+  return bounds;
+}
+
+// L2FAST_CPU_GRAB_ORDER=reverse (read once, at load) hands grabs out last first: a test hook that
+// changes which thread takes which chunk, to show results do not depend on the schedule.
+inline bool grabs_reversed() {
+  static const bool reversed = [] {
+    const char* order = std::getenv("L2FAST_CPU_GRAB_ORDER");
+    return order != nullptr && std::string(order) == "reverse";
+  }();
+  return reversed;
+}
+
+// Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk, stored at the
+// chunk's index. Threads take grabs of chunks from a shared counter until none are left, so a thread
+// slowed by another process on its core does less of the work instead of holding up the others.
 template <typename ChunkFn>
 std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn chunk_fn) {
-  std::vector<int64_t> starts(chunks.size() + 1, 0);
-  for (size_t k = 0; k < chunks.size(); ++k) starts[k + 1] = starts[k] + chunks[k].len;
   std::vector<Partial> partials(chunks.size());
-  at::parallel_for(0, starts.back(), kChunk, [&](int64_t begin, int64_t end) {
-    auto first = std::lower_bound(starts.begin(), starts.end() - 1, begin) - starts.begin();
-    auto last = std::lower_bound(starts.begin(), starts.end() - 1, end) - starts.begin();
-    for (auto k = first; k < last; ++k) partials[k] = chunk_fn(chunks[k]);
-  });
+  const std::vector<size_t> bounds = grab_bounds(chunks);
+  const auto grabs = static_cast<int64_t>(bounds.size()) - 1;
+  const bool reversed = grabs_reversed();
+  std::atomic<int64_t> next{0};
+  const auto take_grabs = [&](int64_t, int64_t) {
+    for (int64_t g = next.fetch_add(1, std::memory_order_relaxed); g < grabs;
+         g = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t grab = reversed ? grabs - 1 - g : g;
+      for (size_t k = bounds[grab]; k < bounds[grab + 1]; ++k) partials[k] = chunk_fn(chunks[k]);
+    }
+  };
+  // One task per thread (grain 1); a single grab, or a call from inside a parallel region, runs here.
+  at::parallel_for(0, std::min<int64_t>(grabs, at::get_num_threads()), 1, take_grabs);
   return partials;
 }
 

@@ -1,8 +1,12 @@
-// Inner loops over one contiguous span of one tensor. Each is compiled for several x86 levels
-// (function multi-versioning, picked at load time) so one binary uses AVX2 or AVX-512 where present.
+// Inner loops over one contiguous span of one tensor. Each is compiled twice (function
+// multi-versioning, picked at load time): for x86-64 and for x86-64-v3 (AVX2, FMA), which AVX-512
+// machines run too. An x86-64-v4 (AVX-512) clone was measured slower on every loop here, 24% to 60%
+// on the sums: GCC packed two streams' four-lane groups into one 512-bit register with scalar loads
+// and inserts (docs/cpu.md).
 //
 // Sums run in kLanes independent float64 lanes folded in a fixed order: the compiler maps lanes to
-// SIMD registers of any width, and the result is the same bits on every machine and thread count.
+// SIMD registers of any width, and the result is the same bits on every machine and thread count
+// (the build turns off multiply-add contraction, so the clones also round alike).
 #pragma once
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
@@ -13,7 +17,7 @@
 #include "../common/elementwise.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
 #define L2FAST_CPU_CLONES
 #endif
