@@ -77,6 +77,14 @@ std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn ch
   return partials;
 }
 
+// fold_warp_order of count partials' `field`. One partial (a tensor of one chunk, the common case in
+// long lists of small tensors) skips the 32 lanes: the fold adds it to 0.0 and then only zeros, and
+// adding 0.0 to 0.0 + v changes no bits, so 0.0 + v is the same result.
+inline double fold_partials(const Partial* partials, int64_t count, double Partial::*field) {
+  if (count == 1) return 0.0 + partials[0].*field;
+  return fold_warp_order(count, [&](int64_t j) { return partials[j].*field; });
+}
+
 // Per-tensor values from their chunk partials, then (unless per_tensor) their sum: both folds in
 // the order fold.h fixes for the CPU and CUDA backends alike.
 inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>& partials,
@@ -87,8 +95,8 @@ inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>&
     while (end < chunks.size() && chunks[end].tensor == chunks[k].tensor) ++end;
     const Partial* first = partials.data() + k;
     const auto count = static_cast<int64_t>(end - k);
-    const double sq = fold_warp_order(count, [&](int64_t j) { return first[j].sq; });
-    const double abs = fold_warp_order(count, [&](int64_t j) { return first[j].abs; });
+    const double sq = fold_partials(first, count, &Partial::sq);
+    const double abs = fold_partials(first, count, &Partial::abs);
     values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
     k = end;
   }
