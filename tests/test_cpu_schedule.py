@@ -18,10 +18,10 @@ if __name__ != "__main__":
     pytestmark = pytest.mark.skipif(l2fast.backend() == "reference", reason="needs the native library")
 
 OPS = torch.ops.l2fast
-CHUNK = 1 << 15  # csrc/cpu/chunks.h kChunk
+CHUNK = 1 << 18  # csrc/cpu/chunks.h kChunk
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # Whole chunks, a ragged tail, a run of small tensors grabbed together, and an empty tensor.
-SHAPES = [(3 * CHUNK + 5,), (40, 1000), (2 * CHUNK,), (7,), (0,), (257, 129)] + [(300,)] * 150
+SHAPES = [(3 * CHUNK + 5,), (40, 1000), (2 * CHUNK,), (7,), (0,), (257, 129)] + [(3000,)] * 300
 
 
 def inputs(dtype):
