@@ -1,9 +1,10 @@
 // Inner loops over one contiguous span of one tensor. Each is compiled twice (function
 // multi-versioning, picked at load time): for x86-64 and for x86-64-v3 (AVX2, FMA), which AVX-512
-// machines run too. An x86-64-v4 (AVX-512) clone gained nothing from memory on a Zen 4 and lost from
-// cache: with four lanes per stream GCC packs two streams into one 512-bit register with scalar loads
-// and inserts (float32 sums at 74% of the x86-64-v3 speed); with eight, 512-bit converts run at half
-// rate on Zen 4, and 16-bit types were packed again (docs/cpu.md has the assembly and the numbers).
+// machines run too. An x86-64-v4 (AVX-512) clone was measured on a Zen 4: with four lanes per stream
+// GCC packs two streams into one 512-bit register with scalar loads and inserts (float32 sums at 75%
+// of the x86-64-v3 speed); with eight, float32 gained a few percent from memory, but lost from cache
+// (512-bit converts run as two halves), float64 lost 9% and bfloat16 half, packed again (docs/cpu.md
+// has the assembly and the numbers).
 //
 // Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
 // lanes to SIMD registers of any width, and the result is the same bits on every machine and thread
