@@ -1,19 +1,24 @@
 """Squared norm and penalty+gradient: l2fast against naive summation, the fastest peers, and the
-machine's streaming roofline, measured in one process. Prints markdown tables.
+machine's streaming roofline, measured in one process. Prints markdown tables: a summary of ratios,
+then every method. On CPU each set is measured at 1 thread, at all threads, and at all threads while
+another process keeps one core busy (a data loader, a second job).
 
     python bench/bench_ops.py [--device cpu|cuda] [--sets transformer-base,...]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import torch
 
 import l2fast
-from common import PARAM_SETS, header, make_params, median_seconds, table
+from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, table
 
 LAM = 1e-4
+# The methods the summary compares with their peers and the roofline.
+SQ_NORM, FOREACH_NORM, FUSED_GRAD = "l2fast.sq_norm", "torch._foreach_norm", "l2fast.add_penalty_grad_ (fused)"
 
 
 def naive_sq_norm(params):
@@ -35,12 +40,12 @@ def norm_methods(params, device):
     a, b = torch.randn(half, device=device), torch.randn(numel - half, device=device)[:half]
     methods = {
         "naive sum(p.pow(2).sum())": lambda: naive_sq_norm(params),
-        "torch._foreach_norm": lambda: foreach_sq_norm(params),
+        FOREACH_NORM: lambda: foreach_sq_norm(params),
     }
     if len(params) <= COMPILE_MAX_TENSORS:
         compiled = torch.compile(naive_sq_norm)
         methods["torch.compile(naive)"] = lambda: compiled(params)
-    methods["l2fast.sq_norm"] = lambda: l2fast.sq_norm(params)
+    methods[SQ_NORM] = lambda: l2fast.sq_norm(params)
     methods["roofline: torch.dot, same bytes"] = lambda: torch.dot(a, b)
     return methods, 4 * numel
 
@@ -69,7 +74,7 @@ def grad_methods(params, device):
         "naive autograd (forward + backward)": naive,
         "torch._foreach_norm + _foreach_add_": foreach,
         "l2fast.penalty (autograd)": l2fast_autograd,
-        "l2fast.add_penalty_grad_ (fused)": lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
+        FUSED_GRAD: lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
         "roofline: in-place add_, same bytes": lambda: x.add_(y),
     }, 12 * numel
 
@@ -81,44 +86,93 @@ def copy_bandwidth(device, numel=256 * 2**20) -> float:
     return 8 * numel / seconds
 
 
-def measure(set_name, methods, nbytes, device, copy_bytes_per_s=None):
-    seconds = median_seconds(methods, device)
+def settings(device):
+    """(label, threads, busy core) of each measurement: on CPU 1 thread, all threads, all threads with a core busy."""
+    if device != "cpu":
+        return [("", None, False)]
+    threads = torch.get_num_threads()
+    every = [("1", 1, False)] + ([(str(threads), threads, False)] if threads > 1 else [])
+    return every + [(f"{threads}, 1 core busy", threads, True)]
+
+
+@contextlib.contextmanager
+def setting(threads, busy):
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with busy_core() if busy else contextlib.nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(set_name, label, methods, nbytes, device, rounds, copy_bytes_per_s=None):
+    """Rows of the method table, and the seconds of each method."""
+    seconds = median_seconds(methods, device, rounds)
     naive_name, roof_name = next(iter(methods)), list(methods)[-1]
     rows = []
     for name, t in seconds.items():
-        row = [set_name, name, f"{t * 1e3:.3f}", f"{nbytes / t / 1e9:.1f}", f"{seconds[naive_name] / t:.2f}x",
-               f"{seconds[roof_name] / t:.0%}"]
+        row = [set_name] + ([label] if label else []) + [name, f"{t * 1e3:.3f}", f"{nbytes / t / 1e9:.1f}",
+                                                         f"{seconds[naive_name] / t:.2f}x", f"{seconds[roof_name] / t:.0%}"]
         if copy_bytes_per_s:
             row.append(f"{nbytes / t / copy_bytes_per_s:.0%}")
         rows.append(row)
-    return rows
+    return rows, seconds
+
+
+def summary_row(set_name, label, norm, grad):
+    """The acceptance ratios: sq_norm against torch.dot and _foreach_norm, the fused gradient against add_."""
+    roof_norm, roof_grad = list(norm.values())[-1], list(grad.values())[-1]
+    return [set_name] + ([label] if label else []) + [
+        f"{roof_norm / norm[SQ_NORM]:.0%}", f"{norm[FOREACH_NORM] / norm[SQ_NORM]:.2f}x",
+        f"{roof_grad / grad[FUSED_GRAD]:.0%}"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sets", default=",".join(PARAM_SETS), help="comma-separated parameter sets")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per method (the median is reported)")
     args = parser.parse_args()
     command = "python bench/bench_ops.py " + " ".join(sys.argv[1:])
     print(header(f"Fused ops on {args.device} (l2fast backend: {l2fast.backend()})", args.device, command.strip()))
+    if args.device == "cpu":
+        print(cpu_isa() + "\n")
     print("float32 parameters. Bytes moved: 4 per element for the squared norm (read), 12 for penalty + "
           "gradient (read w, read g, write g). Roofline: the same bytes through torch.dot (read) or an "
-          "in-place add_ (read, read, write). Median of 15 rounds, methods interleaved.")
-    columns = ["set", "method", "ms", "GB/s", "vs naive", "% of roofline"]
+          f"in-place add_ (read, read, write). Median of {args.rounds} rounds, methods interleaved."
+          + (" Threads: torch.set_num_threads; '1 core busy': another process spins on one core meanwhile."
+             if args.device == "cpu" else ""))
+    thread_column = ["threads"] if args.device == "cpu" else []
+    columns = ["set"] + thread_column + ["method", "ms", "GB/s", "vs naive", "% of roofline"]
     copy_bytes_per_s = None
     if args.device.startswith("cuda"):
         copy_bytes_per_s = copy_bandwidth(args.device)
         print(f"Device-to-device copy (bytes read + written): {copy_bytes_per_s / 1e9:.0f} GB/s.")
         columns.append("% of copy")
+    seconds, details = {}, {}
     for title, build in (("Squared norm", norm_methods), ("Penalty + gradient", grad_methods)):
-        rows = []
+        details[title] = []
         for set_name in args.sets.split(","):
             params = make_params(PARAM_SETS[set_name](), args.device)
             methods, nbytes = build(params, args.device)
-            rows += measure(f"{set_name} ({len(params)} tensors)", methods, nbytes, args.device, copy_bytes_per_s)
+            name = f"{set_name} ({len(params)} tensors)"
+            for label, threads, busy in settings(args.device):
+                with setting(threads, busy):
+                    rows, seconds[title, name, label] = measure(name, label, methods, nbytes, args.device, args.rounds,
+                                                              copy_bytes_per_s)
+                details[title] += rows
             del params, methods
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    summary = [summary_row(name, label, norm, seconds["Penalty + gradient", name, label])
+               for (title, name, label), norm in seconds.items() if title == "Squared norm"]
+    print("\n**Summary** (time ratios; the fused op's goal: >= 95% of torch.dot and >= 1x _foreach_norm for the "
+          "squared norm, >= 90% of add_ for penalty + gradient)\n")
+    print(table(["set"] + thread_column + ["sq_norm % of torch.dot", "sq_norm speed vs _foreach_norm",
+                                           "fused grad % of add_"], summary))
+    for title, rows in details.items():
         print(f"\n**{title}**\n")
         print(table(columns, rows), flush=True)
 

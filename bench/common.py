@@ -1,9 +1,13 @@
 """Shared pieces of the benchmark scripts: parameter sets, a timer, and table printing."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -70,3 +74,40 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# x86-64-v3 in /proc/cpuinfo flag names: the level of the clone that l2fast's CPU loops run where present.
+X86_64_V3_FLAGS = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave")
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_isa() -> str:
+    """One line: torch's CPU capability, the AVX-512 / AVX2 flags, and the level of l2fast's CPU loops."""
+    flags = cpu_flags()
+    simd = ", ".join(f for f in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "avx2") if f in flags)
+    level = "x86-64-v3" if all(f in flags for f in X86_64_V3_FLAGS) else "x86-64 (baseline)"
+    return (f"ISA: torch CPU capability {torch.backends.cpu.get_cpu_capability()}; CPU flags {simd or 'none of AVX2/AVX-512'}; "
+            f"l2fast CPU loops: {level} clone.")
+
+
+@contextlib.contextmanager
+def busy_core(core: int | None = None):
+    """Another process spinning on one core (the last one unless given) while the block runs."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pin = (lambda: os.sched_setaffinity(0, {core if core is not None else cores[-1]})) if cores else None
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=pin)
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -19,12 +19,20 @@ def backend() -> str:
     return _ops.BACKEND
 
 
+# Element types accepted without a per-element isinstance call: a list of 10,000 parameters costs
+# ~0.2 ms through one pass of type() against ~0.9 ms through isinstance (nn.Parameter's instance
+# check runs in Python). Other tensor subclasses take the slow path.
+_PLAIN_TENSOR_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
+
+
 def _tensor_list(tensors: Tensors, name: str) -> list[torch.Tensor]:
     if isinstance(tensors, torch.Tensor):
         return [tensors]
     if not isinstance(tensors, Iterable):
         raise TypeError(f"l2fast: {name} must be a tensor or an iterable of tensors, got {type(tensors).__name__}")
     tensors = list(tensors)
+    if _PLAIN_TENSOR_TYPES.issuperset(map(type, tensors)):
+        return tensors
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"l2fast: {name}[{i}] is a {type(t).__name__}, not a tensor")

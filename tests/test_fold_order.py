@@ -8,7 +8,7 @@ import torch
 
 import l2fast  # noqa: F401  (loads torch.ops.l2fast)
 
-CPU_CHUNK = 1 << 15  # csrc/cpu/ops.cpp kChunk
+CPU_CHUNK = 1 << 18  # csrc/cpu/chunks.h kChunk
 BIG = 2.0**53
 
 

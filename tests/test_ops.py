@@ -193,6 +193,19 @@ def test_bad_pairs_and_coefficients_get_clear_errors(device):
         l2fast.add_penalty_grad_(w, l2=1.0)
     with pytest.raises(TypeError, match="not a tensor"):
         l2fast.sq_norm([w[0], 3.0])
+    with pytest.raises(TypeError, match=r"tensors\[1\] is a float, not a tensor"):
+        l2fast.sq_norm([torch.nn.Parameter(w[0]), 3.0])
+
+
+class TaggedTensor(torch.Tensor):
+    """A tensor subclass: lists of these are checked one element at a time, not by the fast path."""
+
+
+def test_parameters_and_tensor_subclasses_are_accepted(device):
+    xs = [torch.randn(5, device=device), torch.randn(3, device=device)]
+    want = l2fast.sq_norm(xs)
+    assert torch.equal(l2fast.sq_norm([torch.nn.Parameter(x) for x in xs]), want)
+    assert torch.equal(l2fast.sq_norm([xs[0].as_subclass(TaggedTensor), xs[1]]), want)
 
 
 def test_mixed_dtypes_in_one_call(device):

@@ -145,14 +145,19 @@ void check_no_overlap(at::TensorList written, const char* written_name, at::Tens
   std::vector<Span> read_spans;
   written_spans.reserve(written.size());
   read_spans.reserve(read.size());
-  for (size_t i = 0; i < written.size(); ++i)
-    if (written[i].numel() > 0) written_spans.push_back(span_of(written[i], 0, i));
+  // own[i]: where written[i] sits in written_spans, or -1 when it is empty (an empty tensor overlaps nothing).
+  std::vector<int64_t> own(written.size(), -1);
+  for (size_t i = 0; i < written.size(); ++i) {
+    if (written[i].numel() == 0) continue;
+    own[i] = static_cast<int64_t>(written_spans.size());
+    written_spans.push_back(span_of(written[i], 0, i));
+  }
   for (size_t i = 0; i < read.size(); ++i) {
     if (read[i].numel() == 0) continue;
     const Span span = span_of(read[i], 1, i);
-    if (i < written.size() && written[i].numel() > 0) {
-      const Span own = span_of(written[i], 0, i);  // read in place, element by element: covered by `own`
-      if (own.base == span.base && own.start == span.start && own.end == span.end) continue;
+    if (i < written.size() && own[i] >= 0) {
+      const Span& w = written_spans[own[i]];  // read in place, element by element: covered by `w`
+      if (w.base == span.base && w.start == span.start && w.end == span.end) continue;
     }
     read_spans.push_back(span);
   }

@@ -23,6 +23,7 @@ inline std::vector<Weights> penalty_weights(c10::ArrayRef<double> l2, c10::Array
 // coeffs_i * |x_i|_1.
 inline std::vector<Weights> norm_weights(c10::ArrayRef<double> coeffs, size_t n, bool squared) {
   std::vector<Weights> weights;
+  weights.reserve(n);
   for (double c : expand_coeffs(coeffs, n, "coeffs")) weights.push_back(squared ? Weights{2.0 * c, 0.0} : Weights{0.0, c});
   return weights;
 }
@@ -40,6 +41,7 @@ struct Chunk {
 template <typename TakesPart>
 std::vector<Chunk> plan_chunks(at::TensorList tensors, TakesPart takes_part, int64_t chunk_size) {
   std::vector<Chunk> chunks;
+  chunks.reserve(tensors.size());  // at least one chunk per tensor, in the usual case
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (!takes_part(i)) continue;
     const int64_t numel = tensors[i].numel();

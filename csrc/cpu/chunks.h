@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../common/fold.h"
@@ -14,10 +17,12 @@
 
 namespace l2fast::cpu {
 
-// 32K elements: large enough to amortise the per-chunk call, small enough to balance two threads
-// over a Transformer's mix of large matrices and small vectors. (The CUDA chunk is 16K: there a
+// 256K elements (1 MB of float32): a span's four streams (spans.h) then run 64K elements each, long
+// enough for the hardware prefetcher; with 32K-element chunks one thread reached 85% of torch.dot on
+// the same bytes, with 128K-1M 98-101% (docs/cpu.md). Small enough that a 63M-parameter model is ~250
+// grabs, so the last grabs still even out threads of unequal speed. (The CUDA chunk is 16K: there a
 // chunk is one block's work, and smaller chunks fill more SMs; see csrc/cuda/device.cuh.)
-constexpr int64_t kChunk = 1 << 15;
+constexpr int64_t kChunk = 1 << 18;
 
 template <typename T>
 T* data_of(const at::Tensor& t) {
@@ -27,19 +32,59 @@ T* data_of(const at::Tensor& t) {
 #define L2FAST_DISPATCH(dtype, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2fast_cpu", __VA_ARGS__)
 
-// Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk. Threads split the
-// element range evenly; each chunk belongs to the thread whose range holds its first element.
+// Consecutive chunks handed out together: at least kChunk elements per grab, so a list of many small
+// tensors costs one shared-counter update per kChunk elements rather than one per tensor.
+inline std::vector<size_t> grab_bounds(const std::vector<Chunk>& chunks) {
+  std::vector<size_t> bounds{0};
+  int64_t filled = 0;
+  for (size_t k = 0; k < chunks.size(); ++k) {
+    filled += chunks[k].len;
+    if (filled >= kChunk || k + 1 == chunks.size()) {
+      bounds.push_back(k + 1);
+      filled = 0;
+    }
+  }
+  return bounds;
+}
+
+// L2FAST_CPU_GRAB_ORDER=reverse (read once, at load) hands grabs out last first: a test hook that
+// changes which thread takes which chunk, to show results do not depend on the schedule.
+inline bool grabs_reversed() {
+  static const bool reversed = [] {
+    const char* order = std::getenv("L2FAST_CPU_GRAB_ORDER");
+    return order != nullptr && std::string(order) == "reverse";
+  }();
+  return reversed;
+}
+
+// Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk, stored at the
+// chunk's index. Threads take grabs of chunks from a shared counter until none are left, so a thread
+// slowed by another process on its core does less of the work instead of holding up the others.
 template <typename ChunkFn>
 std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn chunk_fn) {
-  std::vector<int64_t> starts(chunks.size() + 1, 0);
-  for (size_t k = 0; k < chunks.size(); ++k) starts[k + 1] = starts[k] + chunks[k].len;
   std::vector<Partial> partials(chunks.size());
-  at::parallel_for(0, starts.back(), kChunk, [&](int64_t begin, int64_t end) {
-    auto first = std::lower_bound(starts.begin(), starts.end() - 1, begin) - starts.begin();
-    auto last = std::lower_bound(starts.begin(), starts.end() - 1, end) - starts.begin();
-    for (auto k = first; k < last; ++k) partials[k] = chunk_fn(chunks[k]);
-  });
+  const std::vector<size_t> bounds = grab_bounds(chunks);
+  const auto grabs = static_cast<int64_t>(bounds.size()) - 1;
+  const bool reversed = grabs_reversed();
+  std::atomic<int64_t> next{0};
+  const auto take_grabs = [&](int64_t, int64_t) {
+    for (int64_t g = next.fetch_add(1, std::memory_order_relaxed); g < grabs;
+         g = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t grab = reversed ? grabs - 1 - g : g;
+      for (size_t k = bounds[grab]; k < bounds[grab + 1]; ++k) partials[k] = chunk_fn(chunks[k]);
+    }
+  };
+  // One task per thread (grain 1); a single grab, or a call from inside a parallel region, runs here.
+  at::parallel_for(0, std::min<int64_t>(grabs, at::get_num_threads()), 1, take_grabs);
   return partials;
+}
+
+// fold_warp_order of count partials' `field`. One partial (a tensor of one chunk, the common case in
+// long lists of small tensors) skips the 32 lanes: the fold adds it to 0.0 and then only zeros, and
+// adding 0.0 to 0.0 + v changes no bits, so 0.0 + v is the same result.
+inline double fold_partials(const Partial* partials, int64_t count, double Partial::*field) {
+  if (count == 1) return 0.0 + partials[0].*field;
+  return fold_warp_order(count, [&](int64_t j) { return partials[j].*field; });
 }
 
 // Per-tensor values from their chunk partials, then (unless per_tensor) their sum: both folds in
@@ -52,8 +97,8 @@ inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>&
     while (end < chunks.size() && chunks[end].tensor == chunks[k].tensor) ++end;
     const Partial* first = partials.data() + k;
     const auto count = static_cast<int64_t>(end - k);
-    const double sq = fold_warp_order(count, [&](int64_t j) { return first[j].sq; });
-    const double abs = fold_warp_order(count, [&](int64_t j) { return first[j].abs; });
+    const double sq = fold_partials(first, count, &Partial::sq);
+    const double abs = fold_partials(first, count, &Partial::abs);
     values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
     k = end;
   }

@@ -1,8 +1,14 @@
-// Inner loops over one contiguous span of one tensor. Each is compiled for several x86 levels
-// (function multi-versioning, picked at load time) so one binary uses AVX2 or AVX-512 where present.
+// Inner loops over one contiguous span of one tensor. Each is compiled twice (function
+// multi-versioning, picked at load time): for x86-64 and for x86-64-v3 (AVX2, FMA), which AVX-512
+// machines run too. An x86-64-v4 (AVX-512) clone was measured on a Zen 4: with four lanes per stream
+// GCC packs two streams into one 512-bit register with scalar loads and inserts (float32 sums at 75%
+// of the x86-64-v3 speed); with eight, float32 gained a few percent from memory, but lost from cache
+// (512-bit converts run as two halves), float64 lost 9% and bfloat16 half, packed again (docs/cpu.md
+// has the assembly and the numbers).
 //
-// Sums run in kLanes independent float64 lanes folded in a fixed order: the compiler maps lanes to
-// SIMD registers of any width, and the result is the same bits on every machine and thread count.
+// Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
+// lanes to SIMD registers of any width, and the result is the same bits on every machine and thread
+// count (the build turns off multiply-add contraction, so the clones also round alike).
 #pragma once
 #include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
@@ -13,7 +19,7 @@
 #include "../common/elementwise.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
 #define L2FAST_CPU_CLONES
 #endif
@@ -34,7 +40,8 @@ inline double widen(T v) {
   return static_cast<double>(static_cast<at::opmath_type<T>>(v));
 }
 
-class LaneSums {
+template <int kN>
+class LaneSumsOf {
  public:
   template <bool kSq, bool kAbs>
   void add(int lane, double v) {
@@ -43,7 +50,7 @@ class LaneSums {
   }
   Partial fold() const {
     Partial p;
-    for (int j = 0; j < kLanes; ++j) {
+    for (int j = 0; j < kN; ++j) {
       p.sq += sq_[j];
       p.abs += abs_[j];
     }
@@ -51,16 +58,17 @@ class LaneSums {
   }
 
  private:
-  double sq_[kLanes] = {};
-  double abs_[kLanes] = {};
+  double sq_[kN] = {};
+  double abs_[kN] = {};
 };
+using LaneSums = LaneSumsOf<kLanes>;
 
 // Calls body(i, lane) for every i in [0, n). The span is cut into kStreams equal parts walked side
-// by side, kLanes / kStreams lanes each: one core then keeps several DRAM streams in flight, and the
-// lane loop vectorizes. The fewer than kLanes elements left after the parts go to lanes 0, 1, ...
-template <int kStreams, typename Body>
+// by side, kN / kStreams lanes each: one core then keeps several DRAM streams in flight, and the
+// lane loop vectorizes. The fewer than kN elements left after the parts go to lanes 0, 1, ...
+template <int kStreams, int kN = kLanes, typename Body>
 inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body) {
-  constexpr int kWidth = kLanes / kStreams;
+  constexpr int kWidth = kN / kStreams;
   const int64_t part = n / (kStreams * kWidth) * kWidth;
   for (int64_t i = 0; i < part; i += kWidth)
     for (int s = 0; s < kStreams; ++s)
@@ -68,16 +76,24 @@ inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body) {
   for (int64_t i = kStreams * part; i < n; ++i) body(i, static_cast<int>(i - kStreams * part));
 }
 
+// Lanes of a sum over four streams: each stream's group of lanes fills one 256-bit register of the
+// 32-bit values its elements widen through (8 for 16-bit types), so the loads stay vector loads.
+// With 4 lanes per stream, GCC filled 8-wide registers from two streams with scalar loads and
+// inserts (bfloat16 at 48% of the speed of 8 lanes; docs/cpu.md).
+template <typename T>
+constexpr int kSumLanes = sizeof(T) == 2 ? 32 : kLanes;
+
 template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
-  LaneSums sums;
-  // One input: four streams (measured on a 2-core AMD EPYC, one thread: 1 stream 11-13 GB/s, 4 streams
-  // 19-22). Spans too short for the prefetcher to ramp up stay one stream.
-  const auto add = [&](int64_t i, int lane) { sums.add<kSq, kAbs>(lane, widen(x[i])); };
+  LaneSumsOf<kSumLanes<T>> sums;
+  // One input: four streams, which keep one core's prefetcher ahead of the loop when each runs long
+  // enough (kChunk / 4 elements; measured on a 2-core AMD EPYC, one thread: 1 stream 91% of torch.dot,
+  // 4 streams 98-101%). Spans too short for the prefetcher to ramp up stay one stream.
+  const auto add = [&](int64_t i, int lane) { sums.template add<kSq, kAbs>(lane, widen(x[i])); };
   if (n >= kMinSplit)
-    for_lanes<4>(n, add);
+    for_lanes<4, kSumLanes<T>>(n, add);
   else
-    for_lanes<1>(n, add);
+    for_lanes<1, kSumLanes<T>>(n, add);
   return sums.fold();
 }
 
