@@ -72,23 +72,15 @@ def _register_fakes() -> None:
     @torch.library.register_fake("l2fast::adam_step_")
     def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1, decay,
           value_l2, maximize, grad_scale, found_inf, clip):
-        states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
-        if max_exp_avg_sqs:
-            states["max_exp_avg_sqs"] = max_exp_avg_sqs
-        coeffs = {"beta1": beta1, "beta2": beta2, "eps": eps, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
-                  "value_l2": value_l2}
-        optim_checks.check_step_args(params, grads, states, steps, coeffs,
-                                     {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+        optim_checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
+                                     eps, l2, l1, decay, value_l2, grad_scale, found_inf, clip)
         return _new_result(params, per_tensor=False)
 
     @torch.library.register_fake("l2fast::sgd_step_")
     def _(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
           maximize, grad_scale, found_inf, clip):
-        states = {"momentum_buffers": momentum_buffers} if momentum_buffers else {}
-        coeffs = {"momentum": momentum, "dampening": dampening, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
-                  "value_l2": value_l2}
-        optim_checks.check_step_args(params, grads, states, None, coeffs,
-                                     {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+        optim_checks.check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2, l1, decay, value_l2,
+                                    grad_scale, found_inf, clip)
         return _new_result(params, per_tensor=False)
 
 

@@ -9,7 +9,29 @@ import torch
 from . import checks
 
 
-def check_step_args(params, grads, states: dict, steps, coeffs: dict, scalars: dict) -> None:
+def check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1,
+                    decay, value_l2, grad_scale, found_inf, clip) -> dict:
+    """Checks adam_step_'s arguments; returns its coefficient lists by name."""
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    if max_exp_avg_sqs:
+        states["max_exp_avg_sqs"] = max_exp_avg_sqs
+    coeffs = {"beta1": beta1, "beta2": beta2, "eps": eps, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    _check_step_args(params, grads, states, steps, coeffs, {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    return coeffs
+
+
+def check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2, l1, decay, value_l2, grad_scale,
+                   found_inf, clip) -> dict:
+    """Checks sgd_step_'s arguments; returns its coefficient lists by name."""
+    states = {"momentum_buffers": momentum_buffers} if momentum_buffers else {}
+    coeffs = {"momentum": momentum, "dampening": dampening, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    _check_step_args(params, grads, states, None, coeffs, {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    return coeffs
+
+
+def _check_step_args(params, grads, states: dict, steps, coeffs: dict, scalars: dict) -> None:
     checks.check_tensors(params, "params")
     checks.check_pairs(params, grads)
     checks.check_tensors(grads, "grads")

@@ -134,13 +134,8 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
                value_l2, maximize, grad_scale, found_inf, clip) -> torch.Tensor:
     from . import optim_checks
 
-    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
-    if max_exp_avg_sqs:
-        states["max_exp_avg_sqs"] = max_exp_avg_sqs
-    coeffs = {"beta1": beta1, "beta2": beta2, "eps": eps, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
-              "value_l2": value_l2}
-    optim_checks.check_step_args(params, grads, states, steps, coeffs,
-                                 {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    coeffs = optim_checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                                          beta2, eps, l2, l1, decay, value_l2, grad_scale, found_inf, clip)
     n = len(params)
     ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
     value = _penalty_value([w.detach() for w in params], ex["value_l2"], ex["l1"])
@@ -173,11 +168,8 @@ def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l
               maximize, grad_scale, found_inf, clip) -> torch.Tensor:
     from . import optim_checks
 
-    states = {"momentum_buffers": momentum_buffers} if momentum_buffers else {}
-    coeffs = {"momentum": momentum, "dampening": dampening, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
-              "value_l2": value_l2}
-    optim_checks.check_step_args(params, grads, states, None, coeffs,
-                                 {"grad_scale": grad_scale, "found_inf": found_inf, "clip": clip})
+    coeffs = optim_checks.check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2, l1, decay,
+                                         value_l2, grad_scale, found_inf, clip)
     n = len(params)
     ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
     fresh = list(fresh) * n if len(fresh) == 1 else list(fresh)
