@@ -36,13 +36,14 @@ L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
 }
 
 // The span loops take the terms' flags as compile-time constants (Flags: AdamFlags or SgdFlags of
-// std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes.
+// std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes. Their
+// bodies capture the pointers by value: by reference, GCC left the five-stream amsgrad loop scalar.
 template <typename T, bool kAmsgrad, class Flags>
 L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
                                     const AdamTerms<at::opmath_type<T>>& t, Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
@@ -60,7 +61,7 @@ L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const Sg
                                    Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
