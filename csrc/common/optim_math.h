@@ -19,8 +19,7 @@ namespace l2fast {
 // NaN-propagating maximum, as torch.maximum (amsgrad's running maximum must not hide a NaN).
 template <typename T>
 C10_HOST_DEVICE C10_ALWAYS_INLINE T max_nan(T a, T b) {
-  const bool keep_a = (a > b) | (a != a);  // both compared unconditionally: no branch, so loops vectorize
-  return keep_a ? a : b;
+  return (a > b || a != a) ? a : b;
 }
 
 // Which optional parts of the step math one tensor takes. The terms hold them as bools, which the
