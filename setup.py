@@ -66,8 +66,11 @@ def compile_args(cuda: bool, debug: bool) -> dict:
     """Compiler flags in one place. Python's own CFLAGS carry -g; -g0 (last wins) drops debug info."""
     # -ffp-contract=off: no multiply-add contraction, so every x86 clone of a CPU loop rounds alike and
     # a result is the same bits on every machine. -fno-math-errno: sqrt need not set errno (results are
-    # unchanged), so loops that take a square root (the Adam step) can be vectorized.
-    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-g" if debug else "-g0"]
+    # unchanged), so loops that take a square root (the Adam step) can be vectorized. -fno-trapping-math:
+    # nothing here reads floating-point exception flags, so a comparison may be evaluated on both sides
+    # of a select; without it GCC keeps the step loops' comparisons (sign, NaN-propagating max) as
+    # branches and leaves those loops scalar. Results are the same bits.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-g" if debug else "-g0"]
     args = {"cxx": cxx}
     if cuda:
         args["nvcc"] = ["-O3"] + (["-lineinfo"] if debug else [])

@@ -54,7 +54,7 @@ CLIP = 1.0
 # Bytes per parameter each method moves (float32): Adam reads w, g, m, v and writes w, m, v; the clip
 # norm reads g once more, and a separate scaling pass reads and writes g; the penalty pass of the
 # two-pass path reads w and g and writes g.
-ADAM_BYTES, NORM_BYTES, SCALE_BYTES = 28, 4, 8
+ADAM_BYTES, NORM_BYTES, SCALE_BYTES, PENALTY_BYTES = 28, 4, 8, 12
 
 
 def one_pass_methods(params: list[torch.Tensor]) -> dict:
@@ -62,9 +62,10 @@ def one_pass_methods(params: list[torch.Tensor]) -> dict:
     fused = torch.optim.Adam(params, lr=LR, fused=True)
     ours = l2fast.Penalized(torch.optim.Adam(params, lr=LR, fused=True), l2=LAM)
     ours_clip = l2fast.Penalized(torch.optim.Adam(params, lr=LR, fused=True), l2=LAM, max_grad_norm=CLIP)
+    two_pass = l2fast.Penalized(torch.optim.Adam(params, lr=LR, fused=True), l2=LAM, fused=False)
     fused_clip = torch.optim.Adam(params, lr=LR, fused=True)
     for_loop = torch.optim.Adam(params, lr=LR, weight_decay=LAM, foreach=False)
-    assert ours.fused and ours_clip.fused
+    assert ours.fused and ours_clip.fused and not two_pass.fused
 
     def clip_then_fused():
         torch.nn.utils.clip_grad_norm_(params, CLIP, foreach=True)
@@ -73,6 +74,7 @@ def one_pass_methods(params: list[torch.Tensor]) -> dict:
     return {
         "Adam(fused=True, weight_decay=0)": (fused.step, ADAM_BYTES),
         f"l2fast.Penalized(Adam(fused=True), l2={LAM})": (ours.step, ADAM_BYTES),
+        f"l2fast.Penalized(Adam(fused=True), l2={LAM}, fused=False) (two passes)": (two_pass.step, ADAM_BYTES + PENALTY_BYTES),
         f"clip_grad_norm_(foreach) + Adam(fused=True)": (clip_then_fused, ADAM_BYTES + NORM_BYTES + SCALE_BYTES),
         f"l2fast.Penalized(Adam(fused=True), l2={LAM}, max_grad_norm={CLIP})": (ours_clip.step, ADAM_BYTES + NORM_BYTES),
         f"Adam(weight_decay={LAM}) for-loop (torch's CPU default)": (for_loop.step, ADAM_BYTES),

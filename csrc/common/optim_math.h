@@ -22,12 +22,33 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T max_nan(T a, T b) {
   return (a > b || a != a) ? a : b;
 }
 
+// Which optional parts of the step math one tensor takes. The terms hold them as bools, which the
+// CUDA functor passes as they are (a branch every thread of a block takes alike is free); the CPU loops
+// pass them as std::bool_constant (with_flags, static_flags.h), so that they vectorize.
+template <typename L2 = bool, typename L1 = bool, typename FromStart = bool>
+struct AdamFlags {
+  L2 l2;
+  L1 l1;
+  FromStart lerp_from_start;  // see lerp_torch
+};
+
+template <typename L2 = bool, typename L1 = bool, typename Fresh = bool>
+struct SgdFlags {
+  L2 l2;
+  L1 l1;
+  Fresh fresh;  // the momentum buffer is new: it starts as the gradient (torch's first step)
+};
+
 // torch's CPU lerp as its vectorized kernel computes it: one fused multiply-add, from start with
 // weight for |weight| < 0.5, else from end with weight - 1 (the rounding torch's Adam sees).
 template <typename T>
-C10_HOST_DEVICE C10_ALWAYS_INLINE T lerp_torch(T start, T end, T weight) {
-  const T w_abs = weight < T(0) ? -weight : weight;
-  return w_abs < T(0.5) ? std::fma(weight, end - start, start) : std::fma(weight - T(1), end - start, end);
+C10_HOST_DEVICE inline bool lerp_from_start(T weight) {
+  return (weight < T(0) ? -weight : weight) < T(0.5);
+}
+
+template <typename T, typename FromStart>
+C10_HOST_DEVICE C10_ALWAYS_INLINE T lerp_torch(T start, T end, T weight, FromStart from_start) {
+  return from_start ? std::fma(weight, end - start, start) : std::fma(weight - T(1), end - start, end);
 }
 
 // What every step does to the gradient and the weight before the optimizer's own math.
@@ -37,12 +58,12 @@ struct GradTerms {
   Op clip = Op(1);       // min(1, max_norm / (norm + 1e-6))
   Op sign = Op(1);       // -1 under maximize
   Op l2 = Op(0), l1 = Op(0);
-  bool use_l2 = false, use_l1 = false;
   Op keep = Op(1);  // 1 - decoupled decay fraction
 
   // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w: l2 * w
   // fused into the add as torch's grad.add(param, alpha=weight_decay) rounds it, then l1 * sign(w).
-  C10_HOST_DEVICE C10_ALWAYS_INLINE Op grad(Op g, Op w) const {
+  template <typename L2, typename L1>
+  C10_HOST_DEVICE C10_ALWAYS_INLINE Op grad(Op g, Op w, L2 use_l2, L1 use_l1) const {
     g = ((g * inv_scale) * clip) * sign;
     if (use_l2) g = std::fma(l2, w, g);
     if (use_l1) g = g + l1 * sign_of(w);
@@ -54,21 +75,23 @@ template <typename Op>
 struct AdamTerms {
   GradTerms<Op> g;
   Op lerp_weight, beta2, one_minus_beta2, bias2_sqrt, eps, neg_step_size;
+  AdamFlags<> flags;
 };
 
 template <typename Op>
 struct SgdTerms {
   GradTerms<Op> g;
   Op momentum, one_minus_dampening, neg_lr;
-  bool fresh;  // the momentum buffer is new: it starts as the gradient (torch's first step)
+  SgdFlags<> flags;
 };
 
 // One element of torch.optim.Adam's _single_tensor_adam (non-capturable branch).
-template <typename Op, bool kAmsgrad>
-C10_HOST_DEVICE C10_ALWAYS_INLINE void adam_element(Op& w, Op g, Op& m, Op& v, Op& v_max, const AdamTerms<Op>& t) {
-  g = t.g.grad(g, w);
+template <typename Op, bool kAmsgrad, class Flags>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void adam_element(Op& w, Op g, Op& m, Op& v, Op& v_max, const AdamTerms<Op>& t,
+                                                    Flags f) {
+  g = t.g.grad(g, w, f.l2, f.l1);
   w = w * t.g.keep;
-  m = lerp_torch(m, g, t.lerp_weight);
+  m = lerp_torch(m, g, t.lerp_weight, f.lerp_from_start);
   v = std::fma(t.one_minus_beta2 * g, g, v * t.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
   Op v_hat = v;
   if (kAmsgrad) {
@@ -80,12 +103,12 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void adam_element(Op& w, Op g, Op& m, Op& v, O
 }
 
 // One element of torch.optim.SGD's _single_tensor_sgd.
-template <typename Op, bool kMomentum, bool kNesterov>
-C10_HOST_DEVICE C10_ALWAYS_INLINE void sgd_element(Op& w, Op g, Op& buf, const SgdTerms<Op>& t) {
-  g = t.g.grad(g, w);
+template <typename Op, bool kMomentum, bool kNesterov, class Flags>
+C10_HOST_DEVICE C10_ALWAYS_INLINE void sgd_element(Op& w, Op g, Op& buf, const SgdTerms<Op>& t, Flags f) {
+  g = t.g.grad(g, w, f.l2, f.l1);
   w = w * t.g.keep;
   if (kMomentum) {
-    buf = t.fresh ? g : std::fma(t.one_minus_dampening, g, buf * t.momentum);
+    buf = f.fresh ? g : std::fma(t.one_minus_dampening, g, buf * t.momentum);
     g = kNesterov ? std::fma(t.momentum, buf, g) : buf;
   }
   w = std::fma(t.neg_lr, g, w);
@@ -107,8 +130,6 @@ C10_HOST_DEVICE inline GradTerms<Op> grad_terms(const StepHyper& h, bool maximiz
   g.sign = maximize ? Op(-1) : Op(1);
   g.l2 = static_cast<Op>(h.l2);
   g.l1 = static_cast<Op>(h.l1);
-  g.use_l2 = h.l2 != 0.0;
-  g.use_l1 = h.l1 != 0.0;
   g.keep = static_cast<Op>(1.0 - h.decay);  // formed in float64, as AdamW's mul_(1 - lr * wd)
   return g;
 }
@@ -121,6 +142,7 @@ C10_HOST_DEVICE inline AdamTerms<Op> adam_terms(const StepHyper& h, double step,
   const double bias1 = 1.0 - std::pow(h.beta1, step);
   const double bias2 = 1.0 - std::pow(h.beta2, step);
   t.lerp_weight = static_cast<Op>(1.0 - h.beta1);
+  t.flags = {h.l2 != 0.0, h.l1 != 0.0, lerp_from_start(t.lerp_weight)};
   t.beta2 = static_cast<Op>(h.beta2);
   t.one_minus_beta2 = static_cast<Op>(1.0 - h.beta2);
   t.bias2_sqrt = static_cast<Op>(std::pow(bias2, 0.5));  // Python's bias_correction2**0.5
@@ -136,7 +158,7 @@ C10_HOST_DEVICE inline SgdTerms<Op> sgd_terms(const StepHyper& h, bool maximize,
   t.momentum = static_cast<Op>(h.momentum);
   t.one_minus_dampening = static_cast<Op>(1.0 - h.dampening);
   t.neg_lr = static_cast<Op>(-h.lr);
-  t.fresh = h.fresh;
+  t.flags = {h.l2 != 0.0, h.l1 != 0.0, h.fresh};
   return t;
 }
 

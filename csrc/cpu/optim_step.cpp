@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "../common/optim_step.h"
+#include "../common/static_flags.h"
 #include "chunks.h"
 #include "spans.h"
 
@@ -34,16 +35,19 @@ L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
   return sums.fold();
 }
 
-template <typename T, bool kAmsgrad>
+// The span loops take the terms' flags as compile-time constants (Flags: AdamFlags or SgdFlags of
+// std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes. Their
+// bodies capture the pointers by value: by reference, GCC left the five-stream amsgrad loop scalar.
+template <typename T, bool kAmsgrad, class Flags>
 L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
-                                    const AdamTerms<at::opmath_type<T>>& t) {
+                                    const AdamTerms<at::opmath_type<T>>& t, Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    adam_element<Op, kAmsgrad>(wi, static_cast<Op>(g[i]), mi, vi, max_i, t);
+    adam_element<Op, kAmsgrad>(wi, static_cast<Op>(g[i]), mi, vi, max_i, t, f);
     w[i] = static_cast<T>(wi);
     m[i] = static_cast<T>(mi);
     v[i] = static_cast<T>(vi);
@@ -52,15 +56,16 @@ L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int6
   return sums.fold();
 }
 
-template <typename T, bool kMomentum, bool kNesterov>
-L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t) {
+template <typename T, bool kMomentum, bool kNesterov, class Flags>
+L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t,
+                                   Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) {
+  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    sgd_element<Op, kMomentum, kNesterov>(wi, static_cast<Op>(g[i]), bi, t);
+    sgd_element<Op, kMomentum, kNesterov>(wi, static_cast<Op>(g[i]), bi, t, f);
     w[i] = static_cast<T>(wi);
     if (kMomentum) buf[i] = static_cast<T>(bi);
   });
@@ -104,8 +109,11 @@ struct CpuStepKernels {
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
       const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
-      return amsgrad ? adam_span<T, true>(w, g, m, v, v_max, c.len, terms)
-                     : adam_span<T, false>(w, g, m, v, v_max, c.len, terms);
+      return with_flags(
+          [&](auto ams, auto... flags) {
+            return adam_span<T, ams>(w, g, m, v, v_max, c.len, terms, AdamFlags<decltype(flags)...>{flags...});
+          },
+          amsgrad, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
     });
   }
 
@@ -120,9 +128,14 @@ struct CpuStepKernels {
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
       const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T* buf = state_of<T>(args, 0, c);
-      if (!momentum) return sgd_span<T, false, false>(w, g, buf, c.len, terms);
-      return args.nesterov ? sgd_span<T, true, true>(w, g, buf, c.len, terms)
-                           : sgd_span<T, true, false>(w, g, buf, c.len, terms);
+      return with_flags(
+          [&](auto l2, auto l1, auto fresh) {
+            const SgdFlags<decltype(l2), decltype(l1), decltype(fresh)> f{l2, l1, fresh};
+            if (!momentum) return sgd_span<T, false, false>(w, g, buf, c.len, terms, f);
+            return args.nesterov ? sgd_span<T, true, true>(w, g, buf, c.len, terms, f)
+                                 : sgd_span<T, true, false>(w, g, buf, c.len, terms, f);
+          },
+          terms.flags.l2, terms.flags.l1, terms.flags.fresh);
     });
   }
 };

@@ -138,7 +138,7 @@ struct AdamRule {
   }
   template <typename Op>
   __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
-    adam_element<Op, kAmsgrad>(w, g, s[0], s[1], s[2], t);
+    adam_element<Op, kAmsgrad>(w, g, s[0], s[1], s[2], t, t.flags);
   }
 };
 
@@ -154,7 +154,7 @@ struct SgdRule {
   }
   template <typename Op>
   __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
-    sgd_element<Op, kMomentum, kNesterov>(w, g, s[0], t);
+    sgd_element<Op, kMomentum, kNesterov>(w, g, s[0], t, t.flags);
   }
 };
 
