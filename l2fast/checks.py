@@ -32,8 +32,8 @@ def check_penalty_grad_args(params, scale, l2, l1) -> None:
 
 def check_add_penalty_grad_args(params, grads, l2, l1) -> None:
     check_tensors(params, "params")
+    check_tensors(grads, "grads")  # before the pairing, so a sparse grad is named as sparse
     check_pairs(params, grads)
-    check_tensors(grads, "grads")
     check_coeffs(l2, len(params), "l2")
     check_coeffs(l1, len(params), "l1")
     check_no_overlap(grads, "grads", params, "params")

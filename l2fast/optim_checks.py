@@ -33,8 +33,8 @@ def check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2,
 
 def _check_step_args(params, grads, states: dict, steps, coeffs: dict, scalars: dict) -> None:
     checks.check_tensors(params, "params")
+    checks.check_tensors(grads, "grads")  # before the pairing, so a sparse grad is named as sparse
     checks.check_pairs(params, grads)
-    checks.check_tensors(grads, "grads")
     for name, tensors in states.items():
         _check_state(params, tensors, name)
     if params:

@@ -30,6 +30,7 @@ def bad_calls():
         "pair-dtype": ("add_penalty_grad_", ([w], [half], [1.0], [0.0])),
         "pair-shape": ("add_penalty_grad_", ([w], [g[:5]], [1.0], [0.0])),
         "pair-strides": ("add_penalty_grad_", ([x.t().contiguous().t()], [torch.randn(3, 2)], [1.0], [0.0])),
+        "sparse-grad": ("add_penalty_grad_", ([w], [g.to_sparse()], [1.0], [0.0])),
         "grads-not-dense": ("add_penalty_grad_", ([w[:3]], [g[::2]], [1.0], [0.0])),
         "listed-twice": ("decay_", ([w, x, w], [0.1], [0.0])),
         "overlap": ("decay_", ([w[:4], w[3:]], [0.1], [0.0])),
@@ -51,7 +52,15 @@ def test_native_fake_and_reference_checks_agree(case):
     native = message(lambda: getattr(ops, name)(*args))
     assert native.startswith("l2fast: ")
     assert message(lambda: getattr(reference, name)(*args)) == native
-    if case != "sparse":  # fake tensors cannot be sparse
+    if not case.startswith("sparse"):  # fake tensors cannot be sparse
         with FakeTensorMode() as mode:
             fake = torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
             assert message(lambda: getattr(ops, name)(*fake)) == native
+
+
+def test_a_sparse_grad_is_named_as_sparse():
+    # The grads are checked on their own before they are paired with the params: a sparse grad's
+    # strides would otherwise be reported as a layout mismatch.
+    w, g = torch.randn(6), torch.randn(6).to_sparse()
+    assert message(lambda: ops.add_penalty_grad_([w], [g], [1.0], [0.0])).startswith(
+        "l2fast: grads[0] has layout torch.sparse_coo")

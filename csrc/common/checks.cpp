@@ -201,8 +201,8 @@ void check_penalty_grad_args(at::TensorList params, const at::Tensor& scale, c10
 void check_add_penalty_grad_args(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
                                  c10::ArrayRef<double> l1) {
   check_tensors(params, "params");
+  check_tensors(grads, "grads");  // before the pairing, so a sparse grad is named as sparse
   check_pairs(params, grads);
-  check_tensors(grads, "grads");
   check_coeffs(l2, params.size(), "l2");
   check_coeffs(l1, params.size(), "l1");
   check_no_overlap(grads, "grads", params, "params");

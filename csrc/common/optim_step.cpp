@@ -47,8 +47,8 @@ void check_scalar(const at::Tensor& t, const char* name, const at::Device& devic
 
 void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names) {
   check_tensors(args.params, "params");
+  check_tensors(args.grads, "grads");  // before the pairing, so a sparse grad is named as sparse
   check_pairs(args.params, args.grads);
-  check_tensors(args.grads, "grads");
   for (size_t k = 0; k < args.states.size(); ++k) check_state(args.params, args.states[k], state_names[k]);
   if (args.params.empty()) return;
   const at::Device device = args.params[0].device();
