@@ -39,13 +39,13 @@ seconds_since() {  # seconds (to the millisecond) since a `date +%s%N` time
 "$python" "$helper" export "$run" "$work"
 
 # nanoGPT's train.py reads configurator.py from the current directory.
-probe_iters=20
+probe_iters=${PROBE_ITERS:-20}  # more give a steadier time per iteration on a busy machine
 start=$(date +%s%N)
 (cd "$nanogpt" && "$python" train.py "$work/config.py" --out_dir="$work/probe" --max_iters=$probe_iters \
     --decay_lr=False --eval_interval=$((probe_iters + 1))) > "$work/probe.log" 2>&1
 probe_seconds=$(seconds_since "$start")
 iters=$("$python" "$helper" plan "$work" "$probe_seconds" $probe_iters "$minutes")
-echo "nanoGPT: $iters iterations to fill $minutes minutes (probe: $probe_iters iterations in ${probe_seconds}s)"
+echo "nanoGPT: $iters iterations for a budget of $minutes minutes (probe: $probe_iters iterations in ${probe_seconds}s)"
 
 # eval_interval = max_iters: a loss estimate and a checkpoint after the last update.
 start=$(date +%s%N)
