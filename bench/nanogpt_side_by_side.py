@@ -9,7 +9,7 @@
     python bench/nanogpt_side_by_side.py plan WORK_DIR PROBE_SECONDS PROBE_ITERS MINUTES
         prints the max_iters that fill MINUTES ('same': the l2fast run's training time), from the
         iteration times of a short probe run (its log: WORK_DIR/probe.log)
-    python bench/nanogpt_side_by_side.py score NANOGPT_DIR RUN_DIR WORK_DIR NANOGPT_SECONDS
+    python bench/nanogpt_side_by_side.py score NANOGPT_DIR RUN_DIR WORK_DIR MINUTES NANOGPT_SECONDS
         scores l2fast's latest.pt and nanoGPT's WORK_DIR/out/ckpt.pt on the whole validation text with
         l2fast's own scoring (l2fast.lm.evaluate: the same windows of the context length, the same
         tokens, the same byte count), and prints the markdown table (also WORK_DIR/side_by_side.md)
@@ -196,12 +196,21 @@ def iterations_for(budget_s: float, log: str, probe_seconds: float, probe_iters:
     return iters
 
 
+def read_export(work: Path) -> dict:
+    return json.loads((work / "export.json").read_text(encoding="utf-8"))
+
+
+def budget_minutes(export: dict, minutes: str) -> float:
+    """MINUTES as given: a number, or 'same' (the l2fast run's training time)."""
+    return export["l2fast_minutes"] if minutes == "same" else float(minutes)
+
+
 def command_plan(args) -> None:
     work = Path(args.work_dir)
     log = (work / "probe.log").read_text(encoding="utf-8")
-    export = json.loads((work / "export.json").read_text(encoding="utf-8"))
-    minutes = export["l2fast_minutes"] if args.minutes == "same" else float(args.minutes)
-    print(iterations_for(minutes * 60, log, args.probe_seconds, args.probe_iters, export["warmup"]))
+    export = read_export(work)
+    print(iterations_for(budget_minutes(export, args.minutes) * 60, log, args.probe_seconds, args.probe_iters,
+                         export["warmup"]))
 
 
 # ---- scoring ------------------------------------------------------------------------------------------
@@ -224,8 +233,9 @@ class FullLogits(nn.Module):
         return logits
 
 
-def load_nanogpt(nanogpt_dir: Path, path: Path, device) -> tuple[nn.Module, int]:
-    """nanoGPT's model from its checkpoint (its own model.py builds it), and the iterations it trained."""
+def load_nanogpt(nanogpt_dir: Path, path: Path, device) -> tuple[nn.Module, int, str]:
+    """nanoGPT's model from its checkpoint (its own model.py builds it), the iterations it trained and the
+    arithmetic it trained in (float32 on a CPU, whatever its dtype setting)."""
     sys.path.insert(0, str(nanogpt_dir))
     from model import GPT, GPTConfig  # nanoGPT's
 
@@ -233,7 +243,8 @@ def load_nanogpt(nanogpt_dir: Path, path: Path, device) -> tuple[nn.Module, int]
     gpt = GPT(GPTConfig(**state["model_args"]))
     prefix = "_orig_mod."  # left by torch.compile
     gpt.load_state_dict({k.removeprefix(prefix): v for k, v in state["model"].items()})
-    return gpt.to(device), state["iter_num"]
+    dtype = "float32" if device.type == "cpu" else state["config"]["dtype"]
+    return gpt.to(device), state["iter_num"], dtype
 
 
 def median_tokens_per_s(times: list[float], tokens_per_iter: int) -> float:
@@ -260,33 +271,46 @@ def nanogpt_name(nanogpt_dir: Path) -> str:
     return f"nanoGPT {done.stdout.strip()}" if done.returncode == 0 else "nanoGPT"
 
 
+def l2fast_row(run_dir: Path, state: dict, model: nn.Module, score: Score) -> dict:
+    counters, cfg = state["counters"], state["config"]
+    if counters["step"] < cfg["train"]["max_steps"]:
+        print(f"warning: the l2fast run stopped at step {counters['step']} of train.max_steps = "
+              f"{cfg['train']['max_steps']} (its clock ran out): its learning rate had not decayed to train.min_lr",
+              file=sys.stderr)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return {"trainer": f"l2fast ({counters['precision']})", "parameters": parameters(model),
+            "minutes": counters["elapsed"] / 60, "iterations": counters["step"],
+            "tokens_per_s": statistics.median(row["tok_per_s"] for row in metrics if "tok_per_s" in row), "score": score}
+
+
+def nanogpt_row(nanogpt_dir: Path, work: Path, budget: float, seconds: float, nanogpt: tuple, score: Score) -> dict:
+    gpt, iters, dtype = nanogpt
+    minutes = seconds / 60
+    if abs(minutes - budget) > 0.1 * budget:
+        print(f"warning: nanoGPT trained {minutes:.1f} minutes against a budget of {budget:.1f}: its iterations ran at "
+              "another speed than in the probe (a busy machine?); run again on a quiet one", file=sys.stderr)
+    times = list(iteration_times((work / "train.log").read_text(encoding="utf-8")).values())
+    return {"trainer": f"{nanogpt_name(nanogpt_dir)} ({dtype})", "parameters": parameters(gpt), "minutes": minutes,
+            "iterations": iters, "tokens_per_s": median_tokens_per_s(times, read_export(work)["tokens_per_iter"]),
+            "score": score}
+
+
 def command_score(args) -> None:
     nanogpt_dir, run_dir, work = Path(args.nanogpt_dir), Path(args.run_dir), Path(args.work_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state, _, valid_path = run_files(run_dir)
     model, tokenizer, cfg = load_for_inference(run_dir / checkpoint.LATEST, device)
-    valid = read_documents(valid_path, cfg.data.documents)
-    stream = token_stream(tokenizer, valid)
-    counters, precision = state["counters"], state["counters"]["precision"]
-    if counters["step"] < cfg.train.max_steps:
-        print(f"warning: the l2fast run stopped at step {counters['step']} of train.max_steps = {cfg.train.max_steps} "
-              "(its clock ran out): its learning rate had not decayed to train.min_lr", file=sys.stderr)
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    l2fast_rate = statistics.median(row["tok_per_s"] for row in metrics if "tok_per_s" in row)
-    rows = [{"trainer": f"l2fast ({precision})", "parameters": parameters(model), "minutes": counters["elapsed"] / 60,
-             "iterations": counters["step"], "tokens_per_s": l2fast_rate,
-             "score": score_stream(model, stream, valid.utf8_bytes, device)}]
-    gpt, iters = load_nanogpt(nanogpt_dir, work / "out" / "ckpt.pt", device)
+    nanogpt = load_nanogpt(nanogpt_dir, work / "out" / "ckpt.pt", device)
+    gpt = nanogpt[0]
     if gpt.config.block_size != cfg.model.context:
         raise SideBySideError(f"nanoGPT's block_size {gpt.config.block_size} is not the run's context {cfg.model.context}")
-    tokens_per_iter = json.loads((work / "export.json").read_text(encoding="utf-8"))["tokens_per_iter"]
-    times = list(iteration_times((work / "train.log").read_text(encoding="utf-8")).values())
-    nanogpt_precision = "fp32" if device.type == "cpu" else precision  # nanoGPT runs float32 on a CPU
-    rows.append({"trainer": f"{nanogpt_name(nanogpt_dir)} ({nanogpt_precision})", "parameters": parameters(gpt),
-                 "minutes": args.nanogpt_seconds / 60, "iterations": iters,
-                 "tokens_per_s": median_tokens_per_s(times, tokens_per_iter),
-                 "score": score_stream(FullLogits(gpt), stream, valid.utf8_bytes, device)})
-    text = table(rows, valid, rows[0]["score"], cfg.model.context, differences(cfg))
+    valid = read_documents(valid_path, cfg.data.documents)
+    stream = token_stream(tokenizer, valid)
+    scores = [score_stream(m, stream, valid.utf8_bytes, device) for m in (model, FullLogits(gpt))]
+    budget = budget_minutes(read_export(work), args.minutes)
+    rows = [l2fast_row(run_dir, state, model, scores[0]),
+            nanogpt_row(nanogpt_dir, work, budget, args.nanogpt_seconds, nanogpt, scores[1])]
+    text = table(rows, valid, scores[0], cfg.model.context, differences(cfg))
     (work / "side_by_side.md").write_text(text, encoding="utf-8")
     print(text, end="")
 
@@ -306,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("nanogpt_dir")
     score.add_argument("run_dir")
     score.add_argument("work_dir")
+    score.add_argument("minutes", help="the budget given to plan")
     score.add_argument("nanogpt_seconds", type=float)
     args = parser.parse_args(argv)
     try:

@@ -54,4 +54,4 @@ start=$(date +%s%N)
 train_seconds=$(seconds_since "$start")
 echo "nanoGPT: trained in ${train_seconds}s"
 
-"$python" "$helper" score "$nanogpt" "$run" "$work" "$train_seconds"
+"$python" "$helper" score "$nanogpt" "$run" "$work" "$minutes" "$train_seconds"
