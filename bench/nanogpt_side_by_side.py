@@ -40,10 +40,11 @@ from l2fast.lm.evaluate import Score, score_stream
 from l2fast.lm.inference import load_for_inference
 from l2fast.lm.tokenizer import Tokenizer
 from l2fast.trainer import checkpoint
+from l2fast.trainer.text import DataError
 
 NANOGPT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 ITERATION_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms", re.M)
-PROBE_EVAL_ITERS = 10  # nanoGPT's own loss estimate: batches per split; its numbers are not the ones compared
+NANOGPT_EVAL_ITERS = 10  # batches per split of nanoGPT's own loss estimate (its numbers are not the ones compared)
 
 
 class SideBySideError(Exception):
@@ -137,7 +138,7 @@ def nanogpt_config(cfg: Config, precision: str, threads: int, data_dir: Path, ou
     device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = {
         "out_dir": str(out_dir), "dataset": str(data_dir.resolve()), "init_from": "scratch",
-        "wandb_log": False, "log_interval": 1, "eval_iters": PROBE_EVAL_ITERS, "always_save_checkpoint": True,
+        "wandb_log": False, "log_interval": 1, "eval_iters": NANOGPT_EVAL_ITERS, "always_save_checkpoint": True,
         "batch_size": t.batch_size, "gradient_accumulation_steps": t.accumulate, "block_size": m.context,
         "n_layer": m.layers, "n_head": m.heads, "n_embd": m.d_model, "dropout": m.dropout,
         "bias": True,  # l2fast's linear layers and layer norms have biases (its output layer none, as nanoGPT's)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         {"export": command_export, "plan": command_plan, "score": command_score}[args.command](args)
-    except SideBySideError as e:
+    except (SideBySideError, checkpoint.CheckpointError, DataError) as e:
         print(f"nanogpt_side_by_side: error: {e}", file=sys.stderr)
         return 2
     return 0

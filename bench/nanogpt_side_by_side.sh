@@ -31,6 +31,14 @@ done
 "$python" -c "import numpy" 2>/dev/null || { echo "error: nanoGPT needs numpy: pip install numpy" >&2; exit 2; }
 mkdir -p "$work"; work=$(realpath "$work")
 rm -rf "$work/out" "$work/probe"
+nanogpt_train() {  # LOG ARGS...: nanoGPT's train.py, which reads configurator.py from the current directory
+    local log=$1; shift
+    if ! (cd "$nanogpt" && "$python" train.py "$work/config.py" "$@") > "$log" 2>&1; then
+        echo "error: nanoGPT's train.py failed; the end of $log:" >&2
+        tail -20 "$log" >&2
+        exit 1
+    fi
+}
 seconds_since() {  # seconds (to the millisecond) since a `date +%s%N` time
     local ms=$(( ($(date +%s%N) - $1) / 1000000 ))
     printf "%d.%03d" $((ms / 1000)) $((ms % 1000))
@@ -38,19 +46,17 @@ seconds_since() {  # seconds (to the millisecond) since a `date +%s%N` time
 
 "$python" "$helper" export "$run" "$work"
 
-# nanoGPT's train.py reads configurator.py from the current directory.
 probe_iters=${PROBE_ITERS:-20}  # more give a steadier time per iteration on a busy machine
 start=$(date +%s%N)
-(cd "$nanogpt" && "$python" train.py "$work/config.py" --out_dir="$work/probe" --max_iters=$probe_iters \
-    --decay_lr=False --eval_interval=$((probe_iters + 1))) > "$work/probe.log" 2>&1
+nanogpt_train "$work/probe.log" --out_dir="$work/probe" --max_iters="$probe_iters" --decay_lr=False \
+    --eval_interval=$((probe_iters + 1))
 probe_seconds=$(seconds_since "$start")
 iters=$("$python" "$helper" plan "$work" "$probe_seconds" $probe_iters "$minutes")
 echo "nanoGPT: $iters iterations for a budget of $minutes minutes (probe: $probe_iters iterations in ${probe_seconds}s)"
 
 # eval_interval = max_iters: a loss estimate and a checkpoint after the last update.
 start=$(date +%s%N)
-(cd "$nanogpt" && "$python" train.py "$work/config.py" --max_iters="$iters" --lr_decay_iters="$iters" \
-    --eval_interval="$iters") > "$work/train.log" 2>&1
+nanogpt_train "$work/train.log" --max_iters="$iters" --lr_decay_iters="$iters" --eval_interval="$iters"
 train_seconds=$(seconds_since "$start")
 echo "nanoGPT: trained in ${train_seconds}s"
 
