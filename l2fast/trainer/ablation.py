@@ -251,9 +251,9 @@ def check_compatible(rows: list[dict], config: dict, settings: tuple[Setting, ..
 
 
 def base_options(options: dict, build_config: Callable[[dict], Any]) -> dict:
-    """options with what makes the runs comparable: a step count and no wall-clock cap (on a busy machine it would stop
-    runs at different steps), and on a CPU float32 in place of "auto" (whose timed probe could choose
-    differently from run to run)."""
+    """options with what makes the runs comparable: a step count and no wall-clock cap (on a busy
+    machine it would stop runs at different steps), and on a CPU float32 in place of "auto" (whose
+    timed probe could choose differently from run to run)."""
     import torch
 
     if build_config(options).train.max_steps == 0:
@@ -283,8 +283,12 @@ def run_ablation(ablation: Ablation, options: dict, seeds: list[int], run_dir: s
             path = root / setting.name / f"seed{seed}"
             path.parent.mkdir(exist_ok=True)
             with _lock(path.with_name(path.name + ".lock"), wait=False) as mine:
-                done = any(r["setting"] == setting.name and r["seed"] == seed for r in read_results(root))
-                if not mine or done:
+                if not mine:
+                    continue
+                rows = read_results(root)
+                # Again before each run: another process may have started with other options since.
+                check_compatible(rows, comparable, ablation.settings, root / RESULTS)
+                if any(r["setting"] == setting.name and r["seed"] == seed for r in rows):
                     continue
                 # A run killed midway resumes from its latest.pt; one killed before its first
                 # checkpoint is moved aside by --overwrite and starts afresh.
