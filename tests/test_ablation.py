@@ -16,13 +16,18 @@ pytest.importorskip("sacrebleu")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
+import torch  # noqa: E402
+
 from l2fast.lm.config import build_config  # noqa: E402
-from l2fast.lm.data import train_batches as lm_batches  # noqa: E402
+from l2fast.lm.data import Documents, token_stream  # noqa: E402
+from l2fast.lm.tokenizer import ByteTokenizer  # noqa: E402
+from l2fast.lm.train import Split, Trainer  # noqa: E402
 from l2fast.nmt.data import TokenizedPairs, train_batches as nmt_batches  # noqa: E402
 from l2fast.nmt.demo_corpus import generate  # noqa: E402
 from l2fast.trainer.ablation import (RESULTS, Ablation, Metric, Setting, Stats, beyond_spread, choose,  # noqa: E402
                                      penalty_settings, run_ablation, summarize, table)
 from l2fast.trainer.config import ConfigError  # noqa: E402
+from l2fast.trainer.runtime import Environment, RunLog  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = (Setting("none", "no penalty", {"l2": 0.0}), Setting("l2", "L2 1e-2", {"l2": 1e-2}),
@@ -136,8 +141,21 @@ def test_results_of_another_configuration_are_refused(tmp_path):
         run_ablation(fake_ablation([]), {"train": {"max_steps": 0, "lr_schedule": "constant"}}, [1], tmp_path / "new")
 
 
-def test_a_seed_changes_the_data_order():
-    assert lm_batches(100, 4, 1, 0) != lm_batches(100, 4, 2, 0) and lm_batches(100, 4, 1, 0) == lm_batches(100, 4, 1, 0)
+def test_a_seed_sets_the_initialisation_and_the_data_order(tmp_path):
+    docs = Documents("text", ["the cat sat on the mat and looked at the moon."] * 20)
+    stream = token_stream(ByteTokenizer(), docs)
+
+    def trainer(seed):
+        cfg = build_config({**TINY_LM, "train": {**TINY_LM["train"], "seed": seed, "run_dir": str(tmp_path)}})
+        return Trainer(cfg, Environment(torch.device("cpu")), tmp_path, RunLog(tmp_path, False), ByteTokenizer(), stream,
+                       Split(docs, stream), None)
+
+    def weights(t):
+        return torch.cat([p.detach().flatten() for p in t.model.parameters()])
+
+    one, two, again = trainer(1), trainer(2), trainer(1)
+    assert not torch.equal(weights(one), weights(two)) and torch.equal(weights(one), weights(again))
+    assert one.epoch_batches() != two.epoch_batches() and one.epoch_batches() == again.epoch_batches()
     pairs = TokenizedPairs([[5] * (i % 7 + 1) for i in range(60)], [[6] * (i % 5 + 1) for i in range(60)])
     assert nmt_batches(pairs, 40, 1, 0) != nmt_batches(pairs, 40, 2, 0)
     assert nmt_batches(pairs, 40, 1, 0) == nmt_batches(pairs, 40, 1, 0)
