@@ -274,6 +274,8 @@ def run_ablation(ablation: Ablation, options: dict, seeds: list[int], run_dir: s
     base = ablation.build_config(options)  # every option checked before anything is written
     comparable = _comparable(base.to_dict())
     root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--run-dir {root} is a file, not a directory")
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root / "ablation.lock"):
         check_compatible(read_results(root), comparable, ablation.settings, root / RESULTS)
