@@ -85,39 +85,10 @@ def _register_fakes() -> None:
 
 
 def _register_autograd() -> None:
-    # The backward of every reduction is one fused pass of penalty_grad: d/dw of l2/2 ||w||^2 + l1 |w|_1,
-    # times the incoming gradient. penalty_grad has its own derivative, so second derivatives (Hessian-
-    # vector products, gradgradcheck) are exact too. (add_penalty_grad_ and decay_ write their arguments
-    # and have no derivative: their Autograd kernels are in csrc/common/inplace_autograd.cpp.)
-    def save_params(ctx, tensors, l2, l1, per_tensor=False):
-        ctx.save_for_backward(*tensors)
-        ctx.l2, ctx.l1, ctx.per_tensor = l2, l1, per_tensor
-
-    def backward(ctx, grad_output):
-        tensors = list(ctx.saved_tensors)
-        if not ctx.per_tensor:
-            return torch.ops.l2fast.penalty_grad(tensors, grad_output, ctx.l2, ctx.l1)
-        grads = torch.ops.l2fast.penalty_grad(tensors, grad_output.new_ones(()), ctx.l2, ctx.l1)
-        return list(torch._foreach_mul(grads, list(grad_output.unbind())))
-
-    def penalty_setup(ctx, inputs, output):
-        params, l2, l1 = inputs
-        save_params(ctx, params, l2, l1)
-
-    def sq_norm_setup(ctx, inputs, output):  # d/dx c ||x||^2 = 2c x: an L2 coefficient of 2c
-        tensors, coeffs, per_tensor = inputs
-        save_params(ctx, tensors, [2.0 * c for c in coeffs], [0.0], per_tensor)
-
-    def l1_norm_setup(ctx, inputs, output):  # d/dx c |x|_1 = c sign(x): an L1 coefficient of c
-        tensors, coeffs, per_tensor = inputs
-        save_params(ctx, tensors, [0.0], coeffs, per_tensor)
-
-    for name, setup in (("penalty", penalty_setup), ("sq_norm", sq_norm_setup), ("l1_norm", l1_norm_setup)):
-        n_extra = 2  # coefficient arguments, which get no gradient
-        torch.library.register_autograd(
-            f"l2fast::{name}", lambda ctx, g: (backward(ctx, g),) + (None,) * n_extra, setup_context=setup
-        )
-
+    # The reductions' backward is one fused pass of penalty_grad (their Autograd kernels are C++:
+    # csrc/common/reduce_autograd.cpp, as are those of the in-place ops, csrc/common/inplace_autograd.cpp).
+    # penalty_grad's own derivative is here, so second derivatives (Hessian-vector products,
+    # gradgradcheck) are exact too.
     def penalty_grad_setup(ctx, inputs, output):
         params, scale, l2, l1 = inputs
         ctx.save_for_backward(scale, *params)

@@ -364,6 +364,23 @@ def test_norms_are_differentiable(device, per_tensor):
             x.grad = None
 
 
+def test_reductions_record_autograd_only_when_a_tensor_requires_grad(device):
+    plain = [torch.randn(4, device=device), torch.randn(3, device=device)]
+    leaf = torch.randn(5, device=device, requires_grad=True)
+    for f in (l2fast.sq_norm, l2fast.l1_norm, lambda xs: l2fast.penalty(xs, l2=0.5, l1=0.1)):
+        assert f(plain).grad_fn is None
+        assert f(plain + [leaf]).grad_fn is not None
+        with torch.no_grad():
+            assert f(plain + [leaf]).grad_fn is None
+        # The saved weights are checked as torch's own ops check theirs: a weight changed in place
+        # between forward and backward is an error, not a gradient of the new value.
+        value = f(plain + [leaf])
+        with torch.no_grad():
+            leaf.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            value.backward()
+
+
 def test_misaligned_views_take_the_scalar_path(device):
     """Views starting 1 element into their storage are not 16-byte aligned: packs cannot be used."""
     base_w = torch.randn(70001, device=device)

@@ -6,13 +6,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "../common/fold.h"
 #include "../common/plan.h"
+#include "pool.h"
 #include "spans.h"
 
 namespace l2fast::cpu {
@@ -59,23 +59,21 @@ inline bool grabs_reversed() {
 
 // Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk, stored at the
 // chunk's index. Threads take grabs of chunks from a shared counter until none are left, so a thread
-// slowed by another process on its core does less of the work instead of holding up the others.
+// slowed by another process on its core does less of the work instead of holding up the others
+// (pool.h: the call does not wait for a thread that never got to start).
 template <typename ChunkFn>
 std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn chunk_fn) {
   std::vector<Partial> partials(chunks.size());
   const std::vector<size_t> bounds = grab_bounds(chunks);
   const auto grabs = static_cast<int64_t>(bounds.size()) - 1;
   const bool reversed = grabs_reversed();
-  std::atomic<int64_t> next{0};
-  const auto take_grabs = [&](int64_t, int64_t) {
-    for (int64_t g = next.fetch_add(1, std::memory_order_relaxed); g < grabs;
-         g = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t grab = reversed ? grabs - 1 - g : g;
-      for (size_t k = bounds[grab]; k < bounds[grab + 1]; ++k) partials[k] = chunk_fn(chunks[k]);
-    }
-  };
-  // One task per thread (grain 1); a single grab, or a call from inside a parallel region, runs here.
-  at::parallel_for(0, std::min<int64_t>(grabs, at::get_num_threads()), 1, take_grabs);
+  // torch's intra-op thread count (torch.set_num_threads) sets how many threads share the work; a
+  // call from inside a torch parallel region stays on its thread.
+  const int helpers = at::in_parallel_region() ? 0 : at::get_num_threads() - 1;
+  run_tasks(grabs, helpers, [&](int64_t g) {
+    const int64_t grab = reversed ? grabs - 1 - g : g;
+    for (size_t k = bounds[grab]; k < bounds[grab + 1]; ++k) partials[k] = chunk_fn(chunks[k]);
+  });
   return partials;
 }
 

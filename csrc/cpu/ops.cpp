@@ -1,4 +1,4 @@
-// CPU kernels of every l2fast op: at::parallel_for over fixed-size chunks of all tensors.
+// CPU kernels of every l2fast op: fixed-size chunks of all tensors, spread over threads by chunks.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-"""The ``l2fast lm`` command: train, generate, evaluate."""
+"""The ``l2fast lm`` command: train, generate, evaluate, ablation."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, add_train_command, check_output, command_parser, config_from_args,
-                           run_command)
+from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, add_ablation_command, add_train_command, check_output,
+                           command_parser, config_from_args, run_command)
 from ..trainer.config import ConfigError
 from ..trainer.text import DataError
+from .ablation import SETTING_NAMES
 from .config import DOCUMENTS, Config, build_config
 
 PROG = "l2fast lm"
@@ -20,6 +21,7 @@ Decoder-only Transformer language model on l2fast's fused weight penalties.
   l2fast lm train --config configs/lm-small.json --train train.txt --valid valid.txt --test test.txt
   l2fast lm generate --checkpoint runs/lm-demo/best.pt --prompt "This is a story about"
   l2fast lm evaluate --checkpoint runs/lm-demo/best.pt --text runs/lm-demo/data/test.txt
+  l2fast lm ablation --config configs/lm-ablation.json --seeds 3     penalty ablation (markdown table)
 
 Run `l2fast lm COMMAND --help` for every option of a command."""
 
@@ -71,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--text", required=True, help="UTF-8 text file")
     evaluate.add_argument("--documents", choices=DOCUMENTS, help="how --text holds documents (default: the checkpoint's)")
     evaluate.add_argument("--json", help="also write the scores to this JSON file")
+
+    add_ablation_command(commands, "Trains the language model (default: the demo model on the demo text) per penalty "
+                                   "setting (none, coupled L2 at three strengths, decoupled, cosine-decayed, "
+                                   "alternating) and seed, and tabulates validation and test bits per byte.",
+                         SETTING_NAMES, "runs/lm-ablation")
     return parser
 
 
@@ -135,7 +142,14 @@ def command_evaluate(args) -> None:
                                               indent=2) + "\n", encoding="utf-8")
 
 
-COMMANDS = {"train": command_train, "generate": command_generate, "evaluate": command_evaluate}
+def command_ablation(args) -> None:
+    from ..trainer.ablation import command
+    from .ablation import make
+
+    print(command(args, Config, build_config, make))
+
+
+COMMANDS = {"train": command_train, "generate": command_generate, "evaluate": command_evaluate, "ablation": command_ablation}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,19 +200,25 @@ class Trainer(TrainerLoop):
         return score
 
     def finish(self, test: Split | None) -> dict:
-        """Scores the test text (else the whole validation text) with the best checkpoint, logs samples,
-        and writes results.json."""
+        """Scores the whole validation text, and the test text if there is one, with the best checkpoint,
+        logs samples, and writes results.json."""
         self.env.barrier()  # the main process may still be writing best.pt
         best_path = self.run_dir / checkpoint.BEST
         if best_path.exists():
             self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
-        split, name = (test, "test") if test is not None else (self.valid, "valid")
         start = time.perf_counter()
-        score = score_stream(self.model, split.stream, split.docs.utf8_bytes, self.env.device, self.autocast)
-        results = {"scored": split.docs.name, **score.as_dict(name), "step": self.step, "best_valid_loss": self.best_loss,
-                   "train_seconds": self.elapsed, "score_seconds": time.perf_counter() - start}
+        splits = {"valid": self.valid, **({"test": test} if test is not None else {})}
+        scores = {name: score_stream(self.model, split.stream, split.docs.utf8_bytes, self.env.device, self.autocast)
+                  for name, split in splits.items()}
+        results = {"scored": splits["test" if test is not None else "valid"].docs.name}
+        for name, score in scores.items():
+            results.update(score.as_dict(name))
+        results.update(step=self.step, best_valid_loss=self.best_loss, train_seconds=self.elapsed,
+                       score_seconds=time.perf_counter() - start)
         if self.env.is_main:
-            self.log(f"{name} ({split.docs.name}, {score.tokens:,} tokens, {score.utf8_bytes:,} bytes): {score.line()}")
+            for name, score in scores.items():
+                self.log(f"{name} ({splits[name].docs.name}, {score.tokens:,} tokens, {score.utf8_bytes:,} bytes): "
+                         f"{score.line()}")
             samples = generate(self.model, self.tokenizer.encode(SAMPLE_PROMPTS), 200, self.tokenizer.eod,
                                Sampling(temperature=0.8, top_k=40), self.cfg.train.seed, self.env.device)
             for prompt, text in zip(SAMPLE_PROMPTS, self.tokenizer.decode(samples)):

@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..trainer.cli import FINITE, NOT_NEGATIVE, POSITIVE, add_train_command, check_output, command_parser, config_from_args, run_command
+from ..trainer.cli import (FINITE, NOT_NEGATIVE, POSITIVE, add_ablation_command, add_train_command, check_output, command_parser,
+                           config_from_args, run_command)
 from ..trainer.text import DataError
+from .ablation import SETTING_NAMES
 from .config import Config, build_config
 
 DESCRIPTION = """\
@@ -19,7 +21,7 @@ Transformer translation on l2fast's fused weight penalties.
   l2fast translate --checkpoint runs/demo/best.pt < input.txt > output.txt
   l2fast evaluate --checkpoint runs/demo/best.pt --test runs/demo/data/test
   l2fast bench                         training-step time: naive penalty vs l2fast
-  l2fast ablation                      penalty ablation on the demo corpus (markdown table)
+  l2fast ablation --seeds 3            penalty ablation on the demo corpus (markdown table)
 
 Run `l2fast COMMAND --help` for every option of a command."""
 
@@ -66,13 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
     bench.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (default: fp32)")
 
-    ablation = commands.add_parser("ablation", help="penalty ablation on the demo corpus",
-                                   description="Trains the demo model once per penalty setting (none, constant L2 at three "
-                                               "strengths, decayed, alternating) and prints test BLEU and wall time as a table.")
-    ablation.add_argument("--run-dir", default="runs/ablation", help="parent directory of the runs (default: runs/ablation)")
-    ablation.add_argument("--max-steps", type=POSITIVE, help="updates per run (default: the demo's)")
-    ablation.add_argument("--only", nargs="+", choices=("none", "l2-1e-5", "l2-1e-4", "l2-1e-3", "decayed", "alternating"),
-                          help="run only these settings (default: all)")
+    add_ablation_command(commands, "Trains the translation model (default: the demo model on the demo corpus) per "
+                                   "penalty setting (none, coupled L2 at three strengths, cosine-decayed, alternating) "
+                                   "and seed, and tabulates test BLEU and chrF.", SETTING_NAMES, "runs/ablation")
     return parser
 
 
@@ -178,9 +176,10 @@ def command_bench(args) -> None:
 
 
 def command_ablation(args) -> None:
-    from .ablation import run_ablation
+    from ..trainer.ablation import command
+    from .ablation import make
 
-    print(run_ablation(args.run_dir, args.max_steps, args.only))
+    print(command(args, Config, build_config, make))
 
 
 COMMANDS = {"train": command_train, "translate": command_translate, "evaluate": command_evaluate,

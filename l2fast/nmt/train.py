@@ -21,7 +21,7 @@ from torch import nn
 
 from ..trainer import checkpoint
 from .averaging import WeightAverage
-from .config import Config, check_resumable
+from .config import Config, DataConfig, check_resumable
 from .data import (TokenizedPairs, collate, drop_empty, eval_batches, filter_long, fit_positions, read_parallel,
                    train_batches)
 from .demo_corpus import write_demo_corpus
@@ -46,9 +46,24 @@ class Split:
     pairs: TokenizedPairs
 
 
+DEMO_HELD_OUT = {"valid": 500, "test": 1000}
+
+
 def demo_paths(run_dir: Path) -> tuple[str, str, str]:
     data_dir = run_dir / "data"
     return str(data_dir / "train"), str(data_dir / "valid"), str(data_dir / "test")
+
+
+def write_demo_data(d: DataConfig, run_dir: Path, log) -> tuple[str, str, str]:
+    """The demo corpus in RUN_DIR/data (files already holding it are left alone); its three path prefixes."""
+    sizes = {"train": d.demo_train_size, **DEMO_HELD_OUT}
+    write_demo_corpus(run_dir / "data", sizes)
+    log(f"demo corpus: {sizes['train']} train / {sizes['valid']} valid / {sizes['test']} test pairs in {run_dir / 'data'}")
+    return demo_paths(run_dir)
+
+
+def train_tokenizer(d: DataConfig, train_text) -> Tokenizer:
+    return Tokenizer.train(train_text.src, train_text.tgt, d.vocab_size, d.joint_vocab, d.subword_type, d.character_coverage)
 
 
 def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tokenizer, TokenizedPairs, Split, Split | None]:
@@ -60,9 +75,7 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
         train_spec, valid_spec, test_spec = demo_paths(run_dir)
         suffixes = ("src", "tgt")
         if env.is_main:
-            sizes = {"train": d.demo_train_size, "valid": 500, "test": 1000}
-            write_demo_corpus(run_dir / "data", sizes)
-            log(f"demo corpus: {sizes['train']} train / 500 valid / 1000 test pairs in {run_dir / 'data'}")
+            write_demo_data(d, run_dir, log)
         env.barrier()
     train_text = drop_empty(read_parallel(train_spec, *suffixes), log)
     valid_text = drop_empty(read_parallel(valid_spec, *suffixes), log)
@@ -74,7 +87,7 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
         log(f"tokenizer: copied from {d.tokenizer}")
     elif env.is_main and not any(tokenizer_dir.glob("*.model")):
         start = time.perf_counter()
-        tokenizer = Tokenizer.train(train_text.src, train_text.tgt, d.vocab_size, d.joint_vocab, d.subword_type, d.character_coverage)
+        tokenizer = train_tokenizer(d, train_text)
         tokenizer.save(tokenizer_dir)
         log(f"tokenizer: {'joint' if tokenizer.joint else 'separate'} sentencepiece {d.subword_type}, "
             f"vocab {tokenizer.src_vocab_size}/{tokenizer.tgt_vocab_size}, trained in {time.perf_counter() - start:.1f}s")

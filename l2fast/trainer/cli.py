@@ -109,3 +109,23 @@ def run_command(prog: str, command: str, action: Callable[[], None]) -> int:
         print(f"{prog} {command}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def add_ablation_command(commands, description: str, settings: list[str], run_dir: str) -> argparse.ArgumentParser:
+    """The ablation command of a trainer: settings are the names --only accepts."""
+    ablation = commands.add_parser("ablation", help="the penalty ablation at several seeds (markdown table)",
+                                   description=description + " Every (setting, seed) run is trained once: finished runs "
+                                   "are in RUN_DIR/results.jsonl and are skipped when the command is run again, a run "
+                                   "cut off midway resumes from its latest.pt, and several processes started with "
+                                   "the same command share the runs out (one --threads 1 process per core, say). "
+                                   "The table (mean ± sample standard deviation per setting) is rewritten to "
+                                   "RUN_DIR/ablation.md after every run.")
+    ablation.add_argument("--config", help="JSON or TOML file of the configuration all runs share (default: the trainer's defaults)")
+    ablation.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 1..N per setting (default: 3)")
+    ablation.add_argument("--max-steps", type=POSITIVE, help="updates per run (default: the configuration's)")
+    ablation.add_argument("--threads", type=NOT_NEGATIVE, help="CPU threads per run (0 = all cores; default: the configuration's)")
+    ablation.add_argument("--only", nargs="+", metavar="SETTING", help=f"run only these settings: {', '.join(settings)} "
+                                                                       "(default: all)")
+    ablation.add_argument("--run-dir", default=run_dir, help=f"directory of the results, table and runs (default: {run_dir})")
+    ablation.add_argument("--table", action="store_true", help="only rewrite and print the table of the finished runs")
+    return ablation
