@@ -183,8 +183,8 @@ def test_lm_ablation_command(tmp_path):
     config = {**TINY_LM, "data": {split: str(tmp_path / f"{split}.txt") for split in ("train", "valid", "test")}}
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
     common = ("lm", "ablation", "--config", str(tmp_path / "config.json"), "--threads", "1")
-    out = cli(*common, "--seeds", "2", "--only", "none", "l2-1e-2", "--run-dir", str(tmp_path / "a")).stdout
-    assert "| no penalty | 2 |" in out and "| L2 1e-2 | 2 |" in out and "valid bits/byte" in out
+    out = cli(*common, "--seeds", "2", "--only", "none", "l2-1e-4", "--run-dir", str(tmp_path / "a")).stdout
+    assert "| no penalty | 2 |" in out and "| L2 1e-4 | 2 |" in out and "valid bits/byte" in out
     a = tmp_path / "a"
     assert losses(a / "none" / "seed1") != losses(a / "none" / "seed2")
     cli(*common, "--seeds", "1", "--only", "none", "--run-dir", str(tmp_path / "b"))
@@ -193,7 +193,7 @@ def test_lm_ablation_command(tmp_path):
     assert "ablation:" not in again.stdout and len((a / RESULTS).read_text().splitlines()) == 4
     assert cli("lm", "ablation", "--table", "--run-dir", str(a)).stdout == out[out.index("Penalty ablation"):]
     bad = cli(*common, "--only", "l2-5", "--run-dir", str(tmp_path / "c"), check=False)
-    assert bad.returncode == 2 and "unknown ablation setting 'l2-5'; choose from none, l2-1e-3" in bad.stderr
+    assert bad.returncode == 2 and "unknown ablation setting 'l2-5'; choose from none, l2-1e-5" in bad.stderr
 
 
 def test_translation_ablation_command(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..trainer.ablation import Ablation, Metric, penalty_settings
 from .config import Config, build_config
 
-STRENGTHS = (1e-3, 1e-2, 1e-1)
+STRENGTHS = (1e-5, 1e-4, 1e-3)
 DECOUPLED = 0.1
 ALTERNATE_EVERY = 100
 METRICS = (Metric("valid_bpb", "valid bits/byte", 4), Metric("test_bpb", "test bits/byte", 4),
