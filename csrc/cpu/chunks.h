@@ -12,7 +12,7 @@
 
 #include "../common/fold.h"
 #include "../common/plan.h"
-#include "pool.h"
+#include "schedule.h"
 #include "spans.h"
 
 namespace l2fast::cpu {
@@ -60,17 +60,15 @@ inline bool grabs_reversed() {
 // Runs chunk_fn on every chunk, in parallel, and returns one Partial per chunk, stored at the
 // chunk's index. Threads take grabs of chunks from a shared counter until none are left, so a thread
 // slowed by another process on its core does less of the work instead of holding up the others
-// (pool.h: the call does not wait for a thread that never got to start).
+// (schedule.h: which threads those are).
 template <typename ChunkFn>
 std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn chunk_fn) {
   std::vector<Partial> partials(chunks.size());
   const std::vector<size_t> bounds = grab_bounds(chunks);
   const auto grabs = static_cast<int64_t>(bounds.size()) - 1;
   const bool reversed = grabs_reversed();
-  // torch's intra-op thread count (torch.set_num_threads) sets how many threads share the work; a
-  // call from inside a torch parallel region stays on its thread.
-  const int helpers = at::in_parallel_region() ? 0 : at::get_num_threads() - 1;
-  run_tasks(grabs, helpers, [&](int64_t g) {
+  // torch's intra-op thread count (torch.set_num_threads) sets how many threads share the work.
+  run_grabs(grabs, at::get_num_threads(), [&](int64_t g) {
     const int64_t grab = reversed ? grabs - 1 - g : g;
     for (size_t k = bounds[grab]; k < bounds[grab + 1]; ++k) partials[k] = chunk_fn(chunks[k]);
   });
