@@ -71,6 +71,16 @@ def test_sentencepiece_round_trip_even_of_unseen_characters():
     assert again.encode(texts) == ids and again.vocab_size == tok.vocab_size
 
 
+def test_sentencepiece_learns_from_documents_longer_than_its_input_limit():
+    # sentencepiece skips inputs over 4192 bytes: whole pages would leave it almost nothing to learn from.
+    documents = ["\n".join(demo_text(150, seed)) for seed in range(4)]
+    assert all(len(d.encode()) > 4192 for d in documents)
+    tok = SentencePieceTokenizer.train(documents, 400, "unigram")
+    assert tok.vocab_size == 400
+    assert tok.decode(tok.encode(documents)) == documents
+    assert sum(map(len, tok.encode(documents))) < sum(len(d.encode()) for d in documents) / 2
+
+
 def test_sentencepiece_failure_is_a_data_error():
     with pytest.raises(DataError, match="sentencepiece could not be trained"):
         SentencePieceTokenizer.train(["x" * 10] * 3 + ["".join(chr(0x4E00 + i) for i in range(400))], 300, "bpe")

@@ -48,8 +48,12 @@ class SentencePieceTokenizer:
     def train(cls, documents: list[str], vocab_size: int, model_type: str) -> "SentencePieceTokenizer":
         from ..trainer.subword import train_sentencepiece
 
+        # Trained on the documents' lines: sentencepiece skips any input longer than 4192 bytes, which
+        # would drop most documents of pages or paragraphs. "\n" is a piece of its own, so no piece
+        # spans a line end and nothing is lost by the split.
+        lines = [line for document in documents for line in document.split("\n") if line]
         try:
-            model = train_sentencepiece(documents, vocab_size, model_type, 1.0, normalization_rule_name="identity",
+            model = train_sentencepiece(lines, vocab_size, model_type, 1.0, normalization_rule_name="identity",
                                         remove_extra_whitespaces=False, byte_fallback=True,
                                         user_defined_symbols=["\n"], allow_whitespace_only_pieces=True)
         except RuntimeError as e:  # sentencepiece's own complaint, e.g. a vocabulary too small for the text
