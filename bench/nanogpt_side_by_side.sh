@@ -21,6 +21,7 @@ if [ $# -ne 4 ]; then
 fi
 nanogpt=$(realpath "$1"); run=$(realpath "$2"); minutes=$3; work=$4
 python=${PYTHON:-python}
+case $python in */*) python=$(realpath "$python") ;; esac  # nanoGPT runs from its own directory
 helper="$(dirname "$(realpath "$0")")/nanogpt_side_by_side.py"
 for file in train.py model.py configurator.py; do
     if [ ! -f "$nanogpt/$file" ]; then
