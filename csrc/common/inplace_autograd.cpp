@@ -12,6 +12,8 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
+#include "op_handle.h"
+
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -22,9 +24,13 @@ namespace {
 using AddPenaltyGrad = at::Tensor(at::TensorList, at::TensorList, c10::ArrayRef<double>, c10::ArrayRef<double>);
 using Decay = at::Tensor(at::TensorList, c10::ArrayRef<double>, c10::ArrayRef<double>);
 
-template <typename Signature>
-const c10::TypedOperatorHandle<Signature>& op_handle(const char* name) {
-  static const auto handle = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+const auto& add_penalty_grad_op() {
+  static const auto handle = op_handle<AddPenaltyGrad>("l2fast::add_penalty_grad_");
+  return handle;
+}
+
+const auto& decay_op() {
+  static const auto handle = op_handle<Decay>("l2fast::decay_");
   return handle;
 }
 
@@ -72,8 +78,7 @@ at::Tensor add_penalty_grad_autograd(c10::DispatchKeySet keys, at::TensorList pa
   at::Tensor value;
   {
     at::AutoDispatchBelowAutograd guard;
-    value = op_handle<AddPenaltyGrad>("l2fast::add_penalty_grad_")
-                .redispatch(keys & c10::after_autograd_keyset, params, grads, l2, l1);
+    value = add_penalty_grad_op().redispatch(keys & c10::after_autograd_keyset, params, grads, l2, l1);
   }
   after_write(grad_fn, grads, value);
   return value;
@@ -84,8 +89,7 @@ at::Tensor add_penalty_grad_inplace(c10::DispatchKeySet keys, at::TensorList par
   at::Tensor value;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    value = op_handle<AddPenaltyGrad>("l2fast::add_penalty_grad_")
-                .redispatch(keys & c10::after_ADInplaceOrView_keyset, params, grads, l2, l1);
+    value = add_penalty_grad_op().redispatch(keys & c10::after_ADInplaceOrView_keyset, params, grads, l2, l1);
   }
   bump_versions(grads);
   return value;
@@ -97,7 +101,7 @@ at::Tensor decay_autograd(c10::DispatchKeySet keys, at::TensorList params, c10::
   at::Tensor value;
   {
     at::AutoDispatchBelowAutograd guard;
-    value = op_handle<Decay>("l2fast::decay_").redispatch(keys & c10::after_autograd_keyset, params, factors, l2);
+    value = decay_op().redispatch(keys & c10::after_autograd_keyset, params, factors, l2);
   }
   after_write(grad_fn, params, value);
   return value;
@@ -108,7 +112,7 @@ at::Tensor decay_inplace(c10::DispatchKeySet keys, at::TensorList params, c10::A
   at::Tensor value;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    value = op_handle<Decay>("l2fast::decay_").redispatch(keys & c10::after_ADInplaceOrView_keyset, params, factors, l2);
+    value = decay_op().redispatch(keys & c10::after_ADInplaceOrView_keyset, params, factors, l2);
   }
   bump_versions(params);
   return value;

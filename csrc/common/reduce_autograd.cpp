@@ -4,9 +4,10 @@
 // thousands of tensors would otherwise convert its lists to Python objects and back on every call.
 // penalty_grad keeps its Python autograd kernel (l2fast/_ops.py), so second derivatives work.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "op_handle.h"
 
 #include <algorithm>
 #include <vector>
@@ -21,11 +22,6 @@ using Reduction = at::Tensor(at::TensorList, c10::ArrayRef<double>, bool);  // s
 using Penalty = at::Tensor(at::TensorList, c10::ArrayRef<double>, c10::ArrayRef<double>);
 using PenaltyGrad = std::vector<at::Tensor>(at::TensorList, const at::Tensor&, c10::ArrayRef<double>,
                                             c10::ArrayRef<double>);
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // The value `compute` returns, with penalty_grad(tensors, l2, l1) as its backward. Non-tensor
 // arguments get no gradient.
