@@ -6,19 +6,14 @@
 #include <atomic>
 #include <chrono>
 
+#include "backoff.h"
+
 namespace l2fast::cpu {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using Clock = Backoff::Clock;
 
-// Threads left out of the team, and until when, since a call last waited too long.
-std::atomic<int> threads_left_out{0};
-std::atomic<Clock::rep> reduced_until{0};
-
-// How many threads this call leaves out.
-int left_out_now() {
-  return Clock::now().time_since_epoch().count() < reduced_until.load() ? threads_left_out.load() : 0;
-}
+Backoff backoff;
 
 // at::parallel_for, one task per thread. Returns whether the calling thread (thread 0) waited long
 // for the others after it ran out of grabs.
@@ -38,16 +33,14 @@ bool waited_long(int64_t count, int team, const std::function<void(int64_t)>& ta
 }  // namespace
 
 void run_grabs(int64_t count, int threads, const std::function<void(int64_t)>& task) {
-  const int left_out = threads > 1 ? left_out_now() : 0;
-  const int team = static_cast<int>(std::min<int64_t>(threads - left_out, count));
+  const int chosen = threads > 1 ? backoff.team(threads, Clock::now()) : 1;
+  const int team = static_cast<int>(std::min<int64_t>(chosen, count));
   if (team <= 1 || at::in_parallel_region()) {
     for (int64_t i = 0; i < count; ++i) task(i);
     return;
   }
-  if (waited_long(count, team, task)) {
-    threads_left_out.store(std::min(left_out + 1, threads - 1));
-    reduced_until.store((Clock::now() + kReducedFor).time_since_epoch().count());
-  }
+  const bool late = waited_long(count, team, task);
+  backoff.record(chosen, threads, late, Clock::now());
 }
 
 }  // namespace l2fast::cpu

@@ -5,19 +5,19 @@
 // training finds them ready. But a fork-join region waits at its end for every thread of its team, and
 // with another process busy on one of the cores, the thread sharing that core may run only a
 // scheduler time slice later, when the others have long finished. So each call measures how long its
-// calling thread waited for the team after running out of grabs; a call that waited for more than a
-// quarter of its time (and over 0.2 ms) makes the calls of the next kReducedFor use one thread fewer
-// (down to the calling thread alone), which the scheduler can then place on the free cores. Then the
-// full team is tried again: a busy process lasts seconds, so this costs one slow call in many. The schedule never changes the bits: every chunk's partial lands
-// at its own index and is folded in a fixed order.
+// calling thread waited for the team after running out of grabs. A call that waited for more than a
+// quarter of its time (and over 0.2 ms) is late: the calls after it use one thread fewer (down to the
+// calling thread alone), which the scheduler can then place on the free cores. After kFirstSpan
+// calls the full team is tried again (a probe); each late probe doubles the span, up to kLongestSpan
+// calls, and kLongestWait bounds it in time when calls are rare. Spans count calls, not time: a
+// penalty is computed once per training step, and a span in time would probe on most steps. The
+// schedule never changes the bits: every chunk's partial lands at its own index and is folded in a
+// fixed order. The policy itself is backoff.h.
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <functional>
 
 namespace l2fast::cpu {
-
-constexpr std::chrono::milliseconds kReducedFor{500};
 
 // Runs task(i) once for every i in [0, count), on up to `threads` threads (torch's intra-op count).
 void run_grabs(int64_t count, int threads, const std::function<void(int64_t)>& task);
