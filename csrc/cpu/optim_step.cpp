@@ -29,7 +29,7 @@ HostScalars read_scalars(const StepScalars& s) {
 }
 
 template <typename T>
-L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
+L2FAST_CPU_CLONES_V4 Partial sums_span(const T* w, int64_t n) {
   LaneSums sums;
   for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); });
   return sums.fold();
@@ -39,7 +39,7 @@ L2FAST_CPU_CLONES Partial sums_span(const T* w, int64_t n) {
 // std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes. Their
 // bodies capture the pointers by value: by reference, GCC left the five-stream amsgrad loop scalar.
 template <typename T, bool kAmsgrad, class Flags>
-L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
+L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
                                     const AdamTerms<at::opmath_type<T>>& t, Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
@@ -57,7 +57,7 @@ L2FAST_CPU_CLONES Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int6
 }
 
 template <typename T, bool kMomentum, bool kNesterov, class Flags>
-L2FAST_CPU_CLONES Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t,
+L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t,
                                    Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;

@@ -1,10 +1,12 @@
-// Inner loops over one contiguous span of one tensor. Each is compiled twice (function
-// multi-versioning, picked at load time): for x86-64 and for x86-64-v3 (AVX2, FMA), which AVX-512
-// machines run too. An x86-64-v4 (AVX-512) clone was measured on a Zen 4: with four lanes per stream
-// GCC packs two streams into one 512-bit register with scalar loads and inserts (float32 sums at 75%
-// of the x86-64-v3 speed); with eight, float32 gained a few percent from memory, but lost from cache
-// (512-bit converts run as two halves), float64 lost 9% and bfloat16 half, packed again (docs/cpu.md
-// has the assembly and the numbers).
+// Inner loops over one contiguous span of one tensor, compiled several times (function
+// multi-versioning, picked at load time). Sums over several streams (reduce_span) have two clones,
+// x86-64 and x86-64-v3 (AVX2, FMA), which AVX-512 machines run too: in an x86-64-v4 clone GCC packs
+// two streams into one 512-bit register with scalar loads and inserts (float32 sums at 75% of the v3
+// speed on a Zen 4), and with eight lanes per stream bfloat16 was packed again at half speed. Loops
+// over one stream (penalty gradient, decay, the optimizer steps) also get an x86-64-v4 clone: there
+// 16 lanes are 16 consecutive elements, one 512-bit load of float32, and on a Xeon with AVX-512 it
+// took float32 penalty + gradient from 82% to 91% of torch's add_ on the same bytes at one thread
+// (docs/cpu.md has the assembly and the numbers).
 //
 // Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
 // lanes to SIMD registers of any width, and the result is the same bits on every machine and thread
@@ -20,8 +22,11 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+// One-stream loops only (see above).
+#define L2FAST_CPU_CLONES_V4 __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define L2FAST_CPU_CLONES
+#define L2FAST_CPU_CLONES_V4
 #endif
 
 namespace l2fast::cpu {
@@ -100,8 +105,8 @@ L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
 // out = base + scale * (l2 * w + l1 * sign(w)), where base is g (kAccumulate) or 0, computed in the
 // op-math type of T like torch.optim does. Also returns the sums of w that the penalty value needs.
 template <typename T, bool kSq, bool kAbs, bool kAccumulate>
-L2FAST_CPU_CLONES Partial grad_span(const T* w, const T* g, T* out, int64_t n, at::opmath_type<T> l2,
-                                    at::opmath_type<T> l1, at::opmath_type<T> scale) {
+L2FAST_CPU_CLONES_V4 Partial grad_span(const T* w, const T* g, T* out, int64_t n, at::opmath_type<T> l2,
+                                       at::opmath_type<T> l1, at::opmath_type<T> scale) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   // w and g are already two streams in and one out; splitting them further was slower (measured as
@@ -117,7 +122,7 @@ L2FAST_CPU_CLONES Partial grad_span(const T* w, const T* g, T* out, int64_t n, a
 
 // x *= factor, in the op-math type of T; returns the sum of squares of x before the update (kSq).
 template <typename T, bool kSq>
-L2FAST_CPU_CLONES Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor) {
+L2FAST_CPU_CLONES_V4 Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [&](int64_t i, int lane) {
