@@ -78,6 +78,7 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
 
 # x86-64-v3 in /proc/cpuinfo flag names: the level of the clone that l2fast's CPU loops run where present.
 X86_64_V3_FLAGS = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave")
+X86_64_V4_FLAGS = X86_64_V3_FLAGS + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 
 
 def cpu_flags() -> set:
@@ -94,10 +95,12 @@ def cpu_flags() -> set:
 def cpu_isa() -> str:
     """One line: torch's CPU capability, the AVX-512 / AVX2 flags, and the level of l2fast's CPU loops."""
     flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "avx2") if f in flags)
-    level = "x86-64-v3" if all(f in flags for f in X86_64_V3_FLAGS) else "x86-64 (baseline)"
+    simd = ", ".join(f for f in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2") if f in flags)
+    v3, v4 = (all(f in flags for f in needed) for needed in (X86_64_V3_FLAGS, X86_64_V4_FLAGS))
+    sums = "x86-64-v3" if v3 else "x86-64 (baseline)"
+    one_stream = "x86-64-v4" if v4 else sums
     return (f"ISA: torch CPU capability {torch.backends.cpu.get_cpu_capability()}; CPU flags {simd or 'none of AVX2/AVX-512'}; "
-            f"l2fast CPU loops: {level} clone.")
+            f"l2fast CPU loops: sums {sums} clone, one-stream loops (gradient, decay, optimizer steps) {one_stream} clone.")
 
 
 @contextlib.contextmanager
