@@ -45,10 +45,11 @@ def test_rotary_scores_depend_on_distance_only():
     rotary = Rotary(8, 64).double()
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64), torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64)
-    score = lambda i, j: float((rotary(q, i) * rotary(k, j)).sum())  # noqa: E731
+    at = lambda i: torch.tensor([i])  # noqa: E731
+    score = lambda i, j: float((rotary(q, at(i)) * rotary(k, at(j))).sum())  # noqa: E731
     assert score(3, 1) == pytest.approx(score(40, 38), rel=1e-6)  # tables are float32
     assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
-    assert torch.allclose(rotary(q, 0), q)  # position 0 is not rotated
+    assert torch.allclose(rotary(q, at(0)), q)  # position 0 is not rotated
 
 
 def test_rotary_refuses_an_odd_head_width():
@@ -103,12 +104,42 @@ def test_generation_stops_at_the_end_of_the_context():
     assert [len(row) for row in out] == [10 - 4, 1]  # prompt + EOD fill 4 positions; a long prompt keeps room for 1
 
 
-def test_batched_prompts_equal_one_at_a_time():
-    model = tiny("learned")
-    prompts = [[1, 2], [3, 4], [5, 6, 7]]
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_batched_prompts_equal_one_at_a_time(positions):
+    model = tiny(positions)
+    prompts = [[1, 2], [3, 4, 5, 6, 7, 8], [], [5, 6, 7], [9]]  # batched together, left-padded
     together = generate(model, prompts, 8, 0, Sampling(temperature=0.0), 0, torch.device("cpu"))
     alone = [generate(model, [p], 8, 0, Sampling(temperature=0.0), 0, torch.device("cpu"))[0] for p in prompts]
     assert together == alone
+    assert len({len(row) for row in together}) > 1 or len(together[0]) == 8
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_left_padding_changes_no_logit_of_a_real_token(positions):
+    model = tiny(positions)
+    rows = [[3, 1, 4, 1, 5], [9, 2], [6]]
+    width = max(map(len, rows))
+    pad = torch.tensor([width - len(r) for r in rows])
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    with torch.no_grad():
+        padded = model(ids, pad=pad)
+        cache = model.new_cache()
+        stepped = torch.cat([model(ids[:, :3], cache, pad)] + [model(ids[:, i:i + 1], cache, pad) for i in range(3, width)], 1)
+        for row, r in enumerate(rows):
+            alone = model(torch.tensor([r]))[0]
+            assert torch.allclose(padded[row, width - len(r):], alone, atol=1e-10)
+            assert torch.allclose(stepped[row, width - len(r):], alone, atol=1e-10)
+
+
+def test_a_prompt_without_room_for_max_new_is_not_padded_into_a_shorter_batch():
+    model = tiny("rotary", context=10)
+    with torch.no_grad():  # a token the model never picks as end of document, so only the context stops it
+        model.embed.weight[VOCAB - 1] = -100 * model.embed.weight[1:].mean(0)
+    prompts = [[1, 2], [3, 4, 5, 6, 7], [8]]  # with EOD in front: 3, 6 and 2 positions
+    out = generate(model, prompts, 5, VOCAB - 1, Sampling(temperature=0.0), 0, torch.device("cpu"))
+    assert [len(row) for row in out] == [5, 10 - 6, 5]  # the long prompt's room does not cut the others
+    alone = [generate(model, [p], 5, VOCAB - 1, Sampling(temperature=0.0), 0, torch.device("cpu"))[0] for p in prompts]
+    assert out == alone
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():

@@ -52,12 +52,13 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 
 @torch.no_grad()
 def generate_batch(model: DecoderLM, prompt: torch.Tensor, max_new: int, eod: int, sampling: Sampling,
-                   generator: torch.Generator, use_cache: bool = True) -> list[list[int]]:
-    """New tokens for each row of prompt (B, P), stopping at EOD (not included) or after max_new tokens."""
+                   generator: torch.Generator, use_cache: bool = True, pad: torch.Tensor | None = None) -> list[list[int]]:
+    """New tokens for each row of prompt (B, P), stopping at EOD (not included) or after max_new tokens.
+    pad (B,): how many of each row's first tokens are left padding (DecoderLM.forward)."""
     model.eval()
     cache = model.new_cache() if use_cache else None
     sequence, finished = prompt, torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
-    logits = model(prompt, cache)[:, -1]
+    logits = model(prompt, cache, pad)[:, -1]
     out = []
     for step in range(max_new):
         token = next_tokens(logits, sampling, generator)
@@ -67,7 +68,7 @@ def generate_batch(model: DecoderLM, prompt: torch.Tensor, max_new: int, eod: in
         if bool(finished.all()) or step == max_new - 1:
             break
         sequence = torch.cat([sequence, token[:, None]], dim=1)
-        logits = (model(token[:, None], cache) if use_cache else model(sequence))[:, -1]
+        logits = (model(token[:, None], cache, pad) if use_cache else model(sequence, None, pad))[:, -1]
     rows = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(prompt.size(0))]
     return [row[:row.index(eod)] if eod in row else row for row in rows]
 
@@ -76,20 +77,27 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new: int, eod: int,
              device: torch.device, use_cache: bool = True, batch_size: int = 64) -> list[list[int]]:
     """New token ids for each prompt (in input order); each prompt gets EOD in front. Generation stops
     where the model's context is full, so max_new is cut for a long prompt, and a prompt longer than
-    the context keeps its last tokens."""
+    the context keeps its last tokens.
+
+    Prompts are batched in order of length, the shorter ones of a batch padded on the left; each row
+    gives what it would give alone (greedy; a sampled row draws from the same distribution). A prompt
+    too long to take max_new tokens is batched only with prompts of its own length, so that no row
+    loses room to a longer neighbour."""
     generator = torch.Generator().manual_seed(seed)
     rows = [[eod] + p for p in prompts]
     rows = [r[-(model.context - 1):] for r in rows]  # room for at least one new token
     out: list[list[int] | None] = [None] * len(rows)
-    by_length: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_length.setdefault(len(r), []).append(i)
-    for length in sorted(by_length):
-        indices = by_length[length]
+    batches: dict[int, list[int]] = {}  # prompts that fit max_new under key 0, longer ones by their length
+    for i in sorted(range(len(rows)), key=lambda i: len(rows[i])):
+        batches.setdefault(len(rows[i]) if len(rows[i]) + max_new > model.context else 0, []).append(i)
+    for indices in batches.values():
         for first in range(0, len(indices), batch_size):
             chunk = indices[first:first + batch_size]
-            prompt = torch.tensor([rows[i] for i in chunk], dtype=torch.long, device=device)
-            new = generate_batch(model, prompt, min(max_new, model.context - length), eod, sampling, generator, use_cache)
+            length = max(len(rows[i]) for i in chunk)
+            prompt = torch.tensor([[eod] * (length - len(rows[i])) + rows[i] for i in chunk], dtype=torch.long, device=device)
+            pad = torch.tensor([length - len(rows[i]) for i in chunk], device=device)
+            new = generate_batch(model, prompt, min(max_new, model.context - length), eod, sampling, generator, use_cache,
+                                 pad if bool(pad.any()) else None)
             for i, tokens in zip(chunk, new):
                 out[i] = tokens
     return out

@@ -43,23 +43,42 @@ class DecoderLM(nn.Module):
     def context(self) -> int:
         return self.cfg.context
 
-    def forward(self, ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: Cache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for ids (B, T). With a cache, ids continue the cached positions: a whole
-        prompt into an empty cache, then one token at a time."""
+        prompt into an empty cache, then one token at a time. pad (B,): how many of each row's first
+        positions (cached ones included) are left padding, which no real token attends to and which
+        do not count as positions, so each row gives the logits it would give alone."""
         start = cache[0]["k"].size(2) if cache is not None and "k" in cache[0] else 0
         length = ids.size(1)
         if start + length > self.context:
             raise ValueError(f"sequence of {start + length} tokens exceeds model.context = {self.context}")
         if start and length > 1:
             raise ValueError("a cache that already holds positions takes one new token at a time")
+        index = torch.arange(start, start + length, device=ids.device)
+        positions, mask = index, None
+        if pad is not None:
+            positions = (index[None, :] - pad[:, None]).clamp(min=0)
+            mask = padded_attention_mask(index, start + length, pad)
         x = self.embed(ids)
         if self.positions is not None:
-            x = x + self.positions.weight[start:start + length]
+            x = x + self.positions(positions)
         x = self.dropout(x)
+        # Causal within the new tokens; one new token attends to every cached position.
+        causal = length > 1 and mask is None
         for i, block in enumerate(self.blocks):
-            # Causal within the new tokens; one new token attends to every cached position.
-            x = block(x, causal=length > 1, cache=None if cache is None else cache[i])
+            x = block(x, mask=mask, causal=causal, cache=None if cache is None else cache[i], positions=positions)
         return self.output(self.norm(x))
 
     def new_cache(self) -> Cache:
         return [{} for _ in self.blocks]
+
+
+def padded_attention_mask(index: torch.Tensor, keys: int, pad: torch.Tensor) -> torch.Tensor:
+    """Which of the first `keys` positions (B, 1, T, keys) each query at positions `index` (T,) may
+    attend to in rows left-padded by pad (B,): the real ones up to itself. A padding query attends to
+    itself alone, so that its row of scores is never empty (its output is never used)."""
+    key = torch.arange(keys, device=index.device)
+    causal = key[None, :] <= index[:, None]  # (T, keys)
+    real = key[None, :] >= pad[:, None]  # (B, keys)
+    itself = key[None, :] == index[:, None]
+    return ((causal[None] & real[:, None, :]) | itself[None])[:, None]

@@ -39,12 +39,12 @@ class Rotary(nn.Module):
     def max_positions(self) -> int:
         return self.cos.size(0)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """x (batch, heads, length, head_dim) at positions start, start + 1, ..."""
-        length = x.size(2)
-        if start + length > self.max_positions:
-            raise ValueError(f"sequence of {start + length} positions exceeds model.max_positions = {self.max_positions}")
-        cos, sin = (t[start:start + length].to(x.dtype) for t in (self.cos, self.sin))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x (batch, heads, length, head_dim) at positions (length,), or (batch, length) for rows that
+        start at different positions (a left-padded batch)."""
+        cos, sin = (t[positions].to(x.dtype) for t in (self.cos, self.sin))
+        if positions.dim() == 2:  # one row of angles per sequence, shared by its heads
+            cos, sin = cos[:, None], sin[:, None]
         first, second = x.chunk(2, dim=-1)
         return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
@@ -56,11 +56,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)  # one matmul for all three projections
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x, mask=None, causal=False, cache: dict | None = None):
+    def forward(self, x, mask=None, causal=False, cache: dict | None = None, positions: torch.Tensor | None = None):
+        """positions: of x's tokens, for rotary attention (default: after the cached ones)."""
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         if self.rotary is not None:
-            start = cache["k"].size(2) if cache is not None and "k" in cache else 0
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            if positions is None:
+                start = cache["k"].size(2) if cache is not None and "k" in cache else 0
+                if start + x.size(1) > self.rotary.max_positions:
+                    raise ValueError(f"sequence of {start + x.size(1)} positions exceeds the rotary table's "
+                                     f"{self.rotary.max_positions}")
+                positions = torch.arange(start, start + x.size(1), device=x.device)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:  # incremental decoding: x is the newest position only
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
@@ -90,6 +96,6 @@ class Block(nn.Module):
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x, mask=None, causal=False, cache: dict | None = None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, causal=causal, cache=cache))
+    def forward(self, x, mask=None, causal=False, cache: dict | None = None, positions: torch.Tensor | None = None):
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask=mask, causal=causal, cache=cache, positions=positions))
         return x + self.dropout(self.ff(self.ff_norm(x)))
