@@ -94,10 +94,10 @@ def generate(model: DecoderLM, prompts: list[list[int]], max_new: int, eod: int,
         for first in range(0, len(indices), batch_size):
             chunk = indices[first:first + batch_size]
             length = max(len(rows[i]) for i in chunk)
-            prompt = torch.tensor([[eod] * (length - len(rows[i])) + rows[i] for i in chunk], dtype=torch.long, device=device)
-            pad = torch.tensor([length - len(rows[i]) for i in chunk], device=device)
-            new = generate_batch(model, prompt, min(max_new, model.context - length), eod, sampling, generator, use_cache,
-                                 pad if bool(pad.any()) else None)
+            pads = [length - len(rows[i]) for i in chunk]
+            prompt = torch.tensor([[eod] * n + rows[i] for n, i in zip(pads, chunk)], dtype=torch.long, device=device)
+            pad = torch.tensor(pads, device=device) if any(pads) else None
+            new = generate_batch(model, prompt, min(max_new, model.context - length), eod, sampling, generator, use_cache, pad)
             for i, tokens in zip(chunk, new):
                 out[i] = tokens
     return out

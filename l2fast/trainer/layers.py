@@ -57,15 +57,11 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
 
     def forward(self, x, mask=None, causal=False, cache: dict | None = None, positions: torch.Tensor | None = None):
-        """positions: of x's tokens, for rotary attention (default: after the cached ones)."""
+        """positions: of x's tokens, which rotary attention needs (the model that owns the table knows them)."""
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
         if self.rotary is not None:
             if positions is None:
-                start = cache["k"].size(2) if cache is not None and "k" in cache else 0
-                if start + x.size(1) > self.rotary.max_positions:
-                    raise ValueError(f"sequence of {start + x.size(1)} positions exceeds the rotary table's "
-                                     f"{self.rotary.max_positions}")
-                positions = torch.arange(start, start + x.size(1), device=x.device)
+                raise ValueError("rotary attention needs the positions of its tokens")
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:  # incremental decoding: x is the newest position only
             if "k" in cache:
