@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 
 import torch
 
 import l2fast
-from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, table
+from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, paired_ratio, round_seconds, table
 
 LAM = 1e-4
 # The methods the summary compares with their peers and the roofline.
@@ -108,8 +109,9 @@ def setting(threads, busy):
 
 
 def measure(set_name, label, methods, nbytes, device, rounds, copy_bytes_per_s=None):
-    """Rows of the method table, and the seconds of each method."""
-    seconds = median_seconds(methods, device, rounds)
+    """Rows of the method table (median times), and each method's seconds in every round."""
+    per_round = round_seconds(methods, device, rounds)
+    seconds = {name: statistics.median(ts) for name, ts in per_round.items()}
     naive_name, roof_name = next(iter(methods)), list(methods)[-1]
     rows = []
     for name, t in seconds.items():
@@ -118,15 +120,24 @@ def measure(set_name, label, methods, nbytes, device, rounds, copy_bytes_per_s=N
         if copy_bytes_per_s:
             row.append(f"{nbytes / t / copy_bytes_per_s:.0%}")
         rows.append(row)
-    return rows, seconds
+    return rows, per_round
+
+
+def ratio_cell(ratio: tuple, unit: str) -> str:
+    median, q1, q3 = ratio
+    if unit == "%":
+        return f"{median:.0%} ({q1 * 100:.0f}-{q3:.0%})"
+    return f"{median:.2f}x ({q1:.2f}-{q3:.2f}x)"
 
 
 def summary_row(set_name, label, norm, grad):
-    """The acceptance ratios: sq_norm against torch.dot and _foreach_norm, the fused gradient against add_."""
+    """The acceptance ratios, each round's times compared with each other: sq_norm against torch.dot and
+    _foreach_norm, the fused gradient against add_."""
     roof_norm, roof_grad = list(norm.values())[-1], list(grad.values())[-1]
     return [set_name] + ([label] if label else []) + [
-        f"{roof_norm / norm[SQ_NORM]:.0%}", f"{norm[FOREACH_NORM] / norm[SQ_NORM]:.2f}x",
-        f"{roof_grad / grad[FUSED_GRAD]:.0%}"]
+        ratio_cell(paired_ratio(roof_norm, norm[SQ_NORM]), "%"),
+        ratio_cell(paired_ratio(norm[FOREACH_NORM], norm[SQ_NORM]), "x"),
+        ratio_cell(paired_ratio(roof_grad, grad[FUSED_GRAD]), "%")]
 
 
 def main() -> None:
@@ -168,8 +179,9 @@ def main() -> None:
                 torch.cuda.empty_cache()
     summary = [summary_row(name, label, norm, seconds["Penalty + gradient", name, label])
                for (title, name, label), norm in seconds.items() if title == "Squared norm"]
-    print("\n**Summary** (time ratios; the fused op's goal: >= 95% of torch.dot and >= 1x _foreach_norm for the "
-          "squared norm, >= 90% of add_ for penalty + gradient)\n")
+    print("\n**Summary** (time ratios of methods timed in the same round: the median over the rounds, and in "
+          "brackets the middle half of them; the fused op's goal: >= 95% of torch.dot and >= 1x _foreach_norm for "
+          "the squared norm, >= 90% of add_ for penalty + gradient)\n")
     print(table(["set"] + thread_column + ["sq_norm % of torch.dot", "sq_norm speed vs _foreach_norm",
                                            "fused grad % of add_"], summary))
     for title, rows in details.items():

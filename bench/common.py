@@ -35,9 +35,10 @@ def make_params(shapes, device, dtype=torch.float32, seed=0) -> list[torch.Tenso
     return [torch.randn(s, generator=g, device=device, dtype=dtype) for s in shapes]
 
 
-def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
-    """Median wall time of each fn() in methods. Methods run round-robin, so drift in the machine's
-    speed (other load, clocks) hits all of them alike; device work is synchronised around each call."""
+def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
+    """Wall time of each fn() in methods, one entry per round. Methods run round-robin, so drift in the
+    machine's speed (other load, clocks) hits all of them alike, and the times of one round can be
+    compared with each other; device work is synchronised around each call."""
     cuda = device.startswith("cuda")
     for fn in methods.values():
         for _ in range(warmup):
@@ -56,7 +57,21 @@ def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
+    """Median wall time of each fn() in methods (round_seconds' rounds)."""
+    return {name: statistics.median(ts) for name, ts in round_seconds(methods, device, rounds, warmup).items()}
+
+
+def paired_ratio(numerators: list, denominators: list) -> tuple:
+    """Median and interquartile range of the per-round ratios of two methods timed in the same rounds."""
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, q1, q3
 
 
 def machine(device: str) -> str:
