@@ -11,7 +11,7 @@ from l2fast.lm.data import (Documents, block_count, collate_blocks, eval_windows
 from l2fast.lm.demo_text import generate as demo_text
 from l2fast.lm.evaluate import Score, score_stream, stream_nll
 from l2fast.lm.model import DecoderLM
-from l2fast.lm.tokenizer import ByteTokenizer, SentencePieceTokenizer, from_state_dict, training_pieces
+from l2fast.lm.tokenizer import ByteTokenizer, SentencePieceTokenizer, from_state_dict
 from l2fast.trainer.text import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,25 +90,6 @@ def test_sentencepiece_learns_from_lines_longer_than_its_input_limit():
     assert tok.vocab_size == 400
     assert tok.decode(tok.encode(documents)) == documents
     assert sum(map(len, tok.encode(documents))) < sum(len(d.encode()) for d in documents) / 2
-
-
-@pytest.mark.parametrize("line, want", [
-    ("", [""]),
-    ("abc", ["abc"]),
-    ("ab cd ef", ["ab", " cd", " ef"]),       # cut before the last space of each 4-character window
-    ("abcdefghij", ["abcd", "efgh", "ij"]),   # no space: cut between characters
-    ("  ab", ["  ab"]),
-    ("ab  cdefgh", ["ab ", " cde", "fgh"]),
-])
-def test_training_pieces_cut_before_spaces(line, want):
-    assert training_pieces(line, limit=4) == want
-    assert "".join(training_pieces(line, limit=4)) == line
-
-
-def test_training_pieces_stay_under_sentencepiece_byte_limit():
-    line = ("ж" * 3000 + " ") * 3 + "\U0001F600" * 2000  # 2- and 4-byte characters, long words
-    pieces = training_pieces(line)
-    assert "".join(pieces) == line and max(len(p.encode()) for p in pieces) <= 4192
 
 
 def test_sentencepiece_failure_is_a_data_error():

@@ -9,24 +9,6 @@ from __future__ import annotations
 from ..trainer.special_tokens import EOS
 from ..trainer.text import DataError
 
-# sentencepiece skips (without a word) every training input longer than 4192 bytes; pieces of at most
-# this many characters stay under it whatever their UTF-8 length.
-TRAINING_PIECE_CHARS = 1000
-
-
-def training_pieces(line: str, limit: int = TRAINING_PIECE_CHARS) -> list[str]:
-    """line cut into pieces of at most `limit` characters for sentencepiece's trainer: each cut just
-    before a space where the window has one (a subword never spans a space, so no piece of the
-    vocabulary is lost), else between two characters."""
-    pieces, start = [], 0
-    while len(line) - start > limit:
-        cut = line.rfind(" ", start + 1, start + limit + 1)
-        cut = cut if cut > start else start + limit
-        pieces.append(line[start:cut])
-        start = cut
-    return pieces + [line[start:]]
-
-
 class ByteTokenizer:
     """Ids 0-255 are the bytes of the UTF-8 text; 256 ends a document."""
 
@@ -65,11 +47,9 @@ class SentencePieceTokenizer:
     def train(cls, documents: list[str], vocab_size: int, model_type: str) -> "SentencePieceTokenizer":
         from ..trainer.subword import train_sentencepiece
 
-        # Trained on the documents' lines, long lines in pieces (training_pieces): sentencepiece skips
-        # any input longer than 4192 bytes, which would drop most documents of pages or paragraphs.
-        # "\n" is a piece of its own, so no piece spans a line end and nothing is lost by the split.
-        lines = [piece for document in documents for line in document.split("\n") if line
-                 for piece in training_pieces(line)]
+        # Trained on the documents' lines (train_sentencepiece cuts long ones further): "\n" is a piece
+        # of its own, so no piece spans a line end and nothing is lost by the split.
+        lines = [line for document in documents for line in document.split("\n") if line]
         try:
             model = train_sentencepiece(lines, vocab_size, model_type, 1.0, normalization_rule_name="identity",
                                         remove_extra_whitespaces=False, byte_fallback=True,
