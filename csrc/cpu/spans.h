@@ -6,7 +6,7 @@
 // over one stream (penalty gradient, decay, the optimizer steps) also get an x86-64-v4 clone: there
 // 16 lanes are 16 consecutive elements, one 512-bit load of float32, and on a Xeon with AVX-512 it
 // took float32 penalty + gradient from 82% to 91% of torch's add_ on the same bytes at one thread; on a
-// Zen 4 it cost the float64 gradient 10-20 points but made the Adam step a fifth faster (docs/cpu.md
+// Zen 4 it cost the float64 gradient 11-21 points but took 17-27% off the Adam step (docs/cpu.md
 // has the assembly and the numbers).
 //
 // Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
