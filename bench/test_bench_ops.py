@@ -7,7 +7,7 @@ import torch
 
 import l2fast
 from bench_ops import LAM, foreach_sq_norm, naive_sq_norm
-from common import make_params, transformer_base_shapes
+from common import make_params, paired_ratio, transformer_base_shapes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -64,3 +64,13 @@ def test_penalty_grad(benchmark, params, grads, method):
         "roofline_add": lambda: flat_a.add_(flat_b),
     }
     run(benchmark, fns[method])
+
+
+def test_paired_ratio_is_the_median_and_quartiles_of_each_rounds_ratio():
+    # Rounds 2 and 4 ran everything twice as slow: paired, that drift leaves the ratio at 2.
+    assert paired_ratio([2.0, 8.0, 6.0, 16.0], [1.0, 4.0, 3.0, 8.0]) == (2.0, 2.0, 2.0)
+    # Ratios 1, 2, 3, 4, 5 (out of order): median 3, quartiles 2 and 4.
+    assert paired_ratio([3.0, 1.0, 10.0, 2.0, 4.0], [1.0, 1.0, 2.0, 1.0, 1.0]) == (3.0, 2.0, 4.0)
+    assert paired_ratio([3.0], [2.0]) == (1.5, 1.5, 1.5)
+    with pytest.raises(ValueError):  # rounds that do not pair up are a bug, not a ratio
+        paired_ratio([1.0, 2.0], [1.0])
