@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 
 import torch
 
 import l2fast
-from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, paired_ratio, round_seconds, table
+from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, medians, paired_ratio, round_seconds, table
 
 LAM = 1e-4
 # The methods the summary compares with their peers and the roofline.
@@ -111,7 +110,7 @@ def setting(threads, busy):
 def measure(set_name, label, methods, nbytes, device, rounds, copy_bytes_per_s=None):
     """Rows of the method table (median times), and each method's seconds in every round."""
     per_round = round_seconds(methods, device, rounds)
-    seconds = {name: statistics.median(ts) for name, ts in per_round.items()}
+    seconds = medians(per_round)
     naive_name, roof_name = next(iter(methods)), list(methods)[-1]
     rows = []
     for name, t in seconds.items():

@@ -60,9 +60,14 @@ def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2)
     return times
 
 
+def medians(per_round: dict) -> dict:
+    """Each method's median over its rounds."""
+    return {name: statistics.median(ts) for name, ts in per_round.items()}
+
+
 def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
     """Median wall time of each fn() in methods (round_seconds' rounds)."""
-    return {name: statistics.median(ts) for name, ts in round_seconds(methods, device, rounds, warmup).items()}
+    return medians(round_seconds(methods, device, rounds, warmup))
 
 
 def paired_ratio(numerators: list, denominators: list) -> tuple:

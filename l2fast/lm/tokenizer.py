@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..trainer.special_tokens import EOS
 from ..trainer.text import DataError
 
+
 class ByteTokenizer:
     """Ids 0-255 are the bytes of the UTF-8 text; 256 ends a document."""
 
