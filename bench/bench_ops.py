@@ -19,6 +19,7 @@ from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_s
 LAM = 1e-4
 # The methods the summary compares with their peers and the roofline.
 SQ_NORM, FOREACH_NORM, FUSED_GRAD = "l2fast.sq_norm", "torch._foreach_norm", "l2fast.add_penalty_grad_ (fused)"
+FOREACH_ADD = "torch._foreach_add_ (g += lam * w, no value)"
 
 
 def naive_sq_norm(params):
@@ -74,6 +75,9 @@ def grad_methods(params, device):
         "naive autograd (forward + backward)": naive,
         "torch._foreach_norm + _foreach_add_": foreach,
         "l2fast.penalty (autograd)": l2fast_autograd,
+        # The same bytes of the same tensors, without the penalty value: the bandwidth these tensors'
+        # layout allows (separately allocated tensors stream slower than one flat tensor; docs/cpu.md).
+        FOREACH_ADD: lambda: torch._foreach_add_(grads, params, alpha=LAM),
         FUSED_GRAD: lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
         "roofline: in-place add_, same bytes": lambda: x.add_(y),
     }, 12 * numel
@@ -131,12 +135,13 @@ def ratio_cell(ratio: tuple, unit: str) -> str:
 
 def summary_row(set_name, label, norm, grad):
     """The acceptance ratios, each round's times compared with each other: sq_norm against torch.dot and
-    _foreach_norm, the fused gradient against add_."""
+    _foreach_norm, the fused gradient against add_ and against _foreach_add_ over the same tensors."""
     roof_norm, roof_grad = list(norm.values())[-1], list(grad.values())[-1]
     return [set_name] + ([label] if label else []) + [
         ratio_cell(paired_ratio(roof_norm, norm[SQ_NORM]), "%"),
         ratio_cell(paired_ratio(norm[FOREACH_NORM], norm[SQ_NORM]), "x"),
-        ratio_cell(paired_ratio(roof_grad, grad[FUSED_GRAD]), "%")]
+        ratio_cell(paired_ratio(roof_grad, grad[FUSED_GRAD]), "%"),
+        ratio_cell(paired_ratio(grad[FOREACH_ADD], grad[FUSED_GRAD]), "x")]
 
 
 def main() -> None:
@@ -151,7 +156,8 @@ def main() -> None:
         print(cpu_isa() + "\n")
     print("float32 parameters. Bytes moved: 4 per element for the squared norm (read), 12 for penalty + "
           "gradient (read w, read g, write g). Roofline: the same bytes through torch.dot (read) or an "
-          f"in-place add_ (read, read, write). Median of {args.rounds} rounds, methods interleaved."
+          f"in-place add_ (read, read, write). Median of {args.rounds} rounds, methods interleaved in a new order "
+          "each round."
           + (" Threads: torch.set_num_threads; '1 core busy': another process spins on one core meanwhile."
              if args.device == "cpu" else ""))
     thread_column = ["threads"] if args.device == "cpu" else []
@@ -180,9 +186,10 @@ def main() -> None:
                for (title, name, label), norm in seconds.items() if title == "Squared norm"]
     print("\n**Summary** (time ratios of methods timed in the same round: the median over the rounds, and in "
           "brackets the middle half of them; the fused op's goal: >= 95% of torch.dot and >= 1x _foreach_norm for "
-          "the squared norm, >= 90% of add_ for penalty + gradient)\n")
+          "the squared norm, >= 90% of add_ for penalty + gradient; _foreach_add_ moves the same bytes of the same "
+          "tensors without computing the penalty value)\n")
     print(table(["set"] + thread_column + ["sq_norm % of torch.dot", "sq_norm speed vs _foreach_norm",
-                                           "fused grad % of add_"], summary))
+                                           "fused grad % of add_", "fused grad speed vs _foreach_add_"], summary))
     for title, rows in details.items():
         print(f"\n**{title}**\n")
         print(table(columns, rows), flush=True)

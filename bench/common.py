@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -36,16 +37,22 @@ def make_params(shapes, device, dtype=torch.float32, seed=0) -> list[torch.Tenso
 
 
 def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
-    """Wall time of each fn() in methods, one entry per round. Methods run round-robin, so drift in the
-    machine's speed (other load, clocks) hits all of them alike, and the times of one round can be
-    compared with each other; device work is synchronised around each call."""
+    """Wall time of each fn() in methods, one entry per round. Every round runs each method once, so
+    drift in the machine's speed (other load, clocks) hits all of them alike, and the times of one
+    round can be compared with each other; device work is synchronised around each call.
+
+    Each round runs the methods in its own order (seeded by the round, so runs repeat): in a fixed
+    order every method always follows the same one, and on CPU with a core busy the op that ran just
+    before changes where the scheduler puts torch's worker threads (docs/cpu.md, "What ran just
+    before")."""
     cuda = device.startswith("cuda")
     for fn in methods.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, fn in methods.items():
+    for r in range(rounds):
+        for name in random.Random(r).sample(list(methods), len(methods)):
+            fn = methods[name]
             if cuda:
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()

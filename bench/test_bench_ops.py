@@ -7,7 +7,7 @@ import torch
 
 import l2fast
 from bench_ops import LAM, foreach_sq_norm, naive_sq_norm
-from common import make_params, paired_ratio, transformer_base_shapes
+from common import make_params, paired_ratio, round_seconds, transformer_base_shapes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -74,3 +74,19 @@ def test_paired_ratio_is_the_median_and_quartiles_of_each_rounds_ratio():
     assert paired_ratio([3.0], [2.0]) == (1.5, 1.5, 1.5)
     with pytest.raises(ValueError):  # rounds that do not pair up are a bug, not a ratio
         paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_round_seconds_runs_every_method_once_per_round_in_changing_orders():
+    def calls_in_order(rounds):
+        calls = []
+        times = round_seconds({name: (lambda n=name: calls.append(n)) for name in "abcd"}, "cpu", rounds, warmup=0)
+        assert {name: len(ts) for name, ts in times.items()} == {name: rounds for name in "abcd"}
+        return [calls[i:i + 4] for i in range(0, len(calls), 4)]
+
+    orders = calls_in_order(8)
+    assert all(sorted(order) == list("abcd") for order in orders)
+    # No method keeps one predecessor: that fixed neighbour is what the changing order removes.
+    for name in "abcd":
+        predecessors = {order[order.index(name) - 1] for order in orders if order.index(name) > 0}
+        assert len(predecessors) > 1, name
+    assert calls_in_order(8) == orders  # seeded: a rerun measures in the same orders
