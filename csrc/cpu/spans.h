@@ -76,15 +76,20 @@ struct NothingAhead {
 // Calls body(i, lane) for every i in [0, n). The span is cut into kStreams equal parts walked side
 // by side, kN / kStreams lanes each: one core then keeps several DRAM streams in flight, and the
 // lane loop vectorizes. The fewer than kN elements left after the parts go to lanes 0, 1, ...
-// ahead(i, part) runs before each step of the parts, at offset i of each (a prefetch hook).
+// ahead(i, part) runs before every step of the parts, at offset i of each (a prefetch hook). Every
+// step, without a branch: calling it once per 64-byte line, through a test in the loop or a loop over
+// blocks of steps, kept GCC from vectorizing the sums (bfloat16, float32).
 template <int kStreams, int kN = kLanes, typename Body, typename Ahead = NothingAhead>
 inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead ahead = {}) {
   constexpr int kWidth = kN / kStreams;
   const int64_t part = n / (kStreams * kWidth) * kWidth;
-  for (int64_t i = 0; i < part; i += kWidth) {
-    ahead(i, part);
+  const auto step = [&](int64_t i) __attribute__((always_inline)) {
     for (int s = 0; s < kStreams; ++s)
       for (int j = 0; j < kWidth; ++j) body(s * part + i + j, s * kWidth + j);
+  };
+  for (int64_t i = 0; i < part; i += kWidth) {
+    ahead(i, part);
+    step(i);
   }
   for (int64_t i = kStreams * part; i < n; ++i) body(i, static_cast<int>(i - kStreams * part));
 }
@@ -96,22 +101,36 @@ inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead
 template <typename T>
 constexpr int kSumLanes = sizeof(T) == 2 ? 32 : kLanes;
 
-// Software prefetch kAheadBytes ahead of each of kStreams parts of x, once per 64-byte line. On a
-// Xeon (AVX-512, AMX) with 4 KB pages the hardware prefetcher alone kept the four-stream float32 sum
-// at 82-92% of torch.dot, where a loop that only loads reached 101-103%, and the penalty gradient
-// 10-15 points below torch's add_ on the same tensors; 1-4 KB ahead took the sum to 95-96% and 2 KB
-// took the gradient to 96% of add_ (docs/cpu.md). The hooks that call it are always_inline: GCC
-// finds a function whose only statement is a prefetch free of side effects and deletes its calls.
+// A for_lanes hook: software prefetch kAheadBytes ahead of each part of one or two arrays (y may be
+// null), every line of the step's bytes (steps under 64 bytes prefetch a line more than once, which
+// costs less than a branch; see for_lanes). On a Xeon (AVX-512, AMX) with 4 KB pages the hardware
+// prefetcher alone kept the four-stream float32 sum at 81-86% of torch.dot, where a loop that only
+// loads reached 101-103%, and the penalty gradient at 80-83% of add_; 2 KB ahead took them to 97% and
+// 92-94%, and float64 and bfloat16 gained too (docs/cpu.md). always_inline: GCC finds a function
+// whose only statements are prefetches free of side effects and deletes its calls.
 constexpr int64_t kAheadBytes = 2048;
 constexpr int64_t kLineBytes = 64;
 
-template <int kStreams, typename T>
-inline __attribute__((always_inline)) void prefetch_ahead(const T* x, int64_t i, int64_t part) {
-  if ((i * sizeof(T)) % kLineBytes != 0) return;
+template <typename T, int kStreams, int kN = kLanes>
+struct PrefetchAhead {
+  static constexpr int64_t kStepBytes = int64_t{kN / kStreams} * sizeof(T);
+  const T* x;
+  const T* y = nullptr;
+
+  __attribute__((always_inline)) void operator()(int64_t i, int64_t part) const {
+    fetch(x, i, part);
+    if (y != nullptr) fetch(y, i, part);
+  }
+
+ private:
   // Integer addresses: a prefetch past the end of the span is harmless, a pointer past it is not.
-  const auto base = reinterpret_cast<uintptr_t>(x) + static_cast<uintptr_t>(i * sizeof(T)) + kAheadBytes;
-  for (int s = 0; s < kStreams; ++s) __builtin_prefetch(reinterpret_cast<const void*>(base + s * part * sizeof(T)));
-}
+  __attribute__((always_inline)) static void fetch(const T* a, int64_t i, int64_t part) {
+    const auto ahead = reinterpret_cast<uintptr_t>(a + i) + kAheadBytes;
+    for (int s = 0; s < kStreams; ++s)
+      for (int64_t line = 0; line < kStepBytes; line += kLineBytes)
+        __builtin_prefetch(reinterpret_cast<const void*>(ahead + s * part * sizeof(T) + line));
+  }
+};
 
 template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
@@ -121,9 +140,7 @@ L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   // 4 streams 98-101%). Spans too short for the prefetcher to ramp up stay one stream.
   const auto add = [&](int64_t i, int lane) { sums.template add<kSq, kAbs>(lane, widen(x[i])); };
   if (n >= kMinSplit)
-    for_lanes<4, kSumLanes<T>>(n, add, [x](int64_t i, int64_t part) __attribute__((always_inline)) {
-      prefetch_ahead<4>(x, i, part);
-    });
+    for_lanes<4, kSumLanes<T>>(n, add, PrefetchAhead<T, 4, kSumLanes<T>>{x});
   else
     for_lanes<1, kSumLanes<T>>(n, add);
   return sums.fold();
@@ -143,10 +160,7 @@ L2FAST_CPU_CLONES_V4 Partial grad_span(const T* w, const T* g, T* out, int64_t n
     const Op step = penalty_step(wi, l2, l1, kSq, kAbs);
     out[i] = static_cast<T>(kAccumulate ? static_cast<Op>(g[i]) + step : scale * step);
     sums.add<kSq, kAbs>(lane, static_cast<double>(wi));
-  }, [w, g](int64_t i, int64_t part) __attribute__((always_inline)) {
-    prefetch_ahead<1>(w, i, part);
-    if (kAccumulate) prefetch_ahead<1>(g, i, part);
-  });
+  }, PrefetchAhead<T, 1>{w, kAccumulate ? g : nullptr});
   return sums.fold();
 }
 
