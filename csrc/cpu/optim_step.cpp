@@ -31,7 +31,8 @@ HostScalars read_scalars(const StepScalars& s) {
 template <typename T>
 L2FAST_CPU_CLONES_V4 Partial sums_span(const T* w, int64_t n) {
   LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); });
+  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); },
+               prefetch_each<T>(w));
   return sums.fold();
 }
 
@@ -52,7 +53,7 @@ L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, i
     m[i] = static_cast<T>(mi);
     v[i] = static_cast<T>(vi);
     if (kAmsgrad) v_max[i] = static_cast<T>(max_i);
-  });
+  }, prefetch_each<T>(w, g, m, v, kAmsgrad ? v_max : nullptr));
   return sums.fold();
 }
 
@@ -68,7 +69,7 @@ L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const
     sgd_element<Op, kMomentum, kNesterov>(wi, static_cast<Op>(g[i]), bi, t, f);
     w[i] = static_cast<T>(wi);
     if (kMomentum) buf[i] = static_cast<T>(bi);
-  });
+  }, prefetch_each<T>(w, g, kMomentum ? buf : nullptr));
   return sums.fold();
 }
 
