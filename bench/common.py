@@ -108,26 +108,46 @@ X86_64_V3_FLAGS = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe",
 X86_64_V4_FLAGS = X86_64_V3_FLAGS + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 
 
-def cpu_flags() -> set:
+def cpuinfo_field(name: str) -> str:
+    """The first value of a /proc/cpuinfo field ('' where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set:
+    return set(cpuinfo_field("flags").split())
+
+
+def memory_pages() -> str:
+    """How large tensors are paged: the kernel's transparent-huge-page mode and torch's own switch.
+    With 4 KB pages a stream's speed depends on where its pages landed (docs/cpu.md)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        mode = "unknown"
+    torch_thp = "on" if os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0") else "off"
+    return f"transparent huge pages {mode}, torch THP_MEM_ALLOC_ENABLE {torch_thp}"
 
 
 def cpu_isa() -> str:
-    """One line: torch's CPU capability, the AVX-512 / AVX2 flags, and the level of l2fast's CPU loops."""
+    """One line: the CPU model, torch's CPU capability, the AVX-512 / AVX2 flags, the level of l2fast's
+    CPU loops, and how memory is paged."""
     flags = cpu_flags()
     simd = ", ".join(f for f in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2") if f in flags)
     v3, v4 = (all(f in flags for f in needed) for needed in (X86_64_V3_FLAGS, X86_64_V4_FLAGS))
     sums = "x86-64-v3" if v3 else "x86-64 (baseline)"
     one_stream = "x86-64-v4" if v4 else sums
-    return (f"ISA: torch CPU capability {torch.backends.cpu.get_cpu_capability()}; CPU flags {simd or 'none of AVX2/AVX-512'}; "
-            f"l2fast CPU loops: sums {sums} clone, one-stream loops (gradient, decay, optimizer steps) {one_stream} clone.")
+    return (f"CPU: {cpuinfo_field('model name') or 'unknown'}. "
+            f"ISA: torch CPU capability {torch.backends.cpu.get_cpu_capability()}; CPU flags {simd or 'none of AVX2/AVX-512'}; "
+            f"l2fast CPU loops: sums {sums} clone, one-stream loops (gradient, decay, optimizer steps) {one_stream} clone. "
+            f"Memory: {memory_pages()}.")
 
 
 @contextlib.contextmanager
