@@ -102,11 +102,12 @@ inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead
 template <typename T>
 constexpr int kSumLanes = sizeof(T) == 2 ? 32 : kLanes;
 
-// A for_lanes hook: software prefetch kAheadBytes ahead of each part of some arrays, every line of the step's bytes (steps under 64 bytes prefetch a line more than once, which
-// costs less than a branch; see for_lanes). On a Xeon (AVX-512, AMX) with 4 KB pages the hardware
-// prefetcher alone kept the four-stream float32 sum at 81-86% of torch.dot, where a loop that only
-// loads reached 101-103%, and the penalty gradient at 80-83% of add_; 2 KB ahead took them to 97% and
-// 92-94%, and float64 and bfloat16 gained too (docs/cpu.md). always_inline: GCC finds a function
+// A for_lanes hook: software prefetch kAheadBytes ahead of each part of some arrays, every line of
+// the step's bytes (a step under 64 bytes prefetches its line more than once, which costs less than a
+// branch; see for_lanes). On a Xeon (AVX-512, AMX) with 4 KB pages the hardware prefetcher alone kept
+// the four-stream float32 sum at 81-87% of torch.dot, where a loop that only loads reached 101-104%,
+// and the penalty gradient at 78-81% of add_; 2 KB ahead took them to 93-97% and 89-93% at one and
+// two threads, and float64 and bfloat16 gained too (docs/cpu.md). always_inline: GCC finds a function
 // whose only statements are prefetches free of side effects and deletes its calls.
 constexpr int64_t kAheadBytes = 2048;
 constexpr int64_t kLineBytes = 64;
