@@ -70,18 +70,14 @@ class LaneSumsOf {
 };
 using LaneSums = LaneSumsOf<kLanes>;
 
-struct NothingAhead {
-  void operator()(int64_t, int64_t) const {}
-};
-
 // Calls body(i, lane) for every i in [0, n). The span is cut into kStreams equal parts walked side
 // by side, kN / kStreams lanes each: one core then keeps several DRAM streams in flight, and the
 // lane loop vectorizes. The fewer than kN elements left after the parts go to lanes 0, 1, ...
 // ahead(i, part) runs before every step of the parts, at offset i of each (a prefetch hook). Every
 // step, without a branch: calling it once per 64-byte line, through a test in the loop or a loop over
 // blocks of steps, kept GCC from vectorizing the sums (bfloat16, float32).
-template <int kStreams, int kN = kLanes, typename Body, typename Ahead = NothingAhead>
-inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead ahead = {}) {
+template <int kStreams, int kN = kLanes, typename Body, typename Ahead>
+inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead ahead) {
   constexpr int kWidth = kN / kStreams;
   const int64_t part = n / (kStreams * kWidth) * kWidth;
   const auto step = [&](int64_t i) __attribute__((always_inline)) {
@@ -148,7 +144,7 @@ L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   if (n >= kMinSplit)
     for_lanes<4, kSumLanes<T>>(n, add, PrefetchAhead<T, 4, kSumLanes<T>, 1>{{x}});
   else
-    for_lanes<1, kSumLanes<T>>(n, add);
+    for_lanes<1, kSumLanes<T>>(n, add, PrefetchAhead<T, 1, kSumLanes<T>, 1>{{x}});
   return sums.fold();
 }
 
