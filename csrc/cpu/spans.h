@@ -80,13 +80,10 @@ template <int kStreams, int kN = kLanes, typename Body, typename Ahead>
 inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead ahead) {
   constexpr int kWidth = kN / kStreams;
   const int64_t part = n / (kStreams * kWidth) * kWidth;
-  const auto step = [&](int64_t i) __attribute__((always_inline)) {
-    for (int s = 0; s < kStreams; ++s)
-      for (int j = 0; j < kWidth; ++j) body(s * part + i + j, s * kWidth + j);
-  };
   for (int64_t i = 0; i < part; i += kWidth) {
     ahead(i, part);
-    step(i);
+    for (int s = 0; s < kStreams; ++s)
+      for (int j = 0; j < kWidth; ++j) body(s * part + i + j, s * kWidth + j);
   }
   for (int64_t i = kStreams * part; i < n; ++i) body(i, static_cast<int>(i - kStreams * part));
 }
