@@ -6,12 +6,14 @@
 //    error; when some argument requires grad, the written tensors and the returned value get a grad_fn
 //    whose backward raises "derivative for l2fast::... is not implemented" (the ops have no derivative).
 // Under torch.no_grad(), as optimizers call them, only the version counters change. The kernels are
-// unboxed (typed), so a call with thousands of tensors does not pay for boxing its lists.
+// Autograd kernels are registered boxed (boxed.h): a Python call arrives boxed, and they drop its lists
+// under one hold of the GIL; the ADInplaceOrView kernels are reached unboxed from them.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
+#include "boxed.h"
 #include "op_handle.h"
 
 #include <memory>
@@ -126,8 +128,8 @@ TORCH_LIBRARY_IMPL(l2fast, ADInplaceOrView, m) {
 }
 
 TORCH_LIBRARY_IMPL(l2fast, Autograd, m) {
-  m.impl("add_penalty_grad_", &add_penalty_grad_autograd);
-  m.impl("decay_", &decay_autograd);
+  m.impl("add_penalty_grad_", boxed<&add_penalty_grad_autograd>());
+  m.impl("decay_", boxed<&decay_autograd>());
 }
 
 }  // namespace l2fast

@@ -7,6 +7,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "boxed.h"
 #include "op_handle.h"
 
 #include <algorithm>
@@ -97,9 +98,9 @@ at::Tensor penalty_autograd(at::TensorList params, c10::ArrayRef<double> l2, c10
 }  // namespace
 
 TORCH_LIBRARY_IMPL(l2fast, Autograd, m) {
-  m.impl("sq_norm", &sq_norm_autograd);
-  m.impl("l1_norm", &l1_norm_autograd);
-  m.impl("penalty", &penalty_autograd);
+  m.impl("sq_norm", boxed<&sq_norm_autograd>());
+  m.impl("l1_norm", boxed<&l1_norm_autograd>());
+  m.impl("penalty", boxed<&penalty_autograd>());
 }
 
 }  // namespace l2fast
