@@ -5,7 +5,7 @@
 //  - Autograd, with grad mode on: writing a leaf that requires grad (or a view of one) raises torch's
 //    error; when some argument requires grad, the written tensors and the returned value get a grad_fn
 //    whose backward raises "derivative for l2fast::... is not implemented" (the ops have no derivative).
-// Under torch.no_grad(), as optimizers call them, only the version counters change. The kernels are
+// Under torch.no_grad(), as optimizers call them, only the version counters change. The
 // Autograd kernels are registered boxed (boxed.h): a Python call arrives boxed, and they drop its lists
 // under one hold of the GIL; the ADInplaceOrView kernels are reached unboxed from them.
 #include <ATen/core/dispatch/Dispatcher.h>
