@@ -8,16 +8,18 @@ an in-place ``add_`` roofline; ``--plot FILE.png`` adds step time vs parameter c
 
     python bench/bench_optim.py [--device cpu|cuda] [--impls for-loop,foreach,fused] [--rounds N]
     python bench/bench_optim.py --one-pass [--rounds N] [--plot bench/optim_scaling.png --sizes 1,3,10,30,100]
+    python bench/bench_optim.py --one-pass --set 10kx1k [--busy-python-thread]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 import torch
 
 import l2fast
-from common import header, make_params, median_seconds, table, transformer_base_shapes
+from common import PARAM_SETS, busy_python_thread, header, make_params, median_seconds, table, transformer_base_shapes
 
 LAM = 1e-4
 LR = 1e-6  # tiny, so hundreds of timed steps leave the weights (and the work) unchanged
@@ -104,14 +106,16 @@ def with_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def one_pass_table(args, command: str) -> None:
-    params = with_grads(make_params(transformer_base_shapes(), args.device))
+    params = with_grads(make_params(PARAM_SETS[args.set](), args.device))
     numel = sum(p.numel() for p in params)
     print(header("One-pass penalized Adam step", args.device, command))
-    print(f"Parameters: Transformer-base, {len(params)} float32 tensors, {numel / 1e6:.1f}M values (l2 = weight_decay "
+    print(f"Parameters: {args.set}, {len(params)} float32 tensors, {numel / 1e6:.1f}M values (l2 = weight_decay "
           f"= {LAM}, clip norm {CLIP}). Median of {args.rounds} round-robin steps after 2 warm-up steps. Roofline: "
-          f"in-place add_ over {numel / 1e6:.1f}M values.\n")
+          f"in-place add_ over {numel / 1e6:.1f}M values."
+          + (" A Python thread of the same process spins meanwhile." if args.busy_python_thread else "") + "\n")
     methods = one_pass_methods(params)
-    times = median_seconds({name: fn for name, (fn, _) in methods.items()}, args.device, rounds=args.rounds)
+    with busy_python_thread() if args.busy_python_thread else contextlib.nullcontext():
+        times = median_seconds({name: fn for name, (fn, _) in methods.items()}, args.device, rounds=args.rounds)
     roofline = roofline_bytes_per_second(numel, args.device, args.rounds)
     fused = times["Adam(fused=True, weight_decay=0)"]
     rows = []
@@ -162,6 +166,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--one-pass", action="store_true", help="time the one-pass step against its peers")
     parser.add_argument("--plot", default=None, help="with --one-pass: also write step time vs size to this PNG")
     parser.add_argument("--sizes", default="1,3,10,30,100", help="millions of parameters for --plot")
+    parser.add_argument("--set", default="transformer-base", choices=list(PARAM_SETS), help="with --one-pass: parameters")
+    parser.add_argument("--busy-python-thread", action="store_true",
+                        help="with --one-pass: time while another Python thread of this process spins")
     args = parser.parse_args(argv)
     if args.one_pass:
         one_pass_table(args, ("python bench/bench_optim.py " + " ".join(argv)).strip())

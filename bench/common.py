@@ -9,6 +9,7 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -161,3 +162,22 @@ def busy_core(core: int | None = None):
     finally:
         spinner.kill()
         spinner.wait()
+
+
+@contextlib.contextmanager
+def busy_python_thread():
+    """A thread of this process running Python code while the block runs: each time a native call
+    needs the GIL, it waits for that thread's switch interval (a data loader thread, a logger)."""
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

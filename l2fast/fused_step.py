@@ -36,11 +36,14 @@ def _unsupported_group(optimizer, group: dict) -> str | None:
         return "has tensor betas"
     if torch.is_tensor(group["lr"]) and group["lr"].device.type != "cpu":
         return f"has a tensor lr on {group['lr'].device}"
-    for j, p in enumerate(group["params"]):
-        if p.dtype not in DTYPES:
-            return f"params[{j}] has dtype {p.dtype} (supported: float32, float64, float16, bfloat16)"
-        if not _has_kernel(p.device):
-            return f"params[{j}] is on {p.device}, for which this build has no one-pass kernel"
+    params = group["params"]
+    # Checked per distinct dtype and device (one pass each), the first offending index found only then.
+    if not {p.dtype for p in params} <= set(DTYPES):
+        j = next(j for j, p in enumerate(params) if p.dtype not in DTYPES)
+        return f"params[{j}] has dtype {params[j].dtype} (supported: float32, float64, float16, bfloat16)"
+    if not all(_has_kernel(device) for device in {p.device for p in params}):
+        j = next(j for j, p in enumerate(params) if not _has_kernel(p.device))
+        return f"params[{j}] is on {params[j].device}, for which this build has no one-pass kernel"
     return None
 
 
@@ -104,9 +107,22 @@ class _Call:
     def __init__(self):
         self.lists: dict[str, list] = {}
 
-    def add(self, **values) -> None:
-        for name, value in values.items():
-            self.lists.setdefault(name, []).append(value)
+    def extend(self, count: int, lists: dict, scalars: dict) -> None:
+        """Appends `count` tensors: `lists` hold one entry per tensor, `scalars` one value for all."""
+        for name, values in lists.items():
+            self.lists.setdefault(name, []).extend(values)
+        for name, value in scalars.items():
+            self.lists.setdefault(name, []).extend([value] * count)
+
+
+def _by_device(params: list) -> dict[torch.device, list]:
+    devices = {p.device for p in params}
+    if len(devices) <= 1:  # the usual case: one bucket, the list as it is
+        return {devices.pop(): params} if devices else {}
+    buckets: dict[torch.device, list] = {}
+    for p in params:
+        buckets.setdefault(p.device, []).append(p)
+    return buckets
 
 
 def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: tuple, skip: bool):
@@ -122,35 +138,16 @@ def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: t
         grad_l2 = (0.0 if decoupled else l2) + (0.0 if adamw else wd)
         decay = lr * (l2 if decoupled else 0.0) + (lr * wd if adamw else 0.0)
         maximize = bool(group.get("maximize", False))
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = optimizer.state[p]
+        coeffs = dict(lr=lr, l2=grad_l2, l1=l1, decay=decay, value_l2=l2)
+        for device, params in _by_device([p for p in group["params"] if p.grad is not None]).items():
+            states = [optimizer.state[p] for p in params]
+            grads = [p.grad for p in params]
             if adam:
-                amsgrad = bool(group["amsgrad"])
-                _init_adam_state(state, p, group)
-                if state["step"].device != p.device and p.device.type != "cpu":
-                    # The device kernel counts steps on the device (no host sync), as torch's fused Adam does.
-                    state["step"] = state["step"].to(p.device)
-                call = calls.setdefault((p.device, "adam", maximize, amsgrad), _Call())
-                call.add(params=p, grads=p.grad, exp_avgs=state["exp_avg"], exp_avg_sqs=state["exp_avg_sq"],
-                         steps=state["step"], beta1=float(group["betas"][0]), beta2=float(group["betas"][1]),
-                         eps=float(group["eps"]))
-                if amsgrad:
-                    call.add(max_exp_avg_sqs=state["max_exp_avg_sq"])
+                key, lists, per_group = _adam_arguments(group, device, maximize, params, states)
             else:
-                momentum = float(group["momentum"])
-                nesterov = bool(group["nesterov"])
-                call = calls.setdefault((p.device, "sgd", maximize, momentum != 0.0, nesterov), _Call())
-                call.add(params=p, grads=p.grad, momentum=momentum, dampening=float(group["dampening"]))
-                if momentum != 0.0:
-                    buf = state.get("momentum_buffer")
-                    fresh = buf is None
-                    if fresh:
-                        buf = torch.empty_like(p.grad)  # written with the gradient by this step
-                        fresh_buffers.append((state, buf))
-                    call.add(momentum_buffers=buf, fresh=int(fresh))
-            call.add(lr=lr, l2=grad_l2, l1=l1, decay=decay, value_l2=l2)
+                key, lists, per_group = _sgd_arguments(group, device, maximize, states, grads, fresh_buffers)
+            calls.setdefault(key, _Call()).extend(len(params), dict(params=params, grads=grads, **lists),
+                                                  dict(coeffs, **per_group))
     if not skip:  # a skipped step leaves the state as it is: new buffers are not kept
         for state, buf in fresh_buffers:
             state["momentum_buffer"] = buf
@@ -170,10 +167,47 @@ def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: t
     return values
 
 
+def _adam_arguments(group: dict, device: torch.device, maximize: bool, params: list, states: list):
+    """The call key, per-tensor state lists and per-group hyperparameters of Adam over params."""
+    amsgrad = bool(group["amsgrad"])
+    for p, state in zip(params, states):
+        if not state:
+            _init_adam_state(state, p, group)
+    if device.type != "cpu":
+        for state in states:
+            if state["step"].device != device:
+                # The device kernel counts steps on the device (no host sync), as torch's fused Adam does.
+                state["step"] = state["step"].to(device)
+    lists = dict(exp_avgs=[s["exp_avg"] for s in states], exp_avg_sqs=[s["exp_avg_sq"] for s in states],
+                 steps=[s["step"] for s in states])
+    if amsgrad:
+        lists["max_exp_avg_sqs"] = [s["max_exp_avg_sq"] for s in states]
+    per_group = dict(beta1=float(group["betas"][0]), beta2=float(group["betas"][1]), eps=float(group["eps"]))
+    return (device, "adam", maximize, amsgrad), lists, per_group
+
+
+def _sgd_arguments(group: dict, device: torch.device, maximize: bool, states: list, grads: list, fresh_buffers: list):
+    """The call key, per-tensor lists and per-group hyperparameters of SGD; new momentum buffers are
+    appended to fresh_buffers as (state, buffer), kept only if the step is not skipped."""
+    momentum = float(group["momentum"])
+    nesterov = bool(group["nesterov"])
+    lists = {}
+    if momentum != 0.0:
+        buffers, fresh = [], []
+        for state, g in zip(states, grads):
+            buf = state.get("momentum_buffer")
+            fresh.append(int(buf is None))
+            if buf is None:
+                buf = torch.empty_like(g)  # written with the gradient by this step
+                fresh_buffers.append((state, buf))
+            buffers.append(buf)
+        lists = dict(momentum_buffers=buffers, fresh=fresh)
+    per_group = dict(momentum=momentum, dampening=float(group["dampening"]))
+    return (device, "sgd", maximize, momentum != 0.0, nesterov), lists, per_group
+
+
 def _init_adam_state(state: dict, p: torch.Tensor, group: dict) -> None:
-    """Adam's lazy state initialisation, as torch.optim.Adam._init_group does it."""
-    if len(state) != 0:
-        return
+    """Adam's lazy state initialisation of an empty state, as torch.optim.Adam._init_group does it."""
     on_device = group["capturable"] or group["fused"]
     state["step"] = (
         torch.zeros((), dtype=_get_scalar_dtype(is_fused=group["fused"]), device=p.device)

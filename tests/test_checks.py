@@ -15,6 +15,16 @@ def bad_calls():
     g = torch.randn(6)
     half = torch.randn(6, dtype=torch.float16)
     one = torch.ones(())
+    # Long lists (sorted by radix in the native check) of views in shuffled memory order.
+    order = torch.randperm(5000, generator=torch.Generator().manual_seed(0)).tolist()
+    base = torch.randn(3 * 5000 + 1)
+    views = [base[3 * k : 3 * k + 3] for k in order]
+    shifted = list(views)
+    shifted[4321] = base[3 * order[4321] + 1 : 3 * order[4321] + 4]  # reaches into its right neighbour
+    other = torch.randn(3 * 5000)
+    grads = [other[3 * k : 3 * k + 3] for k in order]
+    grads_reading = list(grads)
+    grads_reading[17] = base[3 * order[2500] : 3 * order[2500] + 3]  # grads[17] is params[2500]
     return {
         "no-such-dtype": ("sq_norm", ([w, torch.arange(3)], [1.0], False)),
         "complex": ("l1_norm", ([torch.randn(2, dtype=torch.complex64)], [1.0], True)),
@@ -37,6 +47,8 @@ def bad_calls():
         "grads-overlap": ("add_penalty_grad_", ([w[:3], w[3:]], [g[:3], g[2:5]], [1.0], [0.0])),
         "grads-read": ("add_penalty_grad_", ([w[:3], w[3:]], [g[:3], w[1:4]], [1.0], [0.0])),
         "empty-coeff-count": ("penalty", ([], [1.0, 2.0], [0.0])),
+        "long-shuffled-overlap": ("decay_", (shifted, [0.1], [0.0])),
+        "long-shuffled-grads-read": ("add_penalty_grad_", (views, grads_reading, [1.0], [0.0])),
     }
 
 
@@ -64,3 +76,13 @@ def test_a_sparse_grad_is_named_as_sparse():
     w, g = torch.randn(6), torch.randn(6).to_sparse()
     assert message(lambda: ops.add_penalty_grad_([w], [g], [1.0], [0.0])).startswith(
         "l2fast: grads[0] has layout torch.sparse_coo")
+
+
+def test_long_shuffled_lists_without_overlap_pass():
+    order = torch.randperm(5000, generator=torch.Generator().manual_seed(1)).tolist()
+    params, grads = torch.randn(3 * 5000), torch.randn(3 * 5000)
+    want = grads.clone()
+    value = ops.add_penalty_grad_([params[3 * k : 3 * k + 3] for k in order], [grads[3 * k : 3 * k + 3] for k in order],
+                                  [0.5], [0.0])
+    torch.testing.assert_close(grads, want + 0.5 * params)
+    torch.testing.assert_close(value.double(), 0.25 * params.double().pow(2).sum(), rtol=1e-6, atol=0)

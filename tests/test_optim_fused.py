@@ -282,7 +282,7 @@ def test_native_op_equals_the_reference_op_for_every_dtype():
 
 
 def test_op_argument_errors_are_clear():
-    params = make_params()
+    params = [p.detach() for p in make_params()]  # as optimizers pass them: no autograd
     grads = grads_of(params, 0)
     state = [torch.zeros_like(p) for p in params]
     steps = [torch.tensor(0.0) for _ in params]
@@ -335,3 +335,40 @@ def test_one_pass_step_on_cuda_equals_torch(case):
                      scaler=True, params=cuda_params())
     assert opt.fused
     assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=LAM),  # torch's own behaviour, for comparison
+    lambda ps: l2fast.Penalized(torch.optim.Adam(ps, lr=1e-2), l2=LAM),
+    lambda ps: l2fast.Penalized(torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.0, amsgrad=True), l2=LAM, decoupled=True),
+    lambda ps: l2fast.Penalized(torch.optim.SGD(ps, lr=1e-2, momentum=0.9), l2=LAM),
+], ids=["torch-adam", "adam", "adamw-amsgrad", "sgd-momentum"])
+def test_a_step_between_forward_and_backward_is_caught_like_torchs(make):
+    # The one-pass step writes the weights in place: a graph that saved them must refuse to go on
+    # with the new values, as it does after torch's own step, rather than give a silently wrong gradient.
+    params = make_params()
+    loss = sum((p * p).sum() for p in params)  # saves every weight for backward
+    loss.backward(retain_graph=True)
+    make(params).step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_the_step_ops_bump_the_versions_of_what_they_write_only():
+    params = [p.detach() for p in make_params()]
+    grads = grads_of(params, 0)
+    state = [[torch.zeros_like(p) for p in params] for _ in range(3)]
+    steps = [torch.tensor(0.0) for _ in params]
+    written = params + [t for kind in state for t in kind] + steps
+    before = [t._version for t in written + grads]
+    torch.ops.l2fast.adam_step_(params, grads, *state, steps, [1e-2], [0.9], [0.99], [1e-8], [LAM], [0.0], [0.0], [LAM],
+                                False, None, None, None)
+    assert [t._version for t in written] == [v + 1 for v in before[: len(written)]]
+    assert [g._version for g in grads] == before[len(written):]
+    assert [s.item() for s in steps] == [1.0] * len(params)
+    buffers = [torch.zeros_like(p) for p in params]
+    before = [t._version for t in params + buffers + grads]
+    torch.ops.l2fast.sgd_step_(params, grads, buffers, [1e-2], [0.9], [0.0], [1], [LAM], [0.0], [0.0], [LAM], False,
+                               False, None, None, None)
+    assert [t._version for t in params + buffers] == [v + 1 for v in before[: 2 * len(params)]]
+    assert [g._version for g in grads] == before[2 * len(params):]

@@ -24,14 +24,22 @@ namespace l2fast {
 // torch::jit::drop(stack, count), the dropped IValues released under one hold of the GIL (boxed.cpp).
 void drop_args(torch::jit::Stack& stack, size_t count);
 
-// at::Tensor handles to the tensors of a list IValue, made and dropped without touching their
-// reference counts (c10::MaybeOwned's borrow). Valid while the IValue lives.
+// at::Tensor handles to the tensors of a list IValue, or of several tensor lists one after another,
+// made and dropped without touching their reference counts (c10::MaybeOwned's borrow). Valid while
+// the tensors they were made from live.
 class BorrowedTensors {
  public:
   explicit BorrowedTensors(const c10::IValue& list) {
     const c10::ArrayRef<c10::IValue> items = list.toListRef();
     tensors_.reserve(items.size());
     for (const c10::IValue& item : items) tensors_.push_back(Borrow::createBorrow(item.toTensor()));
+  }
+  explicit BorrowedTensors(const std::vector<at::TensorList>& lists) {
+    size_t count = 0;
+    for (at::TensorList list : lists) count += list.size();
+    tensors_.reserve(count);
+    for (at::TensorList list : lists)
+      for (const at::Tensor& t : list) tensors_.push_back(Borrow::createBorrow(t));
   }
   ~BorrowedTensors() {
     for (at::Tensor& t : tensors_) Borrow::destroyBorrow(t);

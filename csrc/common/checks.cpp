@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace l2fast {
 namespace {
@@ -69,16 +71,34 @@ bool before(const Span& a, const Span& b) {
   return a.index < b.index;
 }
 
-// Tensor lists usually lie in memory in list order, or in reverse order (backward allocates grads
-// last layer first): a list already in either order is sorted in O(n), and only others are sorted.
+// Sorts spans made in (list, index) order into `before` order. Long lists take a stable LSD radix sort
+// on (base, start) relative to their smallest value, 11 bits per pass (about three passes for tensors
+// spread over a gigabyte): several times faster than a comparison sort over 10^5 spans, which made this
+// check the largest per-tensor cost of an optimizer step over many small tensors.
 void sort_spans(std::vector<Span>& spans) {
-  const auto after = [](const Span& a, const Span& b) { return before(b, a); };
-  if (std::is_sorted(spans.begin(), spans.end(), before)) return;
-  if (std::is_sorted(spans.begin(), spans.end(), after)) {
-    std::reverse(spans.begin(), spans.end());
+  constexpr size_t kRadixFrom = 2048;
+  if (spans.size() < kRadixFrom) {
+    std::sort(spans.begin(), spans.end(), before);
     return;
   }
-  std::sort(spans.begin(), spans.end(), before);
+  constexpr int kBits = 11;
+  constexpr size_t kBuckets = size_t{1} << kBits;
+  std::vector<Span> sorted(spans.size());
+  std::vector<size_t> offsets(kBuckets);
+  for (uintptr_t Span::*key : {&Span::start, &Span::base}) {  // least significant key first
+    const auto [lo, hi] = std::minmax_element(spans.begin(), spans.end(),
+                                              [key](const Span& a, const Span& b) { return a.*key < b.*key; });
+    const uintptr_t min = (*lo).*key, range = (*hi).*key - min;
+    for (int shift = 0; shift < 64 && (range >> shift) != 0; shift += kBits) {
+      const auto digit = [&](const Span& s) { return ((s.*key - min) >> shift) & (kBuckets - 1); };
+      std::fill(offsets.begin(), offsets.end(), 0);
+      for (const Span& s : spans) ++offsets[digit(s)];
+      size_t next = 0;
+      for (size_t& offset : offsets) next += std::exchange(offset, next);
+      for (const Span& s : spans) sorted[offsets[digit(s)]++] = s;
+      spans.swap(sorted);
+    }
+  }
 }
 
 [[noreturn]] void overlap_error(const Span& a, const Span& b, const char* written_name, const char* read_name) {
@@ -141,30 +161,26 @@ void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {
 }
 
 void check_no_overlap(at::TensorList written, const char* written_name, at::TensorList read, const char* read_name) {
-  std::vector<Span> written_spans;
-  std::vector<Span> read_spans;
-  written_spans.reserve(written.size());
-  read_spans.reserve(read.size());
-  // own[i]: where written[i] sits in written_spans, or -1 when it is empty (an empty tensor overlaps nothing).
+  // Written spans, then read ones, each in index order: the order sort_spans expects.
+  std::vector<Span> spans;
+  spans.reserve(written.size() + read.size());
+  // own[i]: where written[i] sits in spans, or -1 when it is empty (an empty tensor overlaps nothing).
   std::vector<int64_t> own(written.size(), -1);
   for (size_t i = 0; i < written.size(); ++i) {
     if (written[i].numel() == 0) continue;
-    own[i] = static_cast<int64_t>(written_spans.size());
-    written_spans.push_back(span_of(written[i], 0, i));
+    own[i] = static_cast<int64_t>(spans.size());
+    spans.push_back(span_of(written[i], 0, i));
   }
   for (size_t i = 0; i < read.size(); ++i) {
     if (read[i].numel() == 0) continue;
     const Span span = span_of(read[i], 1, i);
     if (i < written.size() && own[i] >= 0) {
-      const Span& w = written_spans[own[i]];  // read in place, element by element: covered by `w`
+      const Span& w = spans[own[i]];  // read in place, element by element: covered by `w`
       if (w.base == span.base && w.start == span.start && w.end == span.end) continue;
     }
-    read_spans.push_back(span);
+    spans.push_back(span);
   }
-  sort_spans(written_spans);
-  sort_spans(read_spans);
-  std::vector<Span> spans(written_spans.size() + read_spans.size());
-  std::merge(written_spans.begin(), written_spans.end(), read_spans.begin(), read_spans.end(), spans.begin(), before);
+  sort_spans(spans);
   // Sweep in start order: a span overlaps an earlier one exactly when it starts before the furthest
   // end reached so far, so keeping the furthest-reaching written and read span is enough.
   const Span* furthest[2] = {nullptr, nullptr};

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "boxed.h"
 #include "checks.h"
 #include "optim_step.h"
 
@@ -34,13 +35,17 @@ void check_state(at::TensorList params, at::TensorList states, const char* name)
   }
 }
 
-// A one-value float tensor: a step counter, GradScaler's scale or found_inf, a clip coefficient.
-void check_scalar(const at::Tensor& t, const char* name, const at::Device& device, bool host_allowed) {
-  TORCH_CHECK(t.numel() == 1, "l2fast: ", name, " must hold one value, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", name, " has dtype ",
-              py_name(t.scalar_type()), "; expected float32 or float64");
-  TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", name, " is on ", t.device(),
-              " but params are on ", device);
+// "name" or "name[index]" (index >= 0), formed only for an error message.
+std::string label(const char* name, int64_t index) { return index < 0 ? name : c10::str(name, "[", index, "]"); }
+
+// A one-value float tensor: a step counter (index: its position in steps), GradScaler's scale or
+// found_inf, a clip coefficient (index -1).
+void check_scalar(const at::Tensor& t, const char* name, int64_t index, const at::Device& device, bool host_allowed) {
+  TORCH_CHECK(t.numel() == 1, "l2fast: ", label(name, index), " must hold one value, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", label(name, index),
+              " has dtype ", py_name(t.scalar_type()), "; expected float32 or float64");
+  TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", label(name, index), " is on ",
+              t.device(), " but params are on ", device);
 }
 
 }  // namespace
@@ -53,14 +58,14 @@ void check_step_args(const StepArgs& args, const std::vector<const char*>& state
   if (args.params.empty()) return;
   const at::Device device = args.params[0].device();
   for (size_t i = 0; i < args.steps.size(); ++i)
-    check_scalar(args.steps[i], c10::str("steps[", i, "]").c_str(), device, /*host_allowed=*/true);
+    check_scalar(args.steps[i], "steps", static_cast<int64_t>(i), device, /*host_allowed=*/true);
   const auto& s = args.scalars;
-  if (s.grad_scale) check_scalar(*s.grad_scale, "grad_scale", device, false);
-  if (s.found_inf) check_scalar(*s.found_inf, "found_inf", device, false);
-  if (s.clip) check_scalar(*s.clip, "clip", device, false);
-  std::vector<at::Tensor> written(args.params.begin(), args.params.end());
-  for (const auto& list : args.states) written.insert(written.end(), list.begin(), list.end());
-  check_no_overlap(written, "params and state", args.grads, "grads");
+  if (s.grad_scale) check_scalar(*s.grad_scale, "grad_scale", -1, device, false);
+  if (s.found_inf) check_scalar(*s.found_inf, "found_inf", -1, device, false);
+  if (s.clip) check_scalar(*s.clip, "clip", -1, device, false);
+  std::vector<at::TensorList> written{args.params};
+  written.insert(written.end(), args.states.begin(), args.states.end());
+  check_no_overlap(BorrowedTensors(written).get(), "params and state", args.grads, "grads");
 }
 
 }  // namespace l2fast

@@ -28,6 +28,17 @@ HostScalars read_scalars(const StepScalars& s) {
   return h;
 }
 
+// torch's step_t += 1 on one counter (a one-value float32 or float64 CPU tensor, check_step_args),
+// in the counter's own dtype; returns the count the step uses. Written through the pointer: an ATen
+// add_ and item() per counter cost microseconds each, more than the update of a small tensor.
+double count_step(const at::Tensor& step, bool skip) {
+  return AT_DISPATCH_FLOATING_TYPES(step.scalar_type(), "count_step", [&] {
+    scalar_t* count = step.mutable_data_ptr<scalar_t>();
+    if (!skip) *count += scalar_t(1);
+    return static_cast<double>(*count);
+  });
+}
+
 template <typename T>
 L2FAST_CPU_CLONES_V4 Partial sums_span(const T* w, int64_t n) {
   LaneSums sums;
@@ -96,11 +107,7 @@ struct CpuStepKernels {
   static void adam_step(const StepArgs& args, at::Tensor& result) {
     const HostScalars host = read_scalars(args.scalars);
     std::vector<double> steps(args.params.size());
-    for (size_t i = 0; i < steps.size(); ++i) {
-      const at::Tensor& step = args.steps[i];
-      if (!host.skip) step.add_(1);  // torch's step_t += 1, in the counter's own dtype
-      steps[i] = step.item<double>();
-    }
+    for (size_t i = 0; i < steps.size(); ++i) steps[i] = count_step(args.steps[i], host.skip);
     const bool amsgrad = args.states.size() == 3;
     run_step(args, host, result, [&](const Chunk& c, auto tag) {
       using T = decltype(tag);
