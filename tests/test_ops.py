@@ -229,6 +229,11 @@ def test_opcheck_every_op(device, dtype):
         (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
         (ops.decay_.default, (params, [0.01], [0.0])),
         (ops.decay_.default, (params, [0.01, 0.0, 0.02], [0.5])),
+        (ops.adam_step_.default, (params, grads, *[[torch.zeros_like(p) for p in params] for _ in range(3)],
+                                  [torch.tensor(0.0, device=device) for _ in params], [1e-2], [0.9], [0.99], [1e-8],
+                                  [0.1], [0.01], [0.0], [0.1], False, scale, torch.zeros((), device=device), None)),
+        (ops.sgd_step_.default, (params, grads, [torch.zeros_like(p) for p in params], [1e-2], [0.9], [0.1], [1],
+                                 [0.1], [0.0], [0.01], [0.1], True, False, None, None, scale)),
         # empty lists: no tensor to dispatch on (penalty_grad still has scale)
         (ops.sq_norm.default, ([], [1.0], True)),
         (ops.penalty.default, ([], [0.1], [0.0])),
