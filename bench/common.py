@@ -166,8 +166,8 @@ def busy_core(core: int | None = None):
 
 @contextlib.contextmanager
 def busy_python_thread():
-    """A thread of this process running Python code while the block runs: each time a native call
-    needs the GIL, it waits for that thread's switch interval (a data loader thread, a logger)."""
+    """A thread of this process running Python code while the block runs (a data loader thread, a
+    logger at its worst): a native call that asks for the GIL can wait up to its switch interval."""
     stop = threading.Event()
 
     def spin():
