@@ -9,6 +9,8 @@ state dicts move between this path, the two-pass path and plain torch at any ste
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
@@ -29,7 +31,26 @@ def unsupported(optimizer: torch.optim.Optimizer) -> str | None:
     return None
 
 
+# The options the one-pass kernels read, and the range they take. torch checks them when a group is
+# built, not when it is changed later (a negative lr, for one, steps fine in torch).
+_NON_NEGATIVE_OPTIONS = ("lr", "eps", "weight_decay", "momentum", "dampening")
+
+
+def _out_of_range(group: dict) -> str | None:
+    for name in _NON_NEGATIVE_OPTIONS:
+        value = group.get(name)
+        if value is not None and not torch.is_tensor(value) and not (math.isfinite(value) and value >= 0.0):
+            return f"['{name}'] = {value} (the one-pass step takes finite values >= 0)"
+    betas = group.get("betas")
+    if betas is not None and not all(torch.is_tensor(b) or 0.0 <= b < 1.0 for b in betas):
+        return f"['betas'] = {tuple(betas)} (the one-pass step takes 0 <= beta < 1)"
+    return None
+
+
 def _unsupported_group(optimizer, group: dict) -> str | None:
+    out_of_range = _out_of_range(group)
+    if out_of_range is not None:
+        return f"has {out_of_range}"
     if group.get("differentiable", False):
         return "has differentiable=True"
     if isinstance(optimizer, torch.optim.Adam) and any(torch.is_tensor(b) for b in group["betas"]):
@@ -51,23 +72,51 @@ def _has_kernel(device: torch.device) -> bool:
     """The CPU always (native or reference); another device where the native library registered one."""
     if device.type == "cpu":
         return True
-    return _ops.LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("l2fast::adam_step_", device.type.upper())
+    key = torch._C._dispatch_key_for_device(device.type)
+    return _ops.LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("l2fast::adam_step_", key)
 
 
 def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) -> str | None:
-    """What in this step's gradients the one-pass step cannot take (it then falls back for the step)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
+    """What in this step's gradients or state the one-pass step cannot take, naming the tensor; None
+    when it can take the step. The kernels read w, g and the state element by element in one order,
+    so they need the three in one memory layout; torch's optimizers do not."""
+    for i, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 continue
+            where = f"param_groups[{i}]['params'][{j}]"
             if dtensor is not None and isinstance(p, dtensor):
-                return "DTensor parameters"
+                return f"{where} is a DTensor"
             if g.layout != torch.strided:
-                return "a sparse gradient"
+                return f"{where} has a sparse gradient"
             if g.dtype != p.dtype:
-                return f"a {g.dtype} gradient of a {p.dtype} parameter"
+                return f"{where} is {p.dtype} but its gradient {g.dtype}"
+            strides = p.stride()
+            if g.stride() != strides:
+                return f"{where} has strides {strides} but its gradient {g.stride()}"
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.stride() != strides:
+                    return (f"{where} has strides {strides} but its state '{name}' {value.stride()} (state "
+                            "made for, or loaded from, a model in another memory format?)")
     return None
+
+
+def write_back_grads(optimizer, grad_scale: torch.Tensor | None, clip: torch.Tensor | None) -> None:
+    """Leaves in every p.grad the gradient the step used before the penalty: unscaled and clipped, as
+    GradScaler.unscale_ and clip_grad_norm_ leave it for torch's own step (and torch's fused Adam,
+    given grad_scale, writes it back). Nothing to write without a scaler or clipping."""
+    if grad_scale is None and clip is None:
+        return
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                by_device.setdefault(p.grad.device, []).append(p.grad)
+    for device, grads in by_device.items():
+        for factor in (None if grad_scale is None else _inv_scale(grad_scale), clip):  # in the kernel's order
+            if factor is not None:
+                torch._foreach_mul_(grads, factor.to(device))
 
 
 def grad_norm(optimizer, grad_scale: torch.Tensor | None, reduce_over: tuple) -> torch.Tensor:

@@ -16,6 +16,7 @@ value) draws a warning. A schedule multiplies the coefficients step by step (see
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -26,7 +27,7 @@ from numbers import Real
 import torch
 import torch.distributed as dist
 
-from . import fused_step, functional
+from . import fused_step, functional, inner_step
 from .schedules import Clock, Schedule, as_schedule
 
 PENALTY_KEYS = ("l2", "l1")
@@ -120,6 +121,42 @@ def _all_reduced_total(sums: dict[tuple, torch.Tensor]) -> torch.Tensor | None:
             dist.all_reduce(value, group=group)
         total = value if total is None else total + value.to(total.device)
     return total
+
+
+def _grad_copy(p: torch.Tensor, dtensor: type | None) -> torch.Tensor:
+    """A copy of p.grad in p's own memory layout (a gradient set in another layout is copied into it)."""
+    if dtensor is not None and isinstance(p, dtensor):
+        return p.grad.clone()
+    return torch.empty_like(p, dtype=p.grad.dtype, memory_format=torch.preserve_format).copy_(p.grad)
+
+
+def _memory_span(p: torch.Tensor) -> tuple[int, int] | None:
+    """The byte range p's elements occupy in its storage; None for what holds no memory of its own."""
+    if p.numel() == 0 or p.device.type == "meta":
+        return None
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(p.shape, p.stride()))
+    start = p.untyped_storage().data_ptr() + p.storage_offset() * p.element_size()
+    return start, start + extent * p.element_size()
+
+
+def _check_listed_once(groups: list[dict]) -> None:
+    """Refuses a parameter listed twice, or two parameters that share memory: the one-pass kernels and
+    the penalty would update that memory twice per step, each time from the same old value.
+    (torch.optim warns about a parameter listed twice in one group and refuses one in two groups.)"""
+    spans = []
+    for i, group in enumerate(groups):
+        for j, p in enumerate(group["params"]):
+            span = _memory_span(p.to_local() if hasattr(p, "to_local") else p)
+            if span is not None:
+                spans.append((span, f"param_groups[{i}]['params'][{j}]"))
+    spans.sort()
+    for (previous, first), (span, second) in zip(spans, spans[1:]):
+        if span[0] < previous[1]:
+            same = span == previous
+            raise ValueError(
+                f"l2fast.Penalized: {second} {'is the same tensor as' if same else 'shares memory with'} {first}; "
+                "list each parameter once, in one group (a weight tied between modules is one parameter)"
+            )
 
 
 def _mesh_groups(p) -> tuple:
@@ -241,6 +278,7 @@ class Penalized(torch.optim.Optimizer):
         for i, group in enumerate(optimizer.param_groups):
             self._check_group(group, i, defaults)
         self._multipliers(len(optimizer.param_groups))
+        _check_listed_once(optimizer.param_groups)
         _warn_unused_arguments(optimizer.param_groups, defaults)
         optimizer.defaults.update(defaults)  # so every group, present or added later, carries l2 and l1
         for group in optimizer.param_groups:
@@ -351,14 +389,22 @@ class Penalized(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         self._check_group(param_group, len(self.param_groups), self.defaults)
         self.optimizer.add_param_group(param_group)
-        reason = fused_step.unsupported(self.optimizer) if self._fused_mode is True else None
-        if reason is not None:
+        try:
+            _check_listed_once(self.param_groups)
+            if self._fused_mode is True:
+                self._require_fusable()
+        except ValueError:
             self.optimizer.param_groups.pop()
-            raise ValueError(f"l2fast.Penalized(fused=True): {reason}; pass fused='auto' or False for the two-pass path")
+            raise
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
+    # torch.compile: Dynamo does not keep attribute writes made on an optimizer inside a compiled
+    # region (the clock, last_penalty, last_grad_norm would be lost), and the one-pass step is already
+    # one native call per device. So the step runs eagerly; the compiled code around it graph-breaks
+    # here, as it does around torch's own optimizer steps.
+    @torch._disable_dynamo
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         coefficients = self.coefficients()
         # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on.
@@ -366,22 +412,45 @@ class Penalized(torch.optim.Optimizer):
         # found_inf lives on the parameters' device; on the CPU reading it costs nothing. On a GPU the
         # kernels skip the step on the device, and this read (for the clock) is the step's one sync.
         skip = found_inf is not None and bool(found_inf)
-        if closure is None and self.fused and fused_step.per_step_fallback(self.optimizer, _dtensor_type()) is None:
-            self._fused_step(coefficients, grad_scale, found_inf, skip)
-            loss = None
-        else:
-            if skip:  # GradScaler handed the step to us (one-pass path) but this step falls back
-                return None
-            if grad_scale is not None:
-                self._unscale(grad_scale)
-            if closure is None:
-                self._clip()
-                self.last_penalty = self._apply_penalty(coefficients)
-                loss = self.optimizer.step()
-            else:
-                loss = self.optimizer.step(self._penalized_closure(closure, coefficients))
+
+        def penalized_step(closure):
+            return self._penalized_step(closure, coefficients, grad_scale, found_inf, skip)
+
+        loss = inner_step.run_with_hooks(self.optimizer, closure, penalized_step)
         if not skip:
             self._clock = self._clock._replace(step=self._clock.step + 1)
+        return loss
+
+    def _penalized_step(self, closure, coefficients, grad_scale, found_inf, skip: bool):
+        """The inner optimizer's step(closure) with the penalty: one pass where it can, else two."""
+        if closure is not None and not self.fused:
+            # An optimizer that may evaluate the closure several times (LBFGS, line searches) sees the
+            # penalised objective: the closure's loss plus the penalty, with its gradient.
+            if grad_scale is not None:
+                self._unscale(grad_scale)
+            return inner_step.unhooked_step(self.optimizer)(self._penalized_closure(closure, coefficients))
+        loss = None
+        if closure is not None:  # Adam, AdamW and SGD evaluate it once, first, with gradients on
+            with torch.enable_grad():
+                loss = closure()
+        fallback = fused_step.unsupported(self.optimizer) if self._fused_mode is not False else "fused=False"
+        if fallback is None:
+            fallback = fused_step.per_step_fallback(self.optimizer, _dtensor_type())
+        if fallback is None:
+            self._fused_step(coefficients, grad_scale, found_inf, skip)
+            return loss
+        if self._fused_mode is True:
+            raise ValueError(
+                f"l2fast.Penalized(fused=True): the one-pass step cannot take this step: {fallback}; "
+                "pass fused='auto' to take the two-pass path for such steps"
+            )
+        if skip:  # GradScaler handed the step to us (one-pass path) but this step falls back
+            return loss
+        if grad_scale is not None:
+            self._unscale(grad_scale)
+        self._clip()
+        with self._penalty_applied(coefficients):
+            inner_step.unhooked_step(self.optimizer)()
         return loss
 
     def _reduce_over(self) -> tuple:
@@ -398,6 +467,7 @@ class Penalized(torch.optim.Optimizer):
         total = _all_reduced_total(_sum_by_process_groups(values))
         if not skip:
             self.last_penalty = total if total is not None else self._zero()
+            fused_step.write_back_grads(self.optimizer, grad_scale, scalars["clip"])
 
     def _unscale(self, grad_scale: torch.Tensor) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -436,18 +506,34 @@ class Penalized(torch.optim.Optimizer):
 
         return penalized_closure
 
-    def _apply_penalty(self, coefficients: list[tuple[float, float]]) -> torch.Tensor:
+    @contextlib.contextmanager
+    def _penalty_applied(self, coefficients: list[tuple[float, float]]):
+        """The two-pass penalty around the inner step: the decoupled decay applied to the weights, or
+        the penalty gradient added to copies of the gradients that stand in for them during the step,
+        so that afterwards ``p.grad`` is the caller's gradient, as torch's ``weight_decay`` leaves it."""
+        stand_ins: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            self.last_penalty = self._apply_penalty(coefficients, stand_ins)
+            yield
+        finally:
+            for p, grad in stand_ins:
+                p.grad = grad
+
+    def _apply_penalty(self, coefficients: list[tuple[float, float]], stand_ins: list | None = None) -> torch.Tensor:
         """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
-        bucket; returns the penalty value, summed over shards where parameters are sharded."""
-        buckets = self._buckets(coefficients)
+        bucket; returns the penalty value, summed over shards where parameters are sharded. With
+        ``stand_ins``, the gradient of each penalised parameter is first replaced by a copy (the
+        original is appended to it with its parameter) and the penalty goes into the copy."""
+        buckets = self._buckets(coefficients, stand_ins)
         values = [(reduce_over, self._penalise(bucket)) for (_, _, reduce_over), bucket in buckets.items()]
         total = _all_reduced_total(_sum_by_process_groups(values))
         return total if total is not None else self._zero()
 
-    def _buckets(self, coefficients: list[tuple[float, float]]) -> dict[tuple, _Bucket]:
+    def _buckets(self, coefficients: list[tuple[float, float]], stand_ins: list | None) -> dict[tuple, _Bucket]:
         """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over)."""
         buckets: dict[tuple, _Bucket] = {}
         dtensor = _dtensor_type()
+        copy_grads = stand_ins is not None and not self.decoupled
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
                 continue
@@ -456,6 +542,9 @@ class Penalized(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if copy_grads:
+                    stand_ins.append((p, p.grad))
+                    p.grad = _grad_copy(p, dtensor)
                 param, grad, reduce_over = self._local(p, dtensor)
                 key = (param.device, maximize, reduce_over)
                 bucket = buckets.get(key)
@@ -491,20 +580,36 @@ class Penalized(torch.optim.Optimizer):
         device = next((p.device for g in self.param_groups for p in g["params"]), torch.device("cpu"))
         return torch.zeros((), device=device)
 
+    # state_dict and load_state_dict run this wrapper's state-dict hooks as torch.optim.Optimizer's do;
+    # hooks registered on the inner optimizer run in its own state_dict / load_state_dict.
+    @torch._disable_dynamo
     def state_dict(self) -> dict:
         """The inner optimizer's state dict (whose groups carry l2 / l1), plus the clock and the schedule."""
+        for hook in list(self._optimizer_state_dict_pre_hooks.values()):
+            hook(self)
         state = self.optimizer.state_dict()
         state[STATE_KEY] = {
             "clock": self._clock._asdict(),
             "decoupled": self.decoupled,
             "schedule": self.schedule.state_dict(),
         }
+        for hook in list(self._optimizer_state_dict_post_hooks.values()):
+            result = hook(self, state)
+            if result is not None:
+                state = result
         return state
 
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads a state dict from ``state_dict()``, or from the plain inner optimizer (clock and schedule
-        then stay as they are, and groups without l2 / l1 get the defaults)."""
+        then stay as they are, and groups without l2 / l1 get the defaults). A state dict of torch's own
+        optimizer with ``weight_decay`` goes through ``load_torch_state_dict``. Everything is checked
+        before anything is changed."""
         state_dict = dict(state_dict)
+        for hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = dict(result)
         ours = state_dict.pop(STATE_KEY, None)
         schedule = self.schedule
         if ours is not None:
@@ -515,14 +620,65 @@ class Penalized(torch.optim.Optimizer):
                 )
             schedule = copy.deepcopy(self.schedule)
             schedule.load_state_dict(ours["schedule"])
+        for i, saved in enumerate(state_dict.get("param_groups", [])):
+            self._group_coefficients({**self.defaults, **saved}, i, self.defaults)
         self.optimizer.load_state_dict(state_dict)
-        for i, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             for key in PENALTY_KEYS:
                 group.setdefault(key, self.defaults[key])
-            self._group_coefficients(group, i, self.defaults)
         if ours is not None:
             self.schedule = schedule
             self._clock = Clock(**ours["clock"])
+        for hook in list(self._optimizer_load_state_dict_post_hooks.values()):
+            hook(self)
+
+    def torch_state_dict(self) -> dict:
+        """This optimizer's state as torch's own optimizer training the same way would save it: each
+        group's coefficient for the next step (schedule applied) becomes its ``weight_decay`` (with
+        ``decoupled_weight_decay=True`` for decoupled decay, which is what ``torch.optim.AdamW``
+        saves), and the l2fast keys go. Loads into ``torch.optim.Adam`` / ``AdamW`` / ``SGD`` (or the
+        inner optimizer's type) over the same parameters. torch has no L1 penalty and no decoupled
+        SGD decay: those are refused. The schedule is not kept: torch's decay stays at this value."""
+        state = self.optimizer.state_dict()
+        for i, (group, (l2, l1)) in enumerate(zip(state["param_groups"], self.coefficients())):
+            if l1 != 0.0:
+                raise ValueError(f"l2fast.Penalized.torch_state_dict: param_groups[{i}] has l1={l1}; torch's "
+                                 "optimizers have no L1 penalty to carry it")
+            if self.decoupled and l2 != 0.0 and "decoupled_weight_decay" not in group:
+                raise ValueError(f"l2fast.Penalized.torch_state_dict: param_groups[{i}] has decoupled l2={l2}, but "
+                                 f"{type(self.optimizer).__name__} has no decoupled weight_decay in torch")
+            for key in PENALTY_KEYS:
+                group.pop(key, None)
+            if l2 != 0.0:
+                group["weight_decay"] = l2
+                if self.decoupled:
+                    group["decoupled_weight_decay"] = True
+        return state
+
+    def load_torch_state_dict(self, state_dict: dict) -> None:
+        """Loads the state dict of torch's own optimizer (``Adam``, ``AdamW``, ``SGD`` ...), moving each
+        group's ``weight_decay`` into its ``"l2"`` (then multiplied by the schedule from the current
+        clock on). A decoupled decay (AdamW's) needs ``decoupled=True`` here, a coupled one
+        ``decoupled=False``: a mismatch is an error, as it would change the training."""
+        state_dict = dict(state_dict)
+        groups = []
+        for i, saved in enumerate(state_dict.get("param_groups", [])):
+            group = dict(saved)
+            decay = group.get("weight_decay", 0.0)
+            decoupled = bool(group.get("decoupled_weight_decay", False))
+            if decay != 0.0:
+                if decoupled != self.decoupled:
+                    raise ValueError(
+                        f"l2fast.Penalized.load_torch_state_dict: param_groups[{i}] has a "
+                        f"{'decoupled (AdamW)' if decoupled else 'coupled'} weight_decay={decay}, but this optimizer "
+                        f"has decoupled={self.decoupled}"
+                    )
+                group["l2"], group["weight_decay"] = decay, 0.0
+                if decoupled:  # the decay is now l2fast's, the inner Adam's update plain
+                    group["decoupled_weight_decay"] = bool(self.optimizer.defaults.get("decoupled_weight_decay"))
+            groups.append(group)
+        state_dict["param_groups"] = groups
+        self.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict:
         return {name: self.__dict__[name] for name in self._PICKLED}
