@@ -77,9 +77,8 @@ def _has_kernel(device: torch.device) -> bool:
 
 
 def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) -> str | None:
-    """What in this step's gradients or state the one-pass step cannot take, naming the tensor; None
-    when it can take the step. The kernels read w, g and the state element by element in one order,
-    so they need the three in one memory layout; torch's optimizers do not."""
+    """What in this step's gradients the one-pass step cannot take, naming the tensor; None when it can
+    (memory layouts are checked by step() itself, which raises LayoutMismatch)."""
     for i, group in enumerate(optimizer.param_groups):
         for j, p in enumerate(group["params"]):
             g = p.grad
@@ -92,14 +91,33 @@ def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) ->
                 return f"{where} has a sparse gradient"
             if g.dtype != p.dtype:
                 return f"{where} is {p.dtype} but its gradient {g.dtype}"
-            strides = p.stride()
-            if g.stride() != strides:
-                return f"{where} has strides {strides} but its gradient {g.stride()}"
-            for name, value in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(value) and value.dim() and value.stride() != strides:
-                    return (f"{where} has strides {strides} but its state '{name}' {value.stride()} (state "
-                            "made for, or loaded from, a model in another memory format?)")
     return None
+
+
+class LayoutMismatch(Exception):
+    """A gradient or state tensor in another memory layout than its parameter: the kernels walk w, g
+    and the state in one element order, so the step falls back (found while its arguments are
+    gathered, before anything is written)."""
+
+
+# The tensor lists of a call that must share their parameter's layout, as a message names them.
+_SAME_LAYOUT = {"grads": "gradient", "exp_avgs": "state 'exp_avg'", "exp_avg_sqs": "state 'exp_avg_sq'",
+                "max_exp_avg_sqs": "state 'max_exp_avg_sq'", "momentum_buffers": "state 'momentum_buffer'"}
+
+
+def _check_layouts(i: int, group: dict, params: list, lists: dict) -> None:
+    strides = [p.stride() for p in params]
+    for name, tensors in lists.items():
+        if name not in _SAME_LAYOUT:
+            continue
+        if [t.stride() for t in tensors] == strides:  # the usual case, compared as whole lists
+            continue
+        for p, s, t in zip(params, strides, tensors):
+            if t.stride() != s:
+                j = next(j for j, q in enumerate(group["params"]) if q is p)
+                hint = "" if name == "grads" else " (state made for, or loaded from, a model in another memory format?)"
+                raise LayoutMismatch(f"param_groups[{i}]['params'][{j}] has strides {s} but its {_SAME_LAYOUT[name]} "
+                                     f"{t.stride()}{hint}")
 
 
 def write_back_grads(optimizer, grad_scale: torch.Tensor | None, clip: torch.Tensor | None) -> None:
@@ -174,12 +192,14 @@ def _by_device(params: list) -> dict[torch.device, list]:
     return buckets
 
 
-def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: tuple, skip: bool):
-    """One step of every group that has gradients; returns [(reduce_over, value)] per native call."""
+def gather(optimizer, coefficients, decoupled: bool) -> tuple[dict, list]:
+    """The native calls of one step of every group that has gradients, and the SGD momentum buffers
+    they would create, as (calls, fresh_buffers) for run(). Writes nothing but the lazy state a torch
+    optimizer would create; raises LayoutMismatch for a tensor the kernels cannot take."""
     adam = isinstance(optimizer, torch.optim.Adam)
     calls: dict[tuple, _Call] = {}
     fresh_buffers = []
-    for group, (l2, l1) in zip(optimizer.param_groups, coefficients):
+    for i, (group, (l2, l1)) in enumerate(zip(optimizer.param_groups, coefficients)):
         lr = float(group["lr"])
         wd = float(group["weight_decay"])
         adamw = adam and group.get("decoupled_weight_decay", False)
@@ -195,8 +215,14 @@ def step(optimizer, coefficients, decoupled: bool, scalars: dict, reduce_over: t
                 key, lists, per_group = _adam_arguments(group, device, maximize, params, states)
             else:
                 key, lists, per_group = _sgd_arguments(group, device, maximize, states, grads, fresh_buffers)
+            _check_layouts(i, group, params, dict(grads=grads, **lists))
             calls.setdefault(key, _Call()).extend(len(params), dict(params=params, grads=grads, **lists),
                                                   dict(coeffs, **per_group))
+    return calls, fresh_buffers
+
+
+def run(calls: dict, fresh_buffers: list, scalars: dict, reduce_over: tuple, skip: bool) -> list:
+    """The native calls gathered by gather(); returns [(reduce_over, value)] per call."""
     if not skip:  # a skipped step leaves the state as it is: new buffers are not kept
         for state, buf in fresh_buffers:
             state["momentum_buffer"] = buf

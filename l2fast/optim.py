@@ -189,10 +189,11 @@ class Penalized(torch.optim.Optimizer):
             ``torch.optim.Adam``, ``AdamW`` or ``SGD`` and every group's options are supported: one
             native pass per step reads w, g and the optimizer state once, with the penalty, the
             GradScaler unscaling, the clip coefficient and the update inside it. ``True`` insists
-            (an unsupported optimizer or option is an error naming it); ``False`` keeps the two-pass
-            path (penalty pass, then the inner optimizer's own step). ``fused`` (the attribute) says
-            which path ``step`` takes. A step with a closure, DTensor parameters or sparse gradients
-            falls back to the two-pass path for that step.
+            (an unsupported optimizer, option or step is an error naming it); ``False`` keeps the
+            two-pass path (penalty pass, then the inner optimizer's own step). ``fused`` (the
+            attribute) says which path ``step`` takes. Under ``"auto"`` a step with DTensor
+            parameters, sparse gradients, or gradients or state in another memory layout than their
+            parameter takes the two-pass path.
         max_grad_norm: clip the global L2 norm of all gradients of the optimizer's parameters to this
             value, as ``torch.nn.utils.clip_grad_norm_`` before the step would (the penalty gradient is
             added after clipping, as an inner ``weight_decay`` would be). On the one-pass path the norm
@@ -203,9 +204,14 @@ class Penalized(torch.optim.Optimizer):
     optimizer's own objects; ``zero_grad``, ``add_param_group``, ``state_dict``, ``load_state_dict``,
     step hooks, LR schedulers and ``GradScaler`` work as with the inner optimizer. Under
     ``GradScaler.step`` the penalty is added to unscaled gradients, and a step skipped for inf/NaN
-    gradients applies no penalty and does not advance the schedule. With a closure, the closure's
-    coupled penalty is part of the objective the inner optimizer sees: the closure's loss plus the
-    penalty value (decoupled decay is applied once, after the first evaluation, as AdamW does).
+    gradients applies no penalty and does not advance the schedule. After ``step``, ``p.grad`` is
+    the gradient as torch's own step leaves it: unscaled and clipped, without the penalty term.
+    Hooks registered on the wrapper, on the inner optimizer and globally fire once per step; under
+    ``torch.compile`` the step runs eagerly (README, "Behaves like torch"). With a closure, Adam,
+    AdamW and SGD evaluate it once and take the one-pass step, returning its loss, as torch does; an
+    optimizer on the two-pass path (which may evaluate the closure repeatedly, as LBFGS does) sees the
+    penalised objective: the closure's loss plus the penalty value, with its gradient (decoupled
+    decay is applied once, after the first evaluation, as AdamW does).
 
     Distributed: under DistributedDataParallel the gradients are already averaged and the weights
     replicated when ``step`` runs, so nothing is communicated. With sharded parameters each process
@@ -437,8 +443,11 @@ class Penalized(torch.optim.Optimizer):
         if fallback is None:
             fallback = fused_step.per_step_fallback(self.optimizer, _dtensor_type())
         if fallback is None:
-            self._fused_step(coefficients, grad_scale, found_inf, skip)
-            return loss
+            try:
+                self._fused_step(coefficients, grad_scale, found_inf, skip)
+                return loss
+            except fused_step.LayoutMismatch as mismatch:
+                fallback = str(mismatch)
         if self._fused_mode is True:
             raise ValueError(
                 f"l2fast.Penalized(fused=True): the one-pass step cannot take this step: {fallback}; "
@@ -457,13 +466,16 @@ class Penalized(torch.optim.Optimizer):
         return () if self.shard_group is None else (self.shard_group,)
 
     def _fused_step(self, coefficients, grad_scale, found_inf, skip: bool) -> None:
+        """The one-pass step; raises fused_step.LayoutMismatch before any write or collective."""
+        with torch.no_grad():
+            calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled)
         scalars = {"grad_scale": grad_scale, "found_inf": found_inf, "clip": None}
         if self.max_grad_norm is not None:
             norm = fused_step.grad_norm(self.optimizer, grad_scale, self._reduce_over())
             scalars["clip"] = fused_step.clip_coefficient(norm, self.max_grad_norm)
             self.last_grad_norm = norm
         with torch.no_grad():
-            values = fused_step.step(self.optimizer, coefficients, self.decoupled, scalars, self._reduce_over(), skip)
+            values = fused_step.run(calls, fresh_buffers, scalars, self._reduce_over(), skip)
         total = _all_reduced_total(_sum_by_process_groups(values))
         if not skip:
             self.last_penalty = total if total is not None else self._zero()

@@ -356,10 +356,10 @@ def test_a_closure_takes_the_one_pass_step(inner, monkeypatch):
                      "sgd": (torch.optim.SGD, {"momentum": 0.9}, False)}
     cls, options, decoupled = torch_options[inner]
     one_pass_calls = []
-    step = l2fast.fused_step.step
-    monkeypatch.setattr(l2fast.fused_step, "step", lambda *a: one_pass_calls.append(1) or step(*a))
+    run = l2fast.fused_step.run
+    monkeypatch.setattr(l2fast.fused_step, "run", lambda *a: one_pass_calls.append(1) or run(*a))
 
-    def run(opt, model):
+    def train(opt, model):
         losses = []
         for k in range(4):
             evaluations = []
@@ -376,8 +376,8 @@ def test_a_closure_takes_the_one_pass_step(inner, monkeypatch):
         return losses
 
     want_model, got_model = make_model(), make_model()
-    want = run(cls(want_model.parameters(), lr=1e-2, weight_decay=LAM, **options), want_model)
-    got = run(l2fast.Penalized(cls(got_model.parameters(), lr=1e-2, weight_decay=0.0, **options), l2=LAM,
+    want = train(cls(want_model.parameters(), lr=1e-2, weight_decay=LAM, **options), want_model)
+    got = train(l2fast.Penalized(cls(got_model.parameters(), lr=1e-2, weight_decay=0.0, **options), l2=LAM,
                                decoupled=decoupled), got_model)
     assert len(one_pass_calls) == 4
     assert got == pytest.approx(want, rel=1e-6)
