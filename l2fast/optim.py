@@ -75,8 +75,9 @@ class _Bucket:
     to sum the value over. Coefficients are kept once per param group, as runs, so the per-tensor
     Python loop of every step stays short."""
 
-    def __init__(self, maximize: bool):
+    def __init__(self, maximize: bool, measure_only: bool = False):
         self.maximize = maximize
+        self.measure_only = measure_only  # the inner step applies the penalty gradient as weight_decay
         self.params, self.grads, self.runs = [], [], []
         self.covered = 0
 
@@ -123,9 +124,39 @@ def _all_reduced_total(sums: dict[tuple, torch.Tensor]) -> torch.Tensor | None:
     return total
 
 
+class _StepOverrides:
+    """What the two-pass path changes for the inner step only, undone after it."""
+
+    def __init__(self):
+        self._grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._weight_decays: list[tuple[dict, float]] = []
+
+    def replace_grad(self, p: torch.Tensor, stand_in: torch.Tensor) -> None:
+        self._grads.append((p, p.grad))
+        p.grad = stand_in
+
+    def set_weight_decay(self, group: dict, value: float) -> None:
+        self._weight_decays.append((group, group["weight_decay"]))
+        group["weight_decay"] = value
+
+    def undo(self) -> None:
+        for p, grad in self._grads:
+            p.grad = grad
+        for group, value in self._weight_decays:
+            group["weight_decay"] = value
+
+
+def _applies_weight_decay(optimizer: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether the inner step adds ``weight_decay * w`` to the gradient itself, exactly as the coupled
+    penalty does: torch's own Adam and SGD (AdamW's decay is decoupled)."""
+    return type(optimizer) in (torch.optim.Adam, torch.optim.SGD) and not group.get("decoupled_weight_decay", False)
+
+
 def _grad_copy(p: torch.Tensor, dtensor: type | None) -> torch.Tensor:
-    """A copy of p.grad in p's own memory layout (a gradient set in another layout is copied into it)."""
-    if dtensor is not None and isinstance(p, dtensor):
+    """A copy of p.grad in p's own memory layout (a gradient set in another layout is copied into it).
+    A DTensor or sparse gradient is cloned as it is (the penalty ops refuse a sparse one, as torch's
+    Adam and SGD refuse weight_decay with it)."""
+    if (dtensor is not None and isinstance(p, dtensor)) or p.grad.layout != torch.strided:
         return p.grad.clone()
     return torch.empty_like(p, dtype=p.grad.dtype, memory_format=torch.preserve_format).copy_(p.grad)
 
@@ -520,48 +551,51 @@ class Penalized(torch.optim.Optimizer):
 
     @contextlib.contextmanager
     def _penalty_applied(self, coefficients: list[tuple[float, float]]):
-        """The two-pass penalty around the inner step: the decoupled decay applied to the weights, or
-        the penalty gradient added to copies of the gradients that stand in for them during the step,
-        so that afterwards ``p.grad`` is the caller's gradient, as torch's ``weight_decay`` leaves it."""
-        stand_ins: list[tuple[torch.Tensor, torch.Tensor]] = []
+        """The two-pass penalty around the inner step, leaving ``p.grad`` as torch's ``weight_decay``
+        leaves it (the caller's gradient): the decoupled decay is applied to the weights; a coupled
+        L2 penalty of torch's Adam or SGD becomes the group's own ``weight_decay`` for the step (its
+        value measured here, in one read of the weights); any other coupled penalty is added to
+        copies of the gradients that stand in for them during the step."""
+        overrides = _StepOverrides()
         try:
-            self.last_penalty = self._apply_penalty(coefficients, stand_ins)
+            self.last_penalty = self._apply_penalty(coefficients, overrides)
             yield
         finally:
-            for p, grad in stand_ins:
-                p.grad = grad
+            overrides.undo()
 
-    def _apply_penalty(self, coefficients: list[tuple[float, float]], stand_ins: list | None = None) -> torch.Tensor:
+    def _apply_penalty(self, coefficients: list[tuple[float, float]], overrides: "_StepOverrides | None" = None):
         """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
-        bucket; returns the penalty value, summed over shards where parameters are sharded. With
-        ``stand_ins``, the gradient of each penalised parameter is first replaced by a copy (the
-        original is appended to it with its parameter) and the penalty goes into the copy."""
-        buckets = self._buckets(coefficients, stand_ins)
-        values = [(reduce_over, self._penalise(bucket)) for (_, _, reduce_over), bucket in buckets.items()]
+        bucket; returns the penalty value, summed over shards where parameters are sharded. Without
+        ``overrides`` the penalty goes into the gradients themselves (the closure path)."""
+        buckets = self._buckets(coefficients, overrides)
+        values = [(key[2], self._penalise(bucket)) for key, bucket in buckets.items()]
         total = _all_reduced_total(_sum_by_process_groups(values))
         return total if total is not None else self._zero()
 
-    def _buckets(self, coefficients: list[tuple[float, float]], stand_ins: list | None) -> dict[tuple, _Bucket]:
-        """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over)."""
+    def _buckets(self, coefficients: list[tuple[float, float]], overrides) -> dict[tuple, _Bucket]:
+        """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over,
+        whether the inner step applies the penalty gradient itself)."""
         buckets: dict[tuple, _Bucket] = {}
         dtensor = _dtensor_type()
-        copy_grads = stand_ins is not None and not self.decoupled
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
                 continue
-            maximize = bool(group.get("maximize", False)) and not self.decoupled
+            coupled = overrides is not None and not self.decoupled
+            as_weight_decay = coupled and l1 == 0.0 and _applies_weight_decay(self.optimizer, group)
+            if as_weight_decay:
+                overrides.set_weight_decay(group, l2)
+            maximize = bool(group.get("maximize", False)) and not self.decoupled and not as_weight_decay
             decay = self._lr(group, i) * l2 if self.decoupled else 0.0  # the decay fraction, AdamW's lr * wd
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if copy_grads:
-                    stand_ins.append((p, p.grad))
-                    p.grad = _grad_copy(p, dtensor)
+                if coupled and not as_weight_decay:
+                    overrides.replace_grad(p, _grad_copy(p, dtensor))
                 param, grad, reduce_over = self._local(p, dtensor)
-                key = (param.device, maximize, reduce_over)
+                key = (param.device, maximize, reduce_over, as_weight_decay)
                 bucket = buckets.get(key)
                 if bucket is None:
-                    bucket = buckets[key] = _Bucket(maximize)
+                    bucket = buckets[key] = _Bucket(maximize, measure_only=as_weight_decay)
                 bucket.params.append(param)
                 bucket.grads.append(grad)
             for bucket in buckets.values():
@@ -577,6 +611,9 @@ class Penalized(torch.optim.Optimizer):
 
     def _penalise(self, bucket: _Bucket) -> torch.Tensor:
         """The bucket's decoupled decay or coupled penalty gradient, in one fused call; its penalty value."""
+        if bucket.measure_only:
+            with torch.no_grad():
+                return functional.penalty(bucket.params, bucket.per_tensor("l2"), 0.0)
         if self.decoupled:
             # One pass: the value of the weights before the decay, and the decay itself.
             return functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"))

@@ -234,6 +234,30 @@ def test_grads_after_step_are_those_torch_leaves(fused, clip, scaler):
     same(got_model.parameters(), want_model.parameters())
 
 
+@pytest.mark.parametrize("inner, options", [("RMSprop", {}), ("Adam", {"maximize": True}), ("SGD", {"momentum": 0.9})])
+def test_two_pass_step_equals_torch_and_leaves_the_callers_gradient(inner, options):
+    """The two-pass path: torch's Adam and SGD take the penalty as their own weight_decay for the step
+    (bit for bit torch's); other optimizers get it in stand-in copies of the gradients."""
+    cls = getattr(torch.optim, inner)
+    want, want_model = grads_after(lambda m: cls(m.parameters(), lr=1e-2, weight_decay=LAM, **options), False,
+                                   None, False)
+    got, got_model = grads_after(lambda m: l2fast.Penalized(cls(m.parameters(), lr=1e-2, **options), l2=LAM,
+                                                            fused=False), True, None, False)
+    tolerance = 1e-6 if inner == "RMSprop" else 0.0  # our fused multiply-add against torch's separate add
+    same(got, want, rel=tolerance)
+    same(got_model.parameters(), want_model.parameters(), rel=tolerance)
+
+
+def test_l1_on_the_two_pass_path_leaves_the_callers_gradient():
+    model = make_model()
+    opt = l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM, l1=1e-3, fused=False)
+    loss_of(model, 0).backward()
+    raw = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), raw))
+    assert opt.param_groups[0]["weight_decay"] == 0
+
+
 # 4. Half precision ----------------------------------------------------------------------------------
 
 def same_bits(got, want):
