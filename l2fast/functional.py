@@ -8,7 +8,7 @@ from numbers import Real
 
 import torch
 
-from . import _ops
+from . import _ops, sharding
 
 Tensors = torch.Tensor | Iterable[torch.Tensor]
 Coeffs = float | Sequence[float]
@@ -54,30 +54,59 @@ def _coeff_list(coeffs: Coeffs, name: str) -> list[float]:
     return [float(c) for c in values]
 
 
-def sq_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
+def _picked(coeffs: list[float], indices: list[int], n: int, name: str) -> list[float]:
+    """The coefficients of the tensors at indices (sharded path: each run of tensors is one call)."""
+    if len(coeffs) == 1:
+        return coeffs
+    if len(coeffs) != n:
+        raise ValueError(f"l2fast: {name} has {len(coeffs)} values for {n} tensors; give one value, or one per tensor")
+    return [coeffs[i] for i in indices]
+
+
+# Every function below takes ``group``: a process group over which plain tensors are shards (FSDP1
+# flat parameters, ZeRO partitions), so that the value returned is the whole model's, on every
+# process. DTensors (FSDP2, any mesh) need no group: their shards are found and summed by themselves.
+# Every process of the group must call the function, holding tensors or not.
+
+
+def sq_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False, group=None) -> torch.Tensor:
     """sum_i c_i * ||x_i||^2 (c_i = 1 by default), or one value per tensor when per_tensor."""
     tensors = _tensor_list(tensors, "tensors")
-    return _ops.impl.sq_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
+    coeffs = _coeff_list(1.0 if coeffs is None else coeffs, "coeffs")
+    if not sharding.is_sharded(tensors, group):
+        return _ops.impl.sq_norm(tensors, coeffs, per_tensor)
+    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl.sq_norm(
+        local, _picked(coeffs, idx, len(tensors), "coeffs"), per_tensor), per_tensor)
 
 
-def l1_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False) -> torch.Tensor:
+def l1_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = False, group=None) -> torch.Tensor:
     """sum_i c_i * |x_i|_1 (c_i = 1 by default), or one value per tensor when per_tensor."""
     tensors = _tensor_list(tensors, "tensors")
-    return _ops.impl.l1_norm(tensors, _coeff_list(1.0 if coeffs is None else coeffs, "coeffs"), per_tensor)
+    coeffs = _coeff_list(1.0 if coeffs is None else coeffs, "coeffs")
+    if not sharding.is_sharded(tensors, group):
+        return _ops.impl.l1_norm(tensors, coeffs, per_tensor)
+    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl.l1_norm(
+        local, _picked(coeffs, idx, len(tensors), "coeffs"), per_tensor), per_tensor)
 
 
-def penalty(params: Tensors, l2: Coeffs = 0.0, l1: Coeffs = 0.0) -> torch.Tensor:
+def penalty(params: Tensors, l2: Coeffs = 0.0, l1: Coeffs = 0.0, group=None) -> torch.Tensor:
     """Differentiable l2/2 * sum ||w||^2 + l1 * sum |w|_1, computed and differentiated in one fused pass.
 
     The drop-in for the hand-written penalty: ``loss = task_loss + l2fast.penalty(model.parameters(), l2=1e-4)``
     gives every weight the gradient ``l2 * w``, exactly what ``weight_decay=l2`` means in torch.optim.SGD.
+    Over shards the value is the whole model's and each process's shards get their own ``l2 * w``.
     """
     params = _tensor_list(params, "params")
-    return _ops.impl.penalty(params, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
+    l2, l1 = _coeff_list(l2, "l2"), _coeff_list(l1, "l1")
+    if not sharding.is_sharded(params, group):
+        return _ops.impl.penalty(params, l2, l1)
+    n = len(params)
+    return sharding.global_value(params, group, lambda idx, local: _ops.impl.penalty(
+        local, _picked(l2, idx, n, "l2"), _picked(l1, idx, n, "l1")))
 
 
 def add_penalty_grad_(
-    params: Tensors, grads: Tensors | None = None, l2: Coeffs = 0.0, l1: Coeffs = 0.0
+    params: Tensors, grads: Tensors | None = None, l2: Coeffs = 0.0, l1: Coeffs = 0.0, group=None
 ) -> torch.Tensor:
     """grads_i += l2_i * w_i + l1_i * sign(w_i), in place; returns the penalty value of the same pass.
 
@@ -91,11 +120,17 @@ def add_penalty_grad_(
         if missing:
             raise RuntimeError(f"l2fast: params{missing[:5]} have no .grad; run backward first or pass grads")
     grads = _tensor_list(grads, "grads")
+    l2, l1 = _coeff_list(l2, "l2"), _coeff_list(l1, "l1")
     with torch.no_grad():  # the op reads params and writes grads: nothing for autograd to record
-        return _ops.impl.add_penalty_grad_(params, grads, _coeff_list(l2, "l2"), _coeff_list(l1, "l1"))
+        if not sharding.is_sharded(params, group):
+            return _ops.impl.add_penalty_grad_(params, grads, l2, l1)
+        _same_length(params, grads)
+        n, dtensor = len(params), sharding.dtensor_type()
+        return sharding.global_value(params, group, lambda idx, local: _ops.impl.add_penalty_grad_(
+            local, [sharding.local(grads[i], dtensor) for i in idx], _picked(l2, idx, n, "l2"), _picked(l1, idx, n, "l1")))
 
 
-def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0) -> torch.Tensor:
+def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0, group=None) -> torch.Tensor:
     """w_i *= (1 - f_i), in place: decoupled weight decay, as torch.optim.AdamW applies lr * weight_decay.
 
     ``factors`` are the decay fractions f_i (AdamW's ``lr * weight_decay``): finite and >= 0, like
@@ -105,20 +140,34 @@ def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0) -> torch.Tensor:
     l2 is zero), so decoupled training reports its penalty without a second read of the weights.
     """
     params = _tensor_list(params, "params")
+    factors, l2 = _coeff_list(factors, "factors"), _coeff_list(l2, "l2")
     with torch.no_grad():  # an in-place update of leaf parameters, as optimizers make it
-        return _ops.impl.decay_(params, _coeff_list(factors, "factors"), _coeff_list(l2, "l2"))
+        if not sharding.is_sharded(params, group):
+            return _ops.impl.decay_(params, factors, l2)
+        n = len(params)
+        return sharding.global_value(params, group, lambda idx, local: _ops.impl.decay_(
+            local, _picked(factors, idx, n, "factors"), _picked(l2, idx, n, "l2")))
 
 
-def clip_grad_norm_(params: Tensors, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+def clip_grad_norm_(params: Tensors, max_norm: float, eps: float = 1e-6, group=None) -> torch.Tensor:
     """Scales every .grad so the global L2 norm is at most max_norm; returns the norm before clipping.
 
     Like torch.nn.utils.clip_grad_norm_, but the norm comes from one fused, float64-accumulated pass,
-    and nothing waits on the device.
+    and nothing waits on the device. Over shards (DTensor gradients, or ``group=``) the norm is the
+    whole model's, the same on every process, returned as a plain tensor.
     """
     grads = [p.grad for p in _tensor_list(params, "params") if p.grad is not None]
-    if not grads:
+    if not grads and group is None:
         return torch.zeros(())
-    total = sq_norm(grads).sqrt()
-    scale = (max_norm / (total + eps)).clamp(max=1.0)
-    torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+    total = sq_norm(grads, group=group).sqrt()
+    if grads:
+        scale = (max_norm / (total + eps)).clamp(max=1.0)
+        dtensor = sharding.dtensor_type()
+        local = [sharding.local(g, dtensor) for g in grads]
+        torch._foreach_mul_(local, scale.to(local[0].device, local[0].dtype))
     return total
+
+
+def _same_length(params: list, grads: list) -> None:
+    if len(params) != len(grads):
+        raise ValueError(f"l2fast: got {len(params)} params but {len(grads)} grads")

@@ -137,22 +137,20 @@ def write_back_grads(optimizer, grad_scale: torch.Tensor | None, clip: torch.Ten
                 torch._foreach_mul_(grads, factor.to(device))
 
 
-def grad_norm(optimizer, grad_scale: torch.Tensor | None, reduce_over: tuple) -> torch.Tensor:
+def grad_norm(optimizer, grad_scale: torch.Tensor | None, shard_group) -> torch.Tensor:
     """The global L2 norm of every gradient of the optimizer's parameters (unscaled by grad_scale):
-    one fused squared-norm pass per device, float64-accumulated, summed over process groups."""
+    one fused squared-norm pass per device, float64-accumulated, summed over the shards of DTensor
+    gradients and over ``shard_group`` for plain ones. Every process takes part in the sums, with
+    nothing to add or not; the norm is a plain tensor, the same on every process."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.grad is not None:
                 by_device.setdefault(p.grad.device, []).append(p.grad)
-    if not by_device:
-        return torch.zeros(())
     total = None
-    for grads in by_device.values():
-        sq = functional.sq_norm(grads)
+    for grads in by_device.values() if by_device else [[]]:
+        sq = functional.sq_norm(grads, group=shard_group)
         total = sq if total is None else total + sq.to(total.device)
-    for group in reduce_over:
-        torch.distributed.all_reduce(total, group=group)
     norm = total.sqrt()
     if grad_scale is not None:
         norm = norm * _inv_scale(grad_scale).to(norm.device)

@@ -27,7 +27,7 @@ from numbers import Real
 import torch
 import torch.distributed as dist
 
-from . import fused_step, functional, inner_step
+from . import fused_step, functional, inner_step, sharding
 from .schedules import Clock, Schedule, as_schedule
 
 PENALTY_KEYS = ("l2", "l1")
@@ -62,12 +62,6 @@ def _warn_unused_arguments(groups: list[dict], defaults: dict) -> None:
                 UserWarning,
                 stacklevel=3,
             )
-
-
-def _dtensor_type():
-    # Only present once torch.distributed.tensor is imported, which any DTensor parameter implies.
-    module = sys.modules.get("torch.distributed.tensor")
-    return getattr(module, "DTensor", None)
 
 
 class _Bucket:
@@ -112,16 +106,6 @@ def _sum_by_process_groups(values: list[tuple[tuple, torch.Tensor]]) -> dict[tup
         previous = sums.get(reduce_over)
         sums[reduce_over] = value if previous is None else previous + value.to(previous.device)
     return sums
-
-
-def _all_reduced_total(sums: dict[tuple, torch.Tensor]) -> torch.Tensor | None:
-    """Each sum all-reduced over its process groups (shards' values add up), then all of them added."""
-    total = None
-    for reduce_over, value in sums.items():
-        for group in reduce_over:
-            dist.all_reduce(value, group=group)
-        total = value if total is None else total + value.to(total.device)
-    return total
 
 
 class _StepOverrides:
@@ -188,12 +172,6 @@ def _check_listed_once(groups: list[dict]) -> None:
                 f"l2fast.Penalized: {second} {'is the same tensor as' if same else 'shares memory with'} {first}; "
                 "list each parameter once, in one group (a weight tied between modules is one parameter)"
             )
-
-
-def _mesh_groups(p) -> tuple:
-    """The process groups of the mesh dimensions p is sharded over: its shards' values add up over them."""
-    mesh = p.device_mesh
-    return tuple(mesh.get_group(dim) for dim, placement in enumerate(p.placements) if placement.is_shard())
 
 
 class Penalized(torch.optim.Optimizer):
@@ -472,7 +450,7 @@ class Penalized(torch.optim.Optimizer):
                 loss = closure()
         fallback = fused_step.unsupported(self.optimizer) if self._fused_mode is not False else "fused=False"
         if fallback is None:
-            fallback = fused_step.per_step_fallback(self.optimizer, _dtensor_type())
+            fallback = fused_step.per_step_fallback(self.optimizer, sharding.dtensor_type())
         if fallback is None:
             try:
                 self._fused_step(coefficients, grad_scale, found_inf, skip)
@@ -502,12 +480,12 @@ class Penalized(torch.optim.Optimizer):
             calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled)
         scalars = {"grad_scale": grad_scale, "found_inf": found_inf, "clip": None}
         if self.max_grad_norm is not None:
-            norm = fused_step.grad_norm(self.optimizer, grad_scale, self._reduce_over())
+            norm = fused_step.grad_norm(self.optimizer, grad_scale, self.shard_group)
             scalars["clip"] = fused_step.clip_coefficient(norm, self.max_grad_norm)
             self.last_grad_norm = norm
         with torch.no_grad():
             values = fused_step.run(calls, fresh_buffers, scalars, self._reduce_over(), skip)
-        total = _all_reduced_total(_sum_by_process_groups(values))
+        total = self._global_total(values)
         if not skip:
             self.last_penalty = total if total is not None else self._zero()
             fused_step.write_back_grads(self.optimizer, grad_scale, scalars["clip"])
@@ -521,13 +499,10 @@ class Penalized(torch.optim.Optimizer):
         """Two-pass clipping: the norm, then every gradient scaled (torch's clip_grad_norm_ semantics)."""
         if self.max_grad_norm is None:
             return
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if _dtensor_type() is not None and any(isinstance(p, _dtensor_type()) for p in params):
-            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-            return
-        norm = fused_step.grad_norm(self.optimizer, None, self._reduce_over())
-        if params:
-            grads = [p.grad for p in params]
+        norm = fused_step.grad_norm(self.optimizer, None, self.shard_group)
+        dtensor = sharding.dtensor_type()
+        grads = [sharding.local(p.grad, dtensor) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
             torch._foreach_mul_(grads, fused_step.clip_coefficient(norm, self.max_grad_norm).to(grads[0].dtype))
         self.last_grad_norm = norm
 
@@ -569,14 +544,37 @@ class Penalized(torch.optim.Optimizer):
         ``overrides`` the penalty goes into the gradients themselves (the closure path)."""
         buckets = self._buckets(coefficients, overrides)
         values = [(key[2], self._penalise(bucket)) for key, bucket in buckets.items()]
-        total = _all_reduced_total(_sum_by_process_groups(values))
+        return self._global_total(values)
+
+    def _global_total(self, values: list[tuple[tuple, torch.Tensor]]) -> torch.Tensor:
+        """The bucket values summed over their process groups, then added up. Every process all-reduces
+        over every group any of its parameters sums over, in parameter order, with a zero where it
+        has nothing (no gradient, or no penalised tensor): collectives match across processes."""
+        sums = _sum_by_process_groups(values)
+        total = None
+        for reduce_over in self._reductions(sums):
+            value = sums.get(reduce_over)
+            value = sharding.all_reduce_sum(self._zero() if value is None else value, reduce_over)
+            total = value if total is None else total + value.to(total.device)
         return total if total is not None else self._zero()
+
+    def _reductions(self, sums: dict) -> list[tuple]:
+        """The process-group tuples to sum over this step: those of every parameter (present whether
+        it has a gradient or not), then any other the values came with."""
+        dtensor = sharding.dtensor_type()
+        required = {() if self.shard_group is None else (self.shard_group,): None}
+        if dtensor is not None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if isinstance(p, dtensor):
+                        required.setdefault(sharding.reduce_groups(p, None, dtensor), None)
+        return list(required) + [key for key in sums if key not in required]
 
     def _buckets(self, coefficients: list[tuple[float, float]], overrides) -> dict[tuple, _Bucket]:
         """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over,
         whether the inner step applies the penalty gradient itself)."""
         buckets: dict[tuple, _Bucket] = {}
-        dtensor = _dtensor_type()
+        dtensor = sharding.dtensor_type()
         for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
             if l2 == 0.0 and l1 == 0.0:
                 continue
@@ -605,9 +603,8 @@ class Penalized(torch.optim.Optimizer):
     def _local(self, p: torch.Tensor, dtensor: type | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """What this process penalises for p, and the process groups its value is summed over: a
         DTensor's local shard over its mesh's groups, else p itself over ``shard_group`` (if any)."""
-        if dtensor is not None and isinstance(p, dtensor):
-            return p.to_local(), p.grad.to_local(), _mesh_groups(p)
-        return p, p.grad, () if self.shard_group is None else (self.shard_group,)
+        reduce_over = sharding.reduce_groups(p, self.shard_group, dtensor)
+        return sharding.local(p, dtensor), sharding.local(p.grad, dtensor), reduce_over
 
     def _penalise(self, bucket: _Bucket) -> torch.Tensor:
         """The bucket's decoupled decay or coupled penalty gradient, in one fused call; its penalty value."""
