@@ -14,7 +14,7 @@ import math
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _ops, functional
+from . import _ops, functional, sharding
 
 FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -85,12 +85,12 @@ def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) ->
             if g is None:
                 continue
             where = f"param_groups[{i}]['params'][{j}]"
-            if dtensor is not None and isinstance(p, dtensor):
-                return f"{where} is a DTensor"
             if g.layout != torch.strided:
                 return f"{where} has a sparse gradient"
             if g.dtype != p.dtype:
                 return f"{where} is {p.dtype} but its gradient {g.dtype}"
+            if dtensor is not None and isinstance(p, dtensor) and tuple(g.placements) != tuple(p.placements):
+                return f"{where} has placements {tuple(p.placements)} but its gradient {tuple(g.placements)}"
     return None
 
 
@@ -105,8 +105,8 @@ _SAME_LAYOUT = {"grads": "gradient", "exp_avgs": "state 'exp_avg'", "exp_avg_sqs
                 "max_exp_avg_sqs": "state 'max_exp_avg_sq'", "momentum_buffers": "state 'momentum_buffer'"}
 
 
-def _check_layouts(i: int, group: dict, params: list, lists: dict) -> None:
-    strides = [p.stride() for p in params]
+def _check_layouts(i: int, group: dict, params: list, local_params: list, lists: dict) -> None:
+    strides = [p.stride() for p in local_params]
     for name, tensors in lists.items():
         if name not in _SAME_LAYOUT:
             continue
@@ -126,11 +126,12 @@ def write_back_grads(optimizer, grad_scale: torch.Tensor | None, clip: torch.Ten
     given grad_scale, writes it back). Nothing to write without a scaler or clipping."""
     if grad_scale is None and clip is None:
         return
+    dtensor = sharding.dtensor_type()
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.grad is not None:
-                by_device.setdefault(p.grad.device, []).append(p.grad)
+                by_device.setdefault(p.grad.device, []).append(sharding.local(p.grad, dtensor))
     for device, grads in by_device.items():
         for factor in (None if grad_scale is None else _inv_scale(grad_scale), clip):  # in the kernel's order
             if factor is not None:
@@ -180,21 +181,36 @@ class _Call:
             self.lists.setdefault(name, []).extend([value] * count)
 
 
-def _by_device(params: list) -> dict[torch.device, list]:
-    devices = {p.device for p in params}
-    if len(devices) <= 1:  # the usual case: one bucket, the list as it is
-        return {devices.pop(): params} if devices else {}
-    buckets: dict[torch.device, list] = {}
-    for p in params:
-        buckets.setdefault(p.device, []).append(p)
+def _by_placement(params: list, shard_group, dtensor: type | None) -> dict[tuple, list]:
+    """params by (device, process groups their values sum over): DTensors over their mesh's sharded
+    dimensions, plain tensors over shard_group (if any)."""
+    if dtensor is None:
+        reduce_over = () if shard_group is None else (shard_group,)
+        devices = {p.device for p in params}
+        if len(devices) <= 1:  # the usual case: one bucket, the list as it is
+            return {(devices.pop(), reduce_over): params} if devices else {}
+        keys = [(p.device, reduce_over) for p in params]
+    else:
+        keys = [(p.device, sharding.reduce_groups(p, shard_group, dtensor)) for p in params]
+    buckets: dict[tuple, list] = {}
+    for key, p in zip(keys, params):
+        buckets.setdefault(key, []).append(p)
     return buckets
 
 
-def gather(optimizer, coefficients, decoupled: bool) -> tuple[dict, list]:
+def _locals(tensors: list, dtensor: type | None) -> list:
+    """The local shards (DTensors are stepped shard by shard: the update is elementwise)."""
+    if dtensor is None or not tensors or not torch.is_tensor(tensors[0]):
+        return tensors
+    return [sharding.local(t, dtensor) for t in tensors]
+
+
+def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[dict, list]:
     """The native calls of one step of every group that has gradients, and the SGD momentum buffers
     they would create, as (calls, fresh_buffers) for run(). Writes nothing but the lazy state a torch
     optimizer would create; raises LayoutMismatch for a tensor the kernels cannot take."""
     adam = isinstance(optimizer, torch.optim.Adam)
+    dtensor = sharding.dtensor_type()
     calls: dict[tuple, _Call] = {}
     fresh_buffers = []
     for i, (group, (l2, l1)) in enumerate(zip(optimizer.param_groups, coefficients)):
@@ -206,27 +222,30 @@ def gather(optimizer, coefficients, decoupled: bool) -> tuple[dict, list]:
         decay = lr * (l2 if decoupled else 0.0) + (lr * wd if adamw else 0.0)
         maximize = bool(group.get("maximize", False))
         coeffs = dict(lr=lr, l2=grad_l2, l1=l1, decay=decay, value_l2=l2)
-        for device, params in _by_device([p for p in group["params"] if p.grad is not None]).items():
+        with_grads = [p for p in group["params"] if p.grad is not None]
+        for (device, reduce_over), params in _by_placement(with_grads, shard_group, dtensor).items():
             states = [optimizer.state[p] for p in params]
             grads = [p.grad for p in params]
             if adam:
                 key, lists, per_group = _adam_arguments(group, device, maximize, params, states)
             else:
                 key, lists, per_group = _sgd_arguments(group, device, maximize, states, grads, fresh_buffers)
-            _check_layouts(i, group, params, dict(grads=grads, **lists))
-            calls.setdefault(key, _Call()).extend(len(params), dict(params=params, grads=grads, **lists),
-                                                  dict(coeffs, **per_group))
+            lists = {name: _locals(tensors, dtensor) for name, tensors in dict(grads=grads, **lists).items()}
+            local_params = _locals(params, dtensor)
+            _check_layouts(i, group, params, local_params, lists)
+            calls.setdefault((reduce_over, key), _Call()).extend(len(params), dict(params=local_params, **lists),
+                                                                 dict(coeffs, **per_group))
     return calls, fresh_buffers
 
 
-def run(calls: dict, fresh_buffers: list, scalars: dict, reduce_over: tuple, skip: bool) -> list:
-    """The native calls gathered by gather(); returns [(reduce_over, value)] per call."""
+def run(calls: dict, fresh_buffers: list, scalars: dict, skip: bool) -> list:
+    """The native calls gathered by gather(); returns [(process groups to sum over, value)] per call."""
     if not skip:  # a skipped step leaves the state as it is: new buffers are not kept
         for state, buf in fresh_buffers:
             state["momentum_buffer"] = buf
     impl = _ops.impl
     values = []
-    for key, call in calls.items():
+    for (reduce_over, key), call in calls.items():
         a = call.lists
         common = dict(l2=a["l2"], l1=a["l1"], decay=a["decay"], value_l2=a["value_l2"], maximize=key[2], **scalars)
         if key[1] == "adam":

@@ -200,9 +200,9 @@ class Penalized(torch.optim.Optimizer):
             GradScaler unscaling, the clip coefficient and the update inside it. ``True`` insists
             (an unsupported optimizer, option or step is an error naming it); ``False`` keeps the
             two-pass path (penalty pass, then the inner optimizer's own step). ``fused`` (the
-            attribute) says which path ``step`` takes. Under ``"auto"`` a step with DTensor
-            parameters, sparse gradients, or gradients or state in another memory layout than their
-            parameter takes the two-pass path.
+            attribute) says which path ``step`` takes. DTensor parameters are stepped shard by shard.
+            Under ``"auto"`` a step with sparse gradients, or gradients or state in another memory
+            layout (or placement) than their parameter takes the two-pass path.
         max_grad_norm: clip the global L2 norm of all gradients of the optimizer's parameters to this
             value, as ``torch.nn.utils.clip_grad_norm_`` before the step would (the penalty gradient is
             added after clipping, as an inner ``weight_decay`` would be). On the one-pass path the norm
@@ -471,20 +471,17 @@ class Penalized(torch.optim.Optimizer):
             inner_step.unhooked_step(self.optimizer)()
         return loss
 
-    def _reduce_over(self) -> tuple:
-        return () if self.shard_group is None else (self.shard_group,)
-
     def _fused_step(self, coefficients, grad_scale, found_inf, skip: bool) -> None:
         """The one-pass step; raises fused_step.LayoutMismatch before any write or collective."""
         with torch.no_grad():
-            calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled)
+            calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled, self.shard_group)
         scalars = {"grad_scale": grad_scale, "found_inf": found_inf, "clip": None}
         if self.max_grad_norm is not None:
             norm = fused_step.grad_norm(self.optimizer, grad_scale, self.shard_group)
             scalars["clip"] = fused_step.clip_coefficient(norm, self.max_grad_norm)
             self.last_grad_norm = norm
         with torch.no_grad():
-            values = fused_step.run(calls, fresh_buffers, scalars, self._reduce_over(), skip)
+            values = fused_step.run(calls, fresh_buffers, scalars, skip)
         total = self._global_total(values)
         if not skip:
             self.last_penalty = total if total is not None else self._zero()

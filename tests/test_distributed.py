@@ -71,17 +71,25 @@ def ddp_run(rank):
     return {"params": [p.detach().clone() for p in model.parameters()], "penalties": penalties, "all_reduces": len(calls)}
 
 
-def fsdp_run(rank):
+def fsdp_run(rank, max_grad_norm=None):
+    """FSDP2; counts the one-pass calls (the update runs on the local shards)."""
     from torch.distributed.fsdp import fully_shard
 
     model = make_model()
     for layer in (model[0], model[2], model[4]):
         fully_shard(layer)
     fully_shard(model)
-    optimizer = penalized_adam(model.parameters())
-    with counting_all_reduces() as calls:
-        penalties = run_steps(model, optimizer, local_batch(rank))
-    return {"params": [p.full_tensor().detach().clone() for p in model.parameters()], "penalties": penalties, "all_reduces": len(calls)}
+    optimizer = l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM, max_grad_norm=max_grad_norm)
+    one_pass, run = [], l2fast.fused_step.run
+    l2fast.fused_step.run = lambda *args: one_pass.append(1) or run(*args)
+    try:
+        with counting_all_reduces() as calls:
+            penalties = run_steps(model, optimizer, local_batch(rank))
+    finally:
+        l2fast.fused_step.run = run
+    return {"params": [p.full_tensor().detach().clone() for p in model.parameters()], "penalties": penalties,
+            "all_reduces": len(calls), "one_pass_steps": len(one_pass), "fused": optimizer.fused,
+            "grad_norm": optimizer.last_grad_norm}
 
 
 def shard_group_run(rank):
@@ -100,7 +108,8 @@ def worker(rank, port, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "shard_group": shard_group_run(rank)}
+        results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "fsdp-clip": fsdp_run(rank, max_grad_norm=0.05),
+                   "shard_group": shard_group_run(rank)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -119,11 +128,16 @@ def ranks(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
+def single_process_run(max_grad_norm=None):
+    model = make_model()
+    optimizer = l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM, max_grad_norm=max_grad_norm)
+    penalties = run_steps(model, optimizer, make_data())
+    return {"params": [p.detach() for p in model.parameters()], "penalties": penalties, "grad_norm": optimizer.last_grad_norm}
+
+
 @pytest.fixture(scope="module")
 def single_process():
-    model = make_model()
-    penalties = run_steps(model, penalized_adam(model.parameters()), make_data())
-    return {"params": [p.detach() for p in model.parameters()], "penalties": penalties}
+    return single_process_run()
 
 
 def max_diff(a, b):
@@ -155,3 +169,15 @@ def test_shard_group_gives_the_global_penalty_and_local_updates(ranks):
         assert rank["shard_group"]["penalty"] == pytest.approx(want_penalty, rel=1e-6)
         for shard, w in zip(rank["shard_group"]["shards"], want):
             torch.testing.assert_close(shard, w[r::WORLD], rtol=0, atol=1e-6)
+
+
+def test_fsdp2_takes_the_one_pass_step_on_local_shards(ranks, single_process):
+    clipped = single_process_run(max_grad_norm=0.05)
+    for rank in ranks:
+        assert rank["fsdp"]["fused"] and rank["fsdp"]["one_pass_steps"] == STEPS
+        got = rank["fsdp-clip"]
+        assert got["one_pass_steps"] == STEPS
+        assert max_diff(got["params"], clipped["params"]) <= TOL
+        assert got["penalties"] == pytest.approx(clipped["penalties"], rel=1e-6)
+        assert type(got["grad_norm"]) is torch.Tensor
+        assert got["grad_norm"].item() == pytest.approx(clipped["grad_norm"].item(), rel=1e-6)
