@@ -18,14 +18,19 @@ into a schedule of the same type.
 
 Compose them: ``Sequential([Warmup(1000), Cosine(9000)], milestones=[1000])`` warms up, then decays;
 ``Alternating(100) * Cosine(10000)`` (a :class:`Product`) alternates under a decaying envelope.
+Nests are at most ``MAX_NESTING`` levels deep, and the abstract classes cannot be built.
 """
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 UNITS = ("step", "epoch")
+# Schedules nest (Product, Sequential); evaluating, saving and loading one recurses once per level, so
+# a deeper nest would run into Python's recursion limit instead of failing with a message.
+MAX_NESTING = 32
 
 
 class Clock(NamedTuple):
@@ -66,6 +71,13 @@ class Schedule:
 
     unit = "step"
 
+    def __new__(cls, *args, **kwargs):
+        # An abstract schedule would be accepted here and fail at its first step instead.
+        if cls.at is Schedule.at and cls.multipliers is Schedule.multipliers:
+            raise TypeError(f"l2fast.schedules: {cls.__name__} is abstract (it defines no multiplier); use one of "
+                            f"{', '.join(concrete_schedules())}")
+        return super().__new__(cls)
+
     def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         """One multiplier per parameter group at this time."""
         return [self.at(getattr(clock, self.unit))] * num_groups
@@ -76,6 +88,20 @@ class Schedule:
     def units(self) -> set[str]:
         """The clock counts this schedule reads."""
         return {self.unit}
+
+    def children(self) -> list["Schedule"]:
+        """The schedules nested in this one."""
+        nested = []
+        for value in vars(self).values():
+            if isinstance(value, Schedule):
+                nested.append(value)
+            elif isinstance(value, list):
+                nested += [child for child in value if isinstance(child, Schedule)]
+        return nested
+
+    def depth(self) -> int:
+        """Levels of nesting: 1 for a schedule without children."""
+        return 1 + max((child.depth() for child in self.children()), default=0)
 
     def __mul__(self, other: "Schedule") -> "Product":
         if not isinstance(other, Schedule):
@@ -172,7 +198,9 @@ class Cosine(_Decay):
 
 
 class Step(Schedule):
-    """Multiplied by ``gamma`` every ``every`` units: ``gamma ** (t // every)``."""
+    """Multiplied by ``gamma`` every ``every`` units: ``gamma ** (t // every)``. With ``gamma > 1`` the
+    multiplier grows without bound; at the first step where it would leave the range of a float,
+    ``at`` raises ValueError naming that step (a trainer can check its whole run up front)."""
 
     def __init__(self, every: int, gamma: float = 0.1, unit: str = "step"):
         self.every = _positive_int(every, "every")
@@ -180,7 +208,12 @@ class Step(Schedule):
         self.unit = _check_unit(unit)
 
     def at(self, t: int) -> float:
-        return self.gamma ** (t // self.every)
+        k = t // self.every
+        try:
+            return self.gamma ** k
+        except OverflowError:  # gamma > 1 grows without bound: refuse, as a float cannot hold it
+            raise ValueError(f"l2fast.schedules: {self!r} reaches gamma ** {k} at {self.unit} {t}, beyond the range "
+                             f"of a float ({sys.float_info.max:.3g})") from None
 
 
 class Alternating(Schedule):
@@ -252,6 +285,7 @@ class Sequential(Schedule):
         for s in self.schedules:
             if not s.units() <= {self.unit}:
                 raise ValueError(f"l2fast.schedules: Sequential counts {self.unit}s but {s!r} counts {sorted(s.units())}")
+        _check_nesting(self)
 
     def multipliers(self, clock: Clock, num_groups: int) -> list[float]:
         t = getattr(clock, self.unit)
@@ -267,6 +301,7 @@ class Product(Schedule):
         if not schedules or any(not isinstance(s, Schedule) for s in schedules):
             raise ValueError("l2fast.schedules: Product needs one or more schedules")
         self.schedules = list(schedules)
+        _check_nesting(self)
 
     def units(self) -> set[str]:
         return set().union(*(s.units() for s in self.schedules))
@@ -289,6 +324,25 @@ class Lambda(Schedule):
 
     def at(self, t: int) -> float:
         return float(self.fn(t))
+
+
+def _check_nesting(schedule: Schedule) -> None:
+    depth = 1 + max(child.depth() for child in schedule.children())  # the children are checked already
+    if depth > MAX_NESTING:
+        raise ValueError(f"l2fast.schedules: {type(schedule).__name__} would nest schedules {depth} levels deep; "
+                         f"at most {MAX_NESTING} are allowed")
+
+
+def concrete_schedules() -> list[str]:
+    """The names of the public schedule classes that can be built (every one but the abstract ones)."""
+    names, pending = set(), [Schedule]
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        defines = cls.at is not Schedule.at or cls.multipliers is not Schedule.multipliers
+        if defines and not cls.__name__.startswith("_") and cls.__module__ == __name__:
+            names.add(cls.__name__)
+    return sorted(names)
 
 
 def as_schedule(schedule: Schedule | Callable[[int], float] | None) -> Schedule:

@@ -1,5 +1,7 @@
 """Runs every row of the "Tried and refused" table in docs/lm.md: each documented command must stop
 with exit status 2 and the documented one-line error, and no traceback."""
+import json
+
 import pytest
 
 pytest.importorskip("sentencepiece")
@@ -29,7 +31,11 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "blank.txt").write_text("\n \n")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     empty_state = {key: {} for key in RUN_STATE_KEYS}
-    checkpoint.atomic_save({**empty_state, "config": build_translation_config({}).to_dict()}, tmp_path / "translation.pt")
+    translation_config = build_translation_config({}).to_dict()
+    checkpoint.atomic_save({**empty_state, "config": translation_config}, tmp_path / "translation.pt")
+    (tmp_path / "translation-run").mkdir()
+    checkpoint.atomic_save({**empty_state, "config": translation_config}, tmp_path / "translation-run" / "latest.pt")
+    (tmp_path / "translation-config.json").write_text(json.dumps(translation_config))
     (tmp_path / "lm-run").mkdir()
     checkpoint.atomic_save({**empty_state, "config": build_config({}).to_dict()}, tmp_path / "lm-run" / "latest.pt")
     return tmp_path

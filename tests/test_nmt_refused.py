@@ -1,11 +1,14 @@
 """Runs every row of the "Tried and refused" table in docs/nmt.md: each documented command must stop
 with exit status 2 and the documented one-line error, and no traceback."""
+import json
+
 import pytest
 
 pytest.importorskip("sentencepiece")
 pytest.importorskip("sacrebleu")
 
 from l2fast.nmt import cli  # noqa: E402
+from l2fast.lm.config import build_config as build_language_model_config  # noqa: E402
 from l2fast.nmt.config import build_config  # noqa: E402
 from l2fast.trainer import checkpoint  # noqa: E402
 from l2fast.trainer.rundir import RUN_STATE_KEYS  # noqa: E402
@@ -37,6 +40,12 @@ def workdir(tmp_path, monkeypatch):
         checkpoint.atomic_save(state, tmp_path / run / "latest.pt")
     torn = tmp_path / "broken-run" / "latest.pt"
     torn.write_bytes(torn.read_bytes()[:100])
+    # The language-model trainer's files, which this trainer must refuse by naming that trainer's commands.
+    lm_config = build_language_model_config({}).to_dict()
+    checkpoint.atomic_save({**state, "config": lm_config}, tmp_path / "lm.pt")
+    (tmp_path / "lm-run").mkdir()
+    checkpoint.atomic_save({**state, "config": lm_config}, tmp_path / "lm-run" / "latest.pt")
+    (tmp_path / "lm-config.json").write_text(json.dumps(lm_config))
     return tmp_path
 
 

@@ -115,3 +115,34 @@ def test_load_state_dict_rejects_another_schedule():
 def test_bad_arguments_get_clear_errors(build, message):
     with pytest.raises((ValueError, TypeError), match=message):
         build()
+
+
+def test_a_growing_step_refuses_the_first_step_beyond_float_range():
+    """gamma ** k for gamma > 1 leaves float range: a ValueError naming the step, not an OverflowError."""
+    growing = schedules.Step(1, gamma=2.0)
+    assert at_steps(growing, [0, 3, 1023]) == [1.0, 8.0, 2.0 ** 1023]
+    with pytest.raises(ValueError, match=r"Step\(every=1, gamma=2.0, unit='step'\) reaches gamma \*\* 1024 at step 1024, "
+                                         r"beyond the range of a float"):
+        growing.multipliers(Clock(step=1024), 1)
+    assert at_steps(schedules.Step(1, gamma=0.5), [10**6]) == [0.0]  # shrinking ones underflow to 0, as they should
+
+
+@pytest.mark.parametrize("build, name", [(lambda: schedules.Schedule(), "Schedule"),
+                                         (lambda: schedules._Decay(3), "_Decay")])
+def test_abstract_schedules_cannot_be_built(build, name):
+    with pytest.raises(TypeError, match=f"{name} is abstract .*use one of Alternating, Constant, Cosine, Lambda, Linear, "
+                                        "Product, Sequential, Step, Warmup$"):
+        build()
+
+
+def test_nesting_is_refused_beyond_max_nesting():
+    """Evaluating, saving and loading recurse once per level: a nest deeper than MAX_NESTING is refused
+    when built, not met as a RecursionError later."""
+    nest = schedules.Constant(0.5)
+    for _ in range(schedules.MAX_NESTING - 1):
+        nest = schedules.Product(nest)
+    assert nest.depth() == schedules.MAX_NESTING and nest.multipliers(Clock(), 1) == [0.5]
+    with pytest.raises(ValueError, match=f"Product would nest schedules {schedules.MAX_NESTING + 1} levels deep"):
+        schedules.Product(nest)
+    with pytest.raises(ValueError, match=f"Sequential would nest schedules {schedules.MAX_NESTING + 1} levels deep"):
+        schedules.Sequential([schedules.Warmup(2), nest], milestones=[2])

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, add_ablation_command, add_train_command, check_output,
-                           command_parser, config_from_args, run_command)
+from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, SEED, add_ablation_command, add_train_command,
+                           check_output, command_parser, config_from_args, run_command)
 from ..trainer.config import ConfigError
 from ..trainer.text import DataError
 from .ablation import SETTING_NAMES
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_probability, default=1.0, help="sample among the most likely tokens whose "
                                                                      "probability sums to p (default: 1 = all)")
     gen.add_argument("--greedy", action="store_true", help="always take the most likely token (as --temperature 0)")
-    gen.add_argument("--seed", type=NOT_NEGATIVE, default=1, help="random seed of the sampling (default: 1)")
+    gen.add_argument("--seed", type=SEED, default=1, help="random seed of the sampling (default: 1)")
     gen.add_argument("--no-prompt", action="store_true", help="print the continuation only, without its prompt")
 
     evaluate = commands.add_parser("evaluate", help="loss, perplexity and bits per byte of a text",

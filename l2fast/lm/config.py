@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..trainer import config as plumbing
-from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, common, opt
+from ..trainer.config import ConfigError, check_finite, check_train_and_penalty, check_ranges, common, opt
+from ..trainer.kinds import LANGUAGE_MODEL, TrainerKind
 from ..trainer.rundir import check_fixed
 
 DOCUMENTS = ("lines", "paragraphs")
@@ -83,6 +84,7 @@ class PenaltyConfig:
 
 @dataclass(frozen=True)
 class Config:
+    KIND: ClassVar[TrainerKind] = LANGUAGE_MODEL  # which trainer's runs and checkpoints this configures
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -122,16 +124,15 @@ def check(config: Config) -> None:
     if d.tokenizer == "spm" and d.vocab_size < 300:
         raise ConfigError(f"data.vocab_size = {d.vocab_size} is too small for --tokenizer spm: its byte fallback "
                           "needs 256 byte pieces plus special and character pieces (use at least 300)")
-    check_penalty_and_stop(t, p)
+    check_train_and_penalty(t, p)
     if bool(d.train) != bool(d.valid):
         raise ConfigError("give data.train and data.valid together (or neither, for the demo text)")
 
 
-# What a resumed run cannot change: the tokenizer and the shapes of the saved weights, and the
-# optimizer's kind of decay. Dropout rates are not shapes, so a resumed run may change them.
+# What a resumed run cannot change (besides the penalty options the shared recipe fixes): the tokenizer
+# and the shapes of the saved weights. Dropout rates are not shapes, so a resumed run may change them.
 FIXED_ON_RESUME = (("data", "tokenizer"), ("data", "vocab_size"), ("data", "subword_type")) + tuple(
-    ("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout")) + (
-    ("penalty", "decoupled"),)
+    ("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout"))
 
 
 def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..trainer import checkpoint
-from ..trainer.loop import TrainerLoop, choose_amp_dtype, resume, start_run
+from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
 from ..trainer.plot import plot_panels
 from ..trainer.precision import autocast_factory
 from ..trainer.recipe import build_optimizer, learning_rate
@@ -238,29 +238,29 @@ def probe_loss(cfg: Config, env: Environment, vocab_size: int, stream: torch.Ten
 def run_training(cfg: Config) -> dict:
     """Trains (or resumes) the run described by cfg and scores the test text; returns the results.
     Everything that can be checked without data is checked before any data is read."""
-    env, run, log = start_run(cfg, check_resumable)
-    run_dir, saved = run.path, run.saved
-    started = time.perf_counter()
-    train_path, valid_path, test_path = data_paths(cfg, run_dir, env, log)
-    train_docs = read_documents(train_path, cfg.data.documents)
-    valid_docs = read_documents(valid_path, cfg.data.documents)
-    test_docs = read_documents(test_path, cfg.data.documents) if test_path else None
-    tokenizer = prepare_tokenizer(cfg, run_dir, train_docs, env, log, saved)
-    train = token_stream(tokenizer, train_docs)
-    check_trainable(train, cfg.model.context, cfg.train.batch_size, env.world_size, train_docs.name)
-    valid = Split(valid_docs, token_stream(tokenizer, valid_docs))
-    test = Split(test_docs, token_stream(tokenizer, test_docs)) if test_docs else None
-    log(f"data: {len(train_docs.texts):,} training documents, {train.numel():,} tokens "
-        f"({train_docs.utf8_bytes / max(train.numel(), 1):.2f} bytes per token), "
-        f"{block_count(train, cfg.model.context):,} blocks of {cfg.model.context}; valid {valid.stream.numel():,} tokens"
-        + (f"; test {test.stream.numel():,} tokens" if test else ""))
-    amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
-                                 lambda: probe_loss(cfg, env, tokenizer.vocab_size, train))
-    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype)
-    resume(trainer, saved)
-    trainer.train()
-    results = trainer.finish(test)
-    if env.is_main:
-        plot_panels(log.metrics_path, run_dir / "metrics.png", PANELS)
-        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+    with training_session(cfg, check_resumable) as session:
+        env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
+        started = time.perf_counter()
+        train_path, valid_path, test_path = data_paths(cfg, run_dir, env, log)
+        train_docs = read_documents(train_path, cfg.data.documents)
+        valid_docs = read_documents(valid_path, cfg.data.documents)
+        test_docs = read_documents(test_path, cfg.data.documents) if test_path else None
+        tokenizer = prepare_tokenizer(cfg, run_dir, train_docs, env, log, saved)
+        train = token_stream(tokenizer, train_docs)
+        check_trainable(train, cfg.model.context, cfg.train.batch_size, env.world_size, train_docs.name)
+        valid = Split(valid_docs, token_stream(tokenizer, valid_docs))
+        test = Split(test_docs, token_stream(tokenizer, test_docs)) if test_docs else None
+        log(f"data: {len(train_docs.texts):,} training documents, {train.numel():,} tokens "
+            f"({train_docs.utf8_bytes / max(train.numel(), 1):.2f} bytes per token), "
+            f"{block_count(train, cfg.model.context):,} blocks of {cfg.model.context}; valid {valid.stream.numel():,} tokens"
+            + (f"; test {test.stream.numel():,} tokens" if test else ""))
+        amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
+                                     lambda: probe_loss(cfg, env, tokenizer.vocab_size, train))
+        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype)
+        session.begin(trainer)
+        trainer.train()
+        results = trainer.finish(test)
+        if env.is_main:
+            plot_panels(log.metrics_path, run_dir / "metrics.png", PANELS)
+            log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
     return results

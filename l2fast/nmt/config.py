@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..trainer import config as plumbing
-from ..trainer.config import ConfigError, check_finite, check_penalty_and_stop, check_ranges, common, merge, opt
+from ..trainer.config import ConfigError, check_finite, check_train_and_penalty, check_ranges, common, merge, opt
+from ..trainer.kinds import TRANSLATION, TrainerKind
 from ..trainer.rundir import FRESH_RUN, check_fixed
 
 __all__ = ["Config", "ConfigError", "FIXED_ON_RESUME", "build_config", "check", "check_resumable", "merge",
@@ -101,6 +102,7 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Config:
+    KIND: ClassVar[TrainerKind] = TRANSLATION  # which trainer's runs and checkpoints this configures
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -155,7 +157,7 @@ def check(config: Config) -> None:
         raise ConfigError("model.tie = 'all' shares one embedding across languages and needs data.joint_vocab = true")
     if d.max_len + 1 > m.max_positions:  # a kept pair has max_len tokens plus EOS (source) or BOS (target)
         raise ConfigError(f"data.max_len + 1 ({d.max_len + 1}) exceeds model.max_positions ({m.max_positions})")
-    check_penalty_and_stop(t, p)
+    check_train_and_penalty(t, p)
     if bool(d.train) != bool(d.valid):
         raise ConfigError("give data.train and data.valid together (or neither, for the demo corpus)")
 
@@ -168,10 +170,12 @@ def with_overrides(config: Config, section: str, **values) -> Config:
 
 
 
-# What a resumed run cannot change: the shapes of the saved weights and the optimizer's kind of decay.
-# Dropout rates are not shapes, so a resumed run may change them.
-FIXED_ON_RESUME = tuple(("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout")) + (
-    ("penalty", "decoupled"),)
+# What a resumed run cannot change (besides the penalty options the shared recipe fixes): the tokenizer
+# (RUN_DIR/tokenizer is reused, so options that would make another one would be recorded but not used)
+# and the shapes of the saved weights. Dropout rates are not shapes, so a resumed run may change them.
+FIXED_ON_RESUME = tuple(("data", name) for name in ("tokenizer", "vocab_size", "joint_vocab", "subword_type",
+                                                    "character_coverage")) + tuple(
+    ("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout"))
 
 
 def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:

@@ -15,8 +15,8 @@ def build_model(cfg: Config, tokenizer: Tokenizer) -> Transformer:
 
 def load_for_inference(path: str | Path, device) -> tuple[Transformer, Tokenizer, Config]:
     """Model, tokenizer and config from one checkpoint file (it carries all three)."""
-    state = checkpoint.load(path, device)
-    cfg = build_config(state["config"], where=str(path))
+    state = checkpoint.load(path, device, require=("config", "tokenizer", "model"))
+    cfg = checkpoint.saved_config(state, Config, build_config, path)
     tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
     model = build_model(cfg, tokenizer).to(device)
     model.load_state_dict(checkpoint.inference_weights(state))

@@ -30,7 +30,7 @@ from .loss import LossModule
 from .metrics import Scores, score
 from .model import Transformer
 from .plot import plot_metrics
-from ..trainer.loop import TrainerLoop, choose_amp_dtype, resume, start_run
+from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
 from ..trainer.precision import autocast_factory
 from ..trainer.recipe import build_optimizer, learning_rate
 from ..trainer.runtime import Environment, RunLog
@@ -303,18 +303,18 @@ class Trainer(TrainerLoop):
 def run_training(cfg: Config) -> dict | None:
     """Trains (or resumes) the run described by cfg and scores the test set; returns the results.
     Everything that can be checked without data is checked before any data is read."""
-    env, run, log = start_run(cfg, check_resumable)
-    run_dir, saved = run.path, run.saved
-    started = time.perf_counter()
-    tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
-    amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
-                                 lambda: probe_loss(cfg, env, tokenizer, train))
-    trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype)
-    resume(trainer, saved)
-    log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
-    trainer.train()
-    results = trainer.evaluate_test()
-    if env.is_main:
-        plot_metrics(log.metrics_path, run_dir / "metrics.png")
-        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+    with training_session(cfg, check_resumable) as session:
+        env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
+        started = time.perf_counter()
+        tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
+        amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
+                                     lambda: probe_loss(cfg, env, tokenizer, train))
+        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype)
+        session.begin(trainer)
+        log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
+        trainer.train()
+        results = trainer.evaluate_test()
+        if env.is_main:
+            plot_metrics(log.metrics_path, run_dir / "metrics.png")
+            log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
     return results

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError
+from .kinds import other_kind
+
 LATEST, BEST = "latest.pt", "best.pt"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6
 
@@ -61,6 +64,21 @@ def load(path: str | Path, map_location="cpu", require: tuple[str, ...] = ()) ->
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this trainer (it has no {missing[0]!r})")
     return state
+
+
+def saved_config(state: dict, config_cls, build_config, path: str | Path):
+    """The configuration a checkpoint was trained with, built and checked by build_config. A checkpoint
+    of the other trainer is a CheckpointError naming the commands that read it; one whose configuration
+    neither trainer wrote, a CheckpointError with build_config's reason."""
+    expected = config_cls.KIND
+    kind = other_kind(state["config"], expected)
+    if kind:
+        raise CheckpointError(f"{path} is not a checkpoint of the {expected.model}: the {kind.trainer} made it "
+                              f"({kind.train}); read it with {kind.readers}")
+    try:
+        return build_config(state["config"], where=str(path))
+    except ConfigError as e:
+        raise CheckpointError(f"{path} is not a checkpoint of the {expected.model} ({e})") from None
 
 
 def inference_weights(state: dict) -> dict:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, describe, merge, read_config_file, section_fields, sections_of
+from .config import SEED_RANGE, ConfigError, describe, merge, read_config_file, section_fields, sections_of
 from .text import DataError
 
 # What a command reports as one line, "l2fast COMMAND: error: ...", with exit status 2.
@@ -71,14 +71,14 @@ def config_from_args(args: argparse.Namespace, config_cls, build_config: Callabl
     return build_config(merge(overrides, flags), where=args.config or "command line")
 
 
-def _number(kind, low: float, what: str):
-    """An argparse type: a finite number of kind that is at least low (its error names what it wanted)."""
+def _number(kind, low: float, what: str, high: float = math.inf):
+    """An argparse type: a finite number of kind from low to high (its error names what it wanted)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < low:
+        if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
@@ -88,6 +88,7 @@ POSITIVE = _number(int, 1, "a positive integer")
 NOT_NEGATIVE = _number(int, 0, "an integer >= 0")
 FINITE = _number(float, -math.inf, "a finite number")
 NOT_NEGATIVE_FLOAT = _number(float, 0.0, "a finite number >= 0")
+SEED = _number(int, SEED_RANGE[0], f"a seed from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**64 - 1)", SEED_RANGE[1])
 
 
 def check_output(path: str | None, flag: str) -> None:
@@ -101,13 +102,21 @@ def check_output(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: directory {path.parent} does not exist")
 
 
+# The exit status of a command stopped by Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+INTERRUPTED = 130
+
+
 def run_command(prog: str, command: str, action: Callable[[], None]) -> int:
-    """Runs action; a user error becomes one line on stderr and exit status 2."""
+    """Runs action; a user error becomes one line on stderr and exit status 2, Ctrl-C one line (saying,
+    for train, where the run can be resumed from) and exit status 130."""
     try:
         action()
     except USER_ERRORS as e:
         print(f"{prog} {command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"{prog} {command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -14,6 +14,9 @@ from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..schedules import MAX_NESTING
+from .kinds import other_kind
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, packaged (the nmt extra depends on it there)
@@ -102,7 +105,8 @@ def _coerce(section: str, f, value: Any, where: str) -> Any:
         elif kind is float:
             value = float(value)
         elif kind is int:
-            if isinstance(value, bool) or float(value) != int(value):
+            # Whole numbers only; an int is taken as it is (through float, a large one would lose digits).
+            if isinstance(value, bool) or (not isinstance(value, int) and float(value) != int(value)):
                 raise TypeError
             value = int(value)
         elif kind is str and not isinstance(value, str):
@@ -145,8 +149,18 @@ def check_shape(content: Any, sections: dict, where) -> dict:
 
 
 def read_config_file(path: str | Path, config_cls) -> dict:
+    """The {section: {option: value}} of a JSON or TOML file; a file written for the other trainer is
+    refused, naming the command it belongs to."""
     path = Path(path)
-    sections = sections_of(config_cls)
+    content = _parse_config_file(path, sections_of(config_cls))
+    kind = other_kind(content, config_cls.KIND)
+    if kind:
+        raise ConfigError(f"{path} is a configuration of the {kind.trainer}, not of the {config_cls.KIND.trainer}: "
+                          f"give it to {kind.train} --config {path}")
+    return content
+
+
+def _parse_config_file(path: Path, sections: dict) -> dict:
     try:
         if path.suffix == ".toml":
             with open(path, "rb") as f:
@@ -161,6 +175,8 @@ def read_config_file(path: str | Path, config_cls) -> dict:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to be read") from None
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -193,25 +209,45 @@ def check_ranges(positive: dict, not_negative: dict, fractions: dict) -> None:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
 
 
-def check_penalty_and_stop(train, penalty) -> None:
+# torch.manual_seed and torch.Generator.manual_seed take seeds from 0 to 2**64 - 1.
+SEED_RANGE = (0, 2**64 - 1)
+
+
+def check_seed(value: int, name: str) -> None:
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be from {low} to {high} (2**64 - 1), got {value}")
+
+
+def check_train_and_penalty(train, penalty) -> None:
     """The checks of the train and penalty sections both trainers have: some stop condition, a cosine
-    schedule's end, L1 with decoupled decay, the schedule's JSON."""
+    schedule's end, the seed's range, L1 with decoupled decay, the schedule's JSON."""
     t, p = train, penalty
     if t.max_steps == 0 and getattr(t, "max_epochs", 0) == 0 and t.max_minutes == 0:
         raise ConfigError("set at least one of " + ", ".join(
             f"train.{name}" for name in ("max_steps", "max_epochs", "max_minutes") if hasattr(t, name)))
     if t.lr_schedule == "cosine" and t.max_steps == 0:
         raise ConfigError("train.lr_schedule = 'cosine' decays to train.max_steps, so set it")
+    check_seed(t.seed, "train.seed")
     if p.decoupled and p.l1:
         raise ConfigError(f"penalty.decoupled applies L2 only (as AdamW's weight_decay), but penalty.l1 = {p.l1}: "
                           "use --no-decoupled for an L1 penalty")
     if p.penalty_schedule:
-        try:
-            spec = json.loads(p.penalty_schedule)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"penalty.penalty_schedule is not valid JSON: {e}") from None
+        spec = parse_schedule(p.penalty_schedule)
         if not isinstance(spec, dict) or "type" not in spec:
             raise ConfigError('penalty.penalty_schedule must be a JSON object with a "type" key')
+
+
+def parse_schedule(text: str):
+    """The JSON of penalty.penalty_schedule, parsed; a ConfigError where it is not JSON or nests deeper
+    than the parser can follow."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"penalty.penalty_schedule is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"penalty.penalty_schedule nests too deeply to be read (schedules nest at most "
+                          f"{MAX_NESTING} levels deep)") from None
 
 
 class TrainerConfig(Protocol):

@@ -1,6 +1,7 @@
 """The training loop both trainers run, and what surrounds it: the checkpointed state, the optimizer
 step (learning rate, unscaling, fused clipping, the penalised update), the stop conditions, the CPU
-precision probe and the start of a run.
+precision probe, and the session a train command runs in (``training_session``: the start of a run,
+and what a failure or Ctrl-C leaves behind).
 
 A trainer subclasses ``TrainerLoop`` and sets, in its constructor, the attributes named in the class
 docstring; it supplies ``epoch_batches()``, ``collate(indices)``, ``update(batches)`` (which calls
@@ -9,9 +10,10 @@ more than the shared state, ``extra_state()`` / ``extra_counters()`` / ``load_ex
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -21,13 +23,15 @@ import l2fast
 from . import checkpoint
 from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
 from .recipe import check_recipe, learning_rate
-from .rundir import RunDir, open_run_dir
+from .config import ConfigError
+from .rundir import RunDir, discard_fresh_start, open_run_dir
 from .runtime import Environment, RunLog, setup_environment
 
 
 class TrainerLoop:
     """Shared attributes: cfg, env, run_dir, log, tokenizer, model, optimizer (l2fast.Penalized), scaler,
-    amp_dtype, step, epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run).
+    amp_dtype, step, epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run);
+    ``Session.begin`` adds checkpoint_step (the step latest.pt holds, None before the first).
     ``WINDOW_KEYS``: the entries of each update's result summed between two log lines."""
 
     WINDOW_KEYS: tuple[str, ...] = ()
@@ -60,7 +64,12 @@ class TrainerLoop:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        # torch brings back each group's saved settings (l2, l1, betas, eps); the run's configuration,
+        # which config.json records and a resumed run may change, says which apply from here on.
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
         self.scaler.load_state_dict(state["scaler"])
         c = state["counters"]
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = c["step"], c["epoch"], c["batch_in_epoch"], c["elapsed"]
@@ -70,12 +79,12 @@ class TrainerLoop:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
 
     def save(self, best: bool) -> None:
-        if not self.env.is_main:
-            return
-        state = self.state_dict()
-        checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
-        if best:
-            checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+        if self.env.is_main:
+            state = self.state_dict()
+            checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
+            if best:
+                checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
+        self.checkpoint_step = self.step  # the step latest.pt holds (Session.where_it_stands)
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -90,7 +99,11 @@ class TrainerLoop:
             self.scaler.unscale_(self.optimizer)
             grad_norm = l2fast.sq_norm([p.grad for p in self.model.parameters() if p.grad is not None]).sqrt()
         before = self.optimizer.last_penalty
-        self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        try:
+            self.scaler.step(self.optimizer)  # skips the update (fp16 gradients with inf/NaN): no new penalty value
+        except (ValueError, OverflowError):
+            self.check_schedule()
+            raise
         if self.optimizer.max_grad_norm is not None:
             grad_norm = self.optimizer.last_grad_norm
         penalty = self.optimizer.last_penalty
@@ -99,6 +112,15 @@ class TrainerLoop:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm, penalty
+
+    def check_schedule(self) -> None:
+        """A ConfigError where the penalty schedule fails at this step, e.g. a Step with gamma > 1 counted in
+        epochs (recipe.check_schedule_over_run checks the steps of the run up front, not its epochs)."""
+        try:
+            self.optimizer.coefficients()
+        except (ValueError, OverflowError) as e:
+            raise ConfigError(f"penalty.penalty_schedule fails at step {self.step} (epoch {self.epoch}): {e}; a resumed "
+                              "run keeps its schedule, so start afresh (--overwrite) with one that stays in range") from None
 
     def should_stop(self) -> str | None:
         t = self.cfg.train
@@ -121,37 +143,37 @@ class TrainerLoop:
         clipped = self.optimizer.max_grad_norm
         self.log(f"optimizer step: {'one pass (penalty, clipping and update fused)' if self.optimizer.fused else 'two passes'}"
                  f"{'' if clipped is None else f', gradient norm clipped to {clipped}'}")
-        bar = tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
-                   disable=None if self.env.is_main else True, dynamic_ncols=True)
-        window = dict.fromkeys((*self.WINDOW_KEYS, "time"), 0.0)
-        reason = self.should_stop()
-        while reason is None:
-            batches = self.epoch_batches()
-            while self.batch_in_epoch < len(batches) and reason is None:
-                start = time.perf_counter()
-                group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
-                last = self.update([self.collate(indices) for indices in group])
-                self.batch_in_epoch += len(group)
-                for key in self.WINDOW_KEYS:
-                    window[key] += last[key]  # tensors stay on the device until the log step
-                log_now = self.step % t.log_every == 0
-                if log_now and self.env.device.type == "cuda":
-                    torch.cuda.synchronize()  # so the time below covers the queued work
-                spent = time.perf_counter() - start
-                window["time"] += spent
-                self.elapsed += spent
-                if log_now:
-                    self.log_training(window, last)
-                    window = dict.fromkeys(window, 0.0)
-                bar.update(1)
-                if self.step % t.valid_every == 0:
-                    self.validate_and_save()
-                reason = self.should_stop()
-            if self.batch_in_epoch >= len(batches):
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.optimizer.end_epoch()  # for penalty schedules counted in epochs
-                reason = reason or self.should_stop()
-        bar.close()
+        # A context, so that Ctrl-C or an error closes the bar before the command prints its one line.
+        with tqdm(total=t.max_steps or None, initial=self.step, desc="train", unit="step",
+                  disable=None if self.env.is_main else True, dynamic_ncols=True) as bar:
+            window = dict.fromkeys((*self.WINDOW_KEYS, "time"), 0.0)
+            reason = self.should_stop()
+            while reason is None:
+                batches = self.epoch_batches()
+                while self.batch_in_epoch < len(batches) and reason is None:
+                    start = time.perf_counter()
+                    group = batches[self.batch_in_epoch:self.batch_in_epoch + t.accumulate]
+                    last = self.update([self.collate(indices) for indices in group])
+                    self.batch_in_epoch += len(group)
+                    for key in self.WINDOW_KEYS:
+                        window[key] += last[key]  # tensors stay on the device until the log step
+                    log_now = self.step % t.log_every == 0
+                    if log_now and self.env.device.type == "cuda":
+                        torch.cuda.synchronize()  # so the time below covers the queued work
+                    spent = time.perf_counter() - start
+                    window["time"] += spent
+                    self.elapsed += spent
+                    if log_now:
+                        self.log_training(window, last)
+                        window = dict.fromkeys(window, 0.0)
+                    bar.update(1)
+                    if self.step % t.valid_every == 0:
+                        self.validate_and_save()
+                    reason = self.should_stop()
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self.optimizer.end_epoch()  # for penalty schedules counted in epochs
+                    reason = reason or self.should_stop()
         self.log(f"stopped at step {self.step} (epoch {self.epoch}): {reason}")
         if self.step % t.valid_every != 0:
             self.validate_and_save()
@@ -197,8 +219,8 @@ def choose_amp_dtype(cfg, env: Environment, log, saved_precision: str | None,
 
 
 def start_run(cfg, check_resumable) -> tuple[Environment, RunDir, RunLog]:
-    """The environment, the run directory (resumed or fresh) and its log, with config.json written; the
-    precision and the penalty recipe are checked first, before anything is written.
+    """The environment, the run directory (resumed or fresh) and its log; the precision and the penalty
+    recipe are checked first, before anything is written.
     check_resumable: the trainer's refusal of options a resumed run cannot change."""
     env = setup_environment(cfg.train.threads)
     check_precision(cfg.train.precision, env.device)
@@ -207,17 +229,98 @@ def start_run(cfg, check_resumable) -> tuple[Environment, RunDir, RunLog]:
     log = RunLog(run.path, env.is_main)
     if run.moved_to:
         log(f"the earlier run in {run.path} was moved to {run.moved_to} (--overwrite)")
-    if run.saved is not None and run.saved["config"] != cfg.to_dict():
-        log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
-    if env.is_main:
-        (run.path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
     return env, run, log
 
 
-def resume(trainer: TrainerLoop, saved: dict | None) -> None:
-    """Loads the saved state into trainer, drops metrics rows written after it, and says so."""
-    if saved is None:
-        return
-    trainer.load_state_dict(saved)
-    trainer.log.truncate_metrics(trainer.step)
-    trainer.log(f"resumed from {trainer.run_dir / checkpoint.LATEST} at step {trainer.step}")
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a train command; the message says where the run can be resumed from."""
+
+
+class Session:
+    """One train command on its run directory, from start_run to the end of training. The trainer that
+    runs it is handed over with ``begin``; until then, and until its first step, the run has done no
+    work that a failure could lose."""
+
+    def __init__(self, cfg, env: Environment, run: RunDir, log: RunLog):
+        self.cfg, self.env, self.run, self.log = cfg, env, run, log
+        self.trainer: TrainerLoop | None = None
+
+    def begin(self, trainer: TrainerLoop) -> None:
+        """Loads the saved state into trainer where the run resumes, then records the configuration in
+        config.json: only now, so that a refused or failed start never leaves a configuration behind
+        that did not run."""
+        saved = self.run.saved
+        trainer.checkpoint_step = None
+        if saved is not None:
+            trainer.load_state_dict(saved)
+            trainer.checkpoint_step = trainer.step
+            trainer.log.truncate_metrics(trainer.step)
+            if saved["config"] != self.cfg.to_dict():
+                trainer.log("note: the configuration differs from the one saved in latest.pt; resuming with the new one")
+            trainer.log(f"resumed from {trainer.run_dir / checkpoint.LATEST} at step {trainer.step}")
+        self.trainer = trainer  # from here on, the trainer's counters say how far the run got
+        if self.env.is_main:
+            (self.run.path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    def steps_taken(self) -> int:
+        """Updates this run has applied, over all its sessions."""
+        if self.trainer is not None:
+            return self.trainer.step
+        return self.run.saved["counters"]["step"] if self.run.saved is not None else 0
+
+    def latest_step(self) -> int | None:
+        """The step latest.pt holds, None where the run has none yet."""
+        if self.trainer is not None:
+            return getattr(self.trainer, "checkpoint_step", None)
+        return self.run.saved["counters"]["step"] if self.run.saved is not None else None
+
+    def where_it_stands(self, discarded: bool) -> str:
+        """What a failed or interrupted run leaves, and how to go on from there."""
+        if discarded:
+            earlier = f"; the earlier run stays in {self.run.moved_to}" if self.run.moved_to else ""
+            return f"the run took no step, so nothing of it was kept in {self.run.path}{earlier}"
+        saved_step = self.latest_step()
+        if saved_step is None:
+            return (f"no checkpoint yet (the first comes at step {self.cfg.train.valid_every}, train.valid_every): "
+                    "nothing to resume from; start again with --overwrite (this run is moved aside)")
+        return (f"{self.run.path / checkpoint.LATEST} (step {saved_step}) is intact: run the same command again to "
+                "resume from it")
+
+
+@contextlib.contextmanager
+def training_session(cfg, check_resumable) -> Iterator[Session]:
+    """start_run, then the body that prepares data, builds the trainer (``Session.begin``) and trains.
+    Where the body fails or is interrupted before a fresh run's first step, the run directory is left as
+    it was found (a run that took no step must not block its own directory); Ctrl-C becomes one line
+    saying where the run can be resumed from, and a failed allocation one naming the options to shrink."""
+    session = Session(cfg, *start_run(cfg, check_resumable))
+    try:
+        yield session
+    except BaseException as e:
+        discarded = session.run.saved is None and session.steps_taken() == 0
+        if discarded:
+            discard_fresh_start(session.run, session.env)
+        if isinstance(e, KeyboardInterrupt):
+            raise RunInterrupted(f"interrupted{_at_step(session)}; {session.where_it_stands(discarded)}") from None
+        reason = out_of_memory(e)
+        if reason:
+            kind = type(cfg).KIND
+            raise ConfigError(f"out of memory{_at_step(session)} ({reason}): make the model or the batch smaller "
+                              f"({kind.sizes}); {session.where_it_stands(discarded)}") from None
+        raise
+
+
+def _at_step(session: Session) -> str:
+    steps = session.steps_taken()
+    return f" at step {steps}" if steps else " before the first step"
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """The allocator's reason, where e is a failed allocation (torch's CPU allocator raises a plain
+    RuntimeError, its CUDA allocator torch.OutOfMemoryError); else None."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return text or type(e).__name__
+    if isinstance(e, RuntimeError) and "can't allocate memory" in text:
+        return text[text.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in text else text
+    return None
