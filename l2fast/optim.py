@@ -631,11 +631,11 @@ class Penalized(torch.optim.Optimizer):
         for hook in list(self._optimizer_state_dict_pre_hooks.values()):
             hook(self)
         state = self.optimizer.state_dict()
-        state[STATE_KEY] = {
-            "clock": self._clock._asdict(),
-            "decoupled": self.decoupled,
-            "schedule": self.schedule.state_dict(),
-        }
+        ours = {"clock": self._clock._asdict(), "decoupled": self.decoupled, "schedule": self.schedule.state_dict()}
+        # In every group: torch.distributed.checkpoint keeps only `state` and `param_groups` (with all
+        # their keys), and may hand back any subset of groups for a shard of the model.
+        for group in state["param_groups"]:
+            group[STATE_KEY] = ours
         for hook in list(self._optimizer_state_dict_post_hooks.values()):
             result = hook(self, state)
             if result is not None:
@@ -653,7 +653,12 @@ class Penalized(torch.optim.Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = dict(result)
-        ours = state_dict.pop(STATE_KEY, None)
+        ours = state_dict.pop(STATE_KEY, None)  # where state dicts of l2fast 0.1 kept it
+        groups = [dict(group) for group in state_dict.get("param_groups", [])]
+        for group in groups:
+            saved = group.pop(STATE_KEY, None)
+            ours = saved if ours is None else ours
+        state_dict["param_groups"] = groups
         schedule = self.schedule
         if ours is not None:
             if ours["decoupled"] != self.decoupled:
@@ -663,7 +668,7 @@ class Penalized(torch.optim.Optimizer):
                 )
             schedule = copy.deepcopy(self.schedule)
             schedule.load_state_dict(ours["schedule"])
-        for i, saved in enumerate(state_dict.get("param_groups", [])):
+        for i, saved in enumerate(groups):
             self._group_coefficients({**self.defaults, **saved}, i, self.defaults)
         self.optimizer.load_state_dict(state_dict)
         for group in self.param_groups:

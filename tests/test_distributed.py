@@ -71,14 +71,19 @@ def ddp_run(rank):
     return {"params": [p.detach().clone() for p in model.parameters()], "penalties": penalties, "all_reduces": len(calls)}
 
 
-def fsdp_run(rank, max_grad_norm=None):
-    """FSDP2; counts the one-pass calls (the update runs on the local shards)."""
+def fsdp_model():
     from torch.distributed.fsdp import fully_shard
 
     model = make_model()
     for layer in (model[0], model[2], model[4]):
         fully_shard(layer)
     fully_shard(model)
+    return model
+
+
+def fsdp_run(rank, max_grad_norm=None):
+    """FSDP2; counts the one-pass calls (the update runs on the local shards)."""
+    model = fsdp_model()
     optimizer = l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM, max_grad_norm=max_grad_norm)
     one_pass, run = [], l2fast.fused_step.run
     l2fast.fused_step.run = lambda *args: one_pass.append(1) or run(*args)
@@ -90,6 +95,43 @@ def fsdp_run(rank, max_grad_norm=None):
     return {"params": [p.full_tensor().detach().clone() for p in model.parameters()], "penalties": penalties,
             "all_reduces": len(calls), "one_pass_steps": len(one_pass), "fused": optimizer.fused,
             "grad_norm": optimizer.last_grad_norm}
+
+
+def dcp_resume_run(rank, out_dir):
+    """Six steps under a warm-up schedule on FSDP2, uninterrupted; and three, a save through
+    torch.distributed.checkpoint, a fresh model and optimizer loading it, three more."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def build():
+        model = fsdp_model()
+        return model, l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM,
+                                       schedule=l2fast.schedules.Warmup(10))
+
+    data = local_batch(rank)
+
+    def steps(model, optimizer, count):
+        for _ in range(count):
+            optimizer.zero_grad()
+            task_loss(model, data).backward()
+            optimizer.step()
+
+    model, optimizer = build()
+    steps(model, optimizer, 6)
+    uninterrupted = [p.full_tensor().detach().clone() for p in model.parameters()]
+    model, optimizer = build()
+    steps(model, optimizer, 3)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=os.path.join(out_dir, "dcp"))
+    model, optimizer = build()
+    model_state, optim_state = get_state_dict(model, optimizer)  # initialises the optimizer state
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=os.path.join(out_dir, "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    clock_after_load = optimizer.clock.step
+    steps(model, optimizer, 3)
+    return {"uninterrupted": uninterrupted, "resumed": [p.full_tensor().detach().clone() for p in model.parameters()],
+            "clock_after_load": clock_after_load, "clock": optimizer.clock.step}
 
 
 def shard_group_run(rank):
@@ -109,7 +151,7 @@ def worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "fsdp-clip": fsdp_run(rank, max_grad_norm=0.05),
-                   "shard_group": shard_group_run(rank)}
+                   "shard_group": shard_group_run(rank), "dcp": dcp_resume_run(rank, out_dir)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -181,3 +223,9 @@ def test_fsdp2_takes_the_one_pass_step_on_local_shards(ranks, single_process):
         assert got["penalties"] == pytest.approx(clipped["penalties"], rel=1e-6)
         assert type(got["grad_norm"]) is torch.Tensor
         assert got["grad_norm"].item() == pytest.approx(clipped["grad_norm"].item(), rel=1e-6)
+
+
+def test_dcp_checkpoint_mid_schedule_resumes_as_uninterrupted(ranks):
+    for rank in ranks:
+        assert rank["dcp"]["clock_after_load"] == 3 and rank["dcp"]["clock"] == 6
+        assert max_diff(rank["dcp"]["resumed"], rank["dcp"]["uninterrupted"]) == 0.0
