@@ -108,6 +108,16 @@ def _sum_by_process_groups(values: list[tuple[tuple, torch.Tensor]]) -> dict[tup
     return sums
 
 
+def _option_names(optimizer: torch.optim.Optimizer) -> set[str]:
+    """The group options the optimizer knows: its defaults, and those of the local optimizer it
+    steps for it (ZeroRedundancyOptimizer keeps that one in ``.optim`` and copies its group keys)."""
+    names = set(optimizer.defaults)
+    local = getattr(optimizer, "optim", None)
+    if isinstance(local, torch.optim.Optimizer):
+        names |= set(local.defaults)
+    return names
+
+
 class _StepOverrides:
     """What the two-pass path changes for the inner step only, undone after it."""
 
@@ -391,7 +401,7 @@ class Penalized(torch.optim.Optimizer):
     def _check_group(self, group: dict, i: int, defaults: dict) -> None:
         if not isinstance(group, dict):
             raise TypeError(f"l2fast.Penalized: param_groups[{i}] must be a dict, got {type(group).__name__}")
-        known = TORCH_GROUP_KEYS | set(self.optimizer.defaults) | set(PENALTY_KEYS) | self.extra_group_keys
+        known = TORCH_GROUP_KEYS | _option_names(self.optimizer) | set(PENALTY_KEYS) | self.extra_group_keys
         unknown = sorted(set(group) - known)
         if unknown:
             raise ValueError(

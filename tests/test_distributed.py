@@ -134,6 +134,38 @@ def dcp_resume_run(rank, out_dir):
             "clock_after_load": clock_after_load, "clock": optimizer.clock.step}
 
 
+def zero_runs(rank):
+    """ZeroRedundancyOptimizer over a DDP model, both ways round: Penalized around ZeRO (the penalty
+    over every parameter on every rank, then ZeRO's partitioned step) and ZeRO building Penalized
+    over each rank's partition (the one-pass step; shard_group sums the partitions' penalties)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    def around(params):
+        return l2fast.Penalized(ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.Adam, lr=1e-2), l2=LAM)
+
+    def within(params):
+        def penalized_adam_partition(partition, **options):
+            return l2fast.Penalized(torch.optim.Adam(partition, **options), l2=LAM, shard_group=dist.group.WORLD)
+        return ZeroRedundancyOptimizer(params, optimizer_class=penalized_adam_partition, lr=1e-2)
+
+    results = {}
+    for name, build in (("around", around), ("within", within)):
+        model = make_model()
+        ddp = DistributedDataParallel(model)
+        optimizer = build(ddp.parameters())
+        penalized = optimizer if name == "around" else optimizer.optim
+        penalties = []
+        for _ in range(STEPS):
+            optimizer.zero_grad()
+            task_loss(ddp, local_batch(rank)).backward()
+            optimizer.step()
+            penalties.append(penalized.last_penalty.item())
+        results[name] = {"params": [p.detach().clone() for p in model.parameters()], "penalties": penalties,
+                         "fused": penalized.fused}
+    return results
+
+
 def shard_group_run(rank):
     """Each rank owns alternate rows of each weight, as plain tensors, with gradients of ones."""
     full = [p.detach() for p in make_model().parameters()]
@@ -151,7 +183,7 @@ def worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "fsdp-clip": fsdp_run(rank, max_grad_norm=0.05),
-                   "shard_group": shard_group_run(rank), "dcp": dcp_resume_run(rank, out_dir)}
+                   "shard_group": shard_group_run(rank), "dcp": dcp_resume_run(rank, out_dir), "zero": zero_runs(rank)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -229,3 +261,12 @@ def test_dcp_checkpoint_mid_schedule_resumes_as_uninterrupted(ranks):
     for rank in ranks:
         assert rank["dcp"]["clock_after_load"] == 3 and rank["dcp"]["clock"] == 6
         assert max_diff(rank["dcp"]["resumed"], rank["dcp"]["uninterrupted"]) == 0.0
+
+
+@pytest.mark.parametrize("composition", ["around", "within"])
+def test_zero_redundancy_optimizer_both_ways_round(ranks, single_process, composition):
+    for rank in ranks:
+        got = rank["zero"][composition]
+        assert got["fused"] == (composition == "within")
+        assert max_diff(got["params"], single_process["params"]) <= TOL
+        assert got["penalties"] == pytest.approx(single_process["penalties"], rel=1e-6)
