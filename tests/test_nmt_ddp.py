@@ -61,3 +61,26 @@ def test_two_processes_stop_together_at_the_time_limit(tmp_path):
                            "-m", "l2fast", *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "reached max_minutes = 0.02" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_resume_under_torchrun_with_dropout_continues_as_uninterrupted(tmp_path):
+    """Each process draws its own dropout masks (its batches differ in shape), so a checkpoint must
+    keep every process's random state, not rank 0's for all."""
+    pairs = generate(80, seed=5)
+    (tmp_path / "c.src").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+    (tmp_path / "c.tgt").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+    def torchrun(run_dir, steps):
+        args = train_args(str(tmp_path / "c"), run_dir, ["--dropout", "0.3", "--max-steps", str(steps),
+                                                         "--valid-every", "2"])
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "l2fast", *args], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    torchrun(tmp_path / "whole", 4)
+    torchrun(tmp_path / "resumed", 2)
+    torchrun(tmp_path / "resumed", 4)
+    whole, resumed = step_losses(tmp_path / "whole"), step_losses(tmp_path / "resumed")
+    assert len(whole) == 4 and resumed[-2:] == whole[-2:]

@@ -47,7 +47,18 @@ class TrainerLoop:
     def load_extra(self, state: dict) -> None:
         pass
 
-    def state_dict(self) -> dict:
+    def rng_states(self) -> list[dict]:
+        """Every process's random state, by rank (each draws its own dropout masks): gathered from all
+        of them, so every process must call it."""
+        mine = {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None}
+        if not self.env.distributed:
+            return [mine]
+        states = [None] * self.env.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def state_dict(self, rng: list[dict] | None = None) -> dict:
         return {
             "config": self.cfg.to_dict(),
             "tokenizer": self.tokenizer.state_dict(),
@@ -58,8 +69,7 @@ class TrainerLoop:
             "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "elapsed": self.elapsed, **self.extra_counters(),
                          "precision": next(k for k, v in DTYPES.items() if v == self.amp_dtype)},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None},
+            "rng": self.rng_states() if rng is None else rng,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -74,13 +84,17 @@ class TrainerLoop:
         c = state["counters"]
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = c["step"], c["epoch"], c["batch_in_epoch"], c["elapsed"]
         self.load_extra(state)
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and self.env.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        saved = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one state before 0.2
+        # A run resumed with more processes than it saved gives the new ones rank 0's state.
+        mine = saved[self.env.rank] if self.env.rank < len(saved) else saved[0]
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"])
 
     def save(self, best: bool) -> None:
+        rng = self.rng_states()  # every process takes part; rank 0 writes
         if self.env.is_main:
-            state = self.state_dict()
+            state = self.state_dict(rng)
             checkpoint.atomic_save(state, self.run_dir / checkpoint.LATEST)
             if best:
                 checkpoint.atomic_save(state, self.run_dir / checkpoint.BEST)
