@@ -2,6 +2,7 @@
 resumed run continues exactly, the penalty follows the shared recipe, and the CLI's train,
 generate and evaluate work together."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,25 @@ def test_python_dash_m_routes_lm(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "l2fast", "lm", "generate", "--checkpoint", str(tmp_path / "none.pt")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip() == f"l2fast lm generate: error: checkpoint {tmp_path / 'none.pt'} does not exist"
+
+
+@pytest.mark.slow
+def test_two_processes_score_their_share_and_report_once(tmp_path):
+    """Under torchrun the final scores are shared out between the processes and summed; they are the
+    whole text's (as one process scores the saved model) and printed by the main process only."""
+    train = write_text(tmp_path, STORY * 4, "train.txt")
+    valid = write_text(tmp_path, STORY, "valid.txt")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "l2fast", "lm",
+         "train", "--train", train, "--valid", valid, "--test", valid, "--run-dir", str(run), "--max-steps", "2",
+         "--valid-every", "2", "--batch-size", "2", "--d-model", "32", "--heads", "2", "--layers", "1", "--ff-dim", "32",
+         "--context", "16", "--precision", "fp32"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("test loss ")]) == 1
+    scores = tmp_path / "scores.json"
+    assert cli.main(["evaluate", "--checkpoint", str(run / "best.pt"), "--text", valid, "--json", str(scores)]) == 0
+    final = json.loads((run / "results.json").read_text())
+    assert json.loads(scores.read_text())["text_loss"] == pytest.approx(final["test_loss"], rel=1e-9)

@@ -99,6 +99,8 @@ def command_train(args) -> None:
     from .train import run_training
 
     results = run_training(cfg)
+    if results is None:  # not the main process
+        return
     name = "test" if "test_bpb" in results else "valid"
     print(f"{name} loss {results[f'{name}_loss']:.4f}  ppl {results[f'{name}_ppl']:.3f}  "
           f"bits/byte {results[f'{name}_bpb']:.4f}  ({results['scored']}, step {results['step']})")

@@ -29,7 +29,7 @@ from .config import Config, check_resumable
 from .data import (Documents, block_count, check_trainable, collate_blocks, eval_windows, read_documents, token_stream,
                    train_batches)
 from .demo_text import write_demo_text
-from .evaluate import Score, score_stream, stream_nll
+from .evaluate import Score, stream_nll
 from .generate import Sampling, generate
 from .model import DecoderLM
 from .tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer, from_state_dict
@@ -115,12 +115,12 @@ class Trainer(TrainerLoop):
         self.valid_windows = self._valid_windows()
 
     def _valid_windows(self) -> list[tuple[int, int]]:
-        """This process's share of the validation windows (at most train.valid_max_tokens tokens in all)."""
+        """The validation windows scored during training (at most train.valid_max_tokens tokens in all)."""
         windows = eval_windows(self.valid.stream, self.cfg.model.context)
         limit = self.cfg.train.valid_max_tokens
         if limit:
             windows = windows[:max(1, limit // self.cfg.model.context)]
-        return windows[self.env.rank::self.env.world_size]
+        return windows
 
     # ---- checkpoints and training (the loop is l2fast.trainer.loop's) ------------------------
 
@@ -171,14 +171,18 @@ class Trainer(TrainerLoop):
 
     # ---- validation and test -----------------------------------------------------------------
 
-    def valid_score(self) -> Score:
-        """Loss, perplexity and bits per byte on (the first train.valid_max_tokens tokens of) the validation text."""
-        nats, tokens = stream_nll(self.model, self.valid.stream, self.env.device, autocast=self.autocast,
-                                  windows=self.valid_windows)
+    def sharded_nll(self, stream: torch.Tensor, windows: list[tuple[int, int]]) -> tuple[float, int]:
+        """Summed NLL and token count over the windows, each process scoring its share of them."""
+        nats, tokens = stream_nll(self.model, stream, self.env.device, autocast=self.autocast,
+                                  windows=windows[self.env.rank::self.env.world_size])
         totals = torch.stack([nats, torch.tensor(float(tokens), dtype=torch.float64, device=self.env.device)])
         if self.env.distributed:
             dist.all_reduce(totals)
-        nats, tokens = float(totals[0]), int(totals[1])
+        return float(totals[0]), int(totals[1])
+
+    def valid_score(self) -> Score:
+        """Loss, perplexity and bits per byte on (the first train.valid_max_tokens tokens of) the validation text."""
+        nats, tokens = self.sharded_nll(self.valid.stream, self.valid_windows)
         full = self.valid.stream.numel() - 1
         # The bytes of the scored part: in proportion, when only part of the text is scored.
         utf8_bytes = self.valid.docs.utf8_bytes if tokens == full else max(1, round(self.valid.docs.utf8_bytes * tokens / full))
@@ -208,7 +212,8 @@ class Trainer(TrainerLoop):
             self.model.load_state_dict(checkpoint.load(best_path, self.env.device)["model"])
         start = time.perf_counter()
         splits = {"valid": self.valid, **({"test": test} if test is not None else {})}
-        scores = {name: score_stream(self.model, split.stream, split.docs.utf8_bytes, self.env.device, self.autocast)
+        scores = {name: Score(*self.sharded_nll(split.stream, eval_windows(split.stream, self.cfg.model.context)),
+                              split.docs.utf8_bytes)
                   for name, split in splits.items()}
         results = {"scored": splits["test" if test is not None else "valid"].docs.name}
         for name, score in scores.items():
@@ -235,8 +240,9 @@ def probe_loss(cfg: Config, env: Environment, vocab_size: int, stream: torch.Ten
     return loss_module, lambda: loss_module(inputs, targets)
 
 
-def run_training(cfg: Config) -> dict:
-    """Trains (or resumes) the run described by cfg and scores the test text; returns the results.
+def run_training(cfg: Config) -> dict | None:
+    """Trains (or resumes) the run described by cfg and scores the test text; returns the results (on
+    the main process; None on the others).
     Everything that can be checked without data is checked before any data is read."""
     with training_session(cfg, check_resumable) as session:
         env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
@@ -260,7 +266,8 @@ def run_training(cfg: Config) -> dict:
         session.begin(trainer)
         trainer.train()
         results = trainer.finish(test)
-        if env.is_main:
-            plot_panels(log.metrics_path, run_dir / "metrics.png", PANELS)
-            log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+        if not env.is_main:
+            return None  # the main process reports
+        plot_panels(log.metrics_path, run_dir / "metrics.png", PANELS)
+        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
     return results

@@ -301,7 +301,8 @@ class Trainer(TrainerLoop):
 
 
 def run_training(cfg: Config) -> dict | None:
-    """Trains (or resumes) the run described by cfg and scores the test set; returns the results.
+    """Trains (or resumes) the run described by cfg and scores the test set; returns the results (on the
+    main process, and None without a test set; None on the others).
     Everything that can be checked without data is checked before any data is read."""
     with training_session(cfg, check_resumable) as session:
         env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
@@ -314,7 +315,8 @@ def run_training(cfg: Config) -> dict | None:
         log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
         trainer.train()
         results = trainer.evaluate_test()
-        if env.is_main:
-            plot_metrics(log.metrics_path, run_dir / "metrics.png")
-            log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
+        if not env.is_main:
+            return None  # the main process reports
+        plot_metrics(log.metrics_path, run_dir / "metrics.png")
+        log(f"total wall time {time.perf_counter() - started:.0f}s; run directory {run_dir}")
     return results
