@@ -246,8 +246,9 @@ def parse_schedule(text: str):
     except json.JSONDecodeError as e:
         raise ConfigError(f"penalty.penalty_schedule is not valid JSON: {e}") from None
     except RecursionError:
-        raise ConfigError(f"penalty.penalty_schedule nests too deeply to be read (schedules nest at most "
-                          f"{MAX_NESTING} levels deep)") from None
+        # The same message as a nest the parser can follow (recipe.py): where the parser gives up
+        # depends on how deep the caller's stack already is.
+        raise ConfigError(f"penalty.penalty_schedule nests schedules more than {MAX_NESTING} levels deep") from None
 
 
 class TrainerConfig(Protocol):
