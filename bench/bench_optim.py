@@ -54,10 +54,10 @@ def step_methods(params: list[torch.Tensor], impl: dict) -> dict:
 
 CLIP = 1.0
 # Bytes per parameter each method moves (float32): Adam reads w, g, m, v and writes w, m, v; the clip
-# norm reads g once more, and a separate scaling pass reads and writes g (torch's clip_grad_norm_, and
-# l2fast writing the clipped gradient back into p.grad, as torch leaves it); the two-pass path over
+# norm reads g once more; torch's clip_grad_norm_ scales g in a pass of its own (read and write), the
+# one-pass step writes the clipped g back in its pass (as torch leaves p.grad); the two-pass path over
 # torch's Adam measures the penalty (reads w) and lets Adam add it as its own weight_decay.
-ADAM_BYTES, NORM_BYTES, SCALE_BYTES, VALUE_BYTES = 28, 4, 8, 4
+ADAM_BYTES, NORM_BYTES, SCALE_BYTES, GRAD_WRITE_BYTES, VALUE_BYTES = 28, 4, 8, 4, 4
 
 
 def one_pass_methods(params: list[torch.Tensor]) -> dict:
@@ -79,7 +79,7 @@ def one_pass_methods(params: list[torch.Tensor]) -> dict:
         f"l2fast.Penalized(Adam(fused=True), l2={LAM})": (ours.step, ADAM_BYTES),
         f"l2fast.Penalized(Adam(fused=True), l2={LAM}, fused=False) (two passes)": (two_pass.step, ADAM_BYTES + VALUE_BYTES),
         f"clip_grad_norm_(foreach) + Adam(fused=True)": (clip_then_fused, ADAM_BYTES + NORM_BYTES + SCALE_BYTES),
-        f"l2fast.Penalized(Adam(fused=True), l2={LAM}, max_grad_norm={CLIP})": (ours_clip.step, ADAM_BYTES + NORM_BYTES + SCALE_BYTES),
+        f"l2fast.Penalized(Adam(fused=True), l2={LAM}, max_grad_norm={CLIP})": (ours_clip.step, ADAM_BYTES + NORM_BYTES + GRAD_WRITE_BYTES),
         f"Adam(weight_decay={LAM}) for-loop (torch's CPU default)": (for_loop.step, ADAM_BYTES),
     }
 

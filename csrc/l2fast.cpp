@@ -24,15 +24,16 @@ TORCH_LIBRARY(l2fast, m) {
   // pass, in torch's for-loop order: g = grad / grad_scale * clip (negated under maximize) + l2_i * w +
   // l1_i * sign(w); w *= 1 - decay_i; then the optimizer's update of w and its state (max_exp_avg_sqs
   // empty: no amsgrad; momentum_buffers empty: no momentum; fresh_i: buffer i starts as g). Adam
-  // increments its steps. With found_inf nonzero nothing is written. Returns sum value_l2_i / 2 *
-  // ||w_i||^2 + l1_i * |w_i|_1 of the weights before the step.
+  // increments its steps. With grad_scale or clip given, grads_i is left as grad / grad_scale * clip
+  // (the gradient torch's unscale_ and clip_grad_norm_ leave). With found_inf nonzero nothing is
+  // written. Returns sum value_l2_i / 2 * ||w_i||^2 + l1_i * |w_i|_1 of the weights before the step.
   m.def(
-      "adam_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "adam_step_(Tensor(a!)[] params, Tensor(f!)[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, float[] lr, float[] beta1, float[] beta2, float[] eps, "
       "float[] l2, float[] l1, float[] decay, float[] value_l2, bool maximize, Tensor? grad_scale, "
       "Tensor? found_inf, Tensor? clip) -> Tensor");
   m.def(
-      "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, float[] lr, float[] momentum, "
+      "sgd_step_(Tensor(a!)[] params, Tensor(c!)[] grads, Tensor(b!)[] momentum_buffers, float[] lr, float[] momentum, "
       "float[] dampening, int[] fresh, float[] l2, float[] l1, float[] decay, float[] value_l2, bool nesterov, "
       "bool maximize, Tensor? grad_scale, Tensor? found_inf, Tensor? clip) -> Tensor");
 }

@@ -120,24 +120,6 @@ def _check_layouts(i: int, group: dict, params: list, local_params: list, lists:
                                      f"{t.stride()}{hint}")
 
 
-def write_back_grads(optimizer, grad_scale: torch.Tensor | None, clip: torch.Tensor | None) -> None:
-    """Leaves in every p.grad the gradient the step used before the penalty: unscaled and clipped, as
-    GradScaler.unscale_ and clip_grad_norm_ leave it for torch's own step (and torch's fused Adam,
-    given grad_scale, writes it back). Nothing to write without a scaler or clipping."""
-    if grad_scale is None and clip is None:
-        return
-    dtensor = sharding.dtensor_type()
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None:
-                by_device.setdefault(p.grad.device, []).append(sharding.local(p.grad, dtensor))
-    for device, grads in by_device.items():
-        for factor in (None if grad_scale is None else _inv_scale(grad_scale), clip):  # in the kernel's order
-            if factor is not None:
-                torch._foreach_mul_(grads, factor.to(device))
-
-
 def grad_norm(optimizer, grad_scale: torch.Tensor | None, shard_group) -> torch.Tensor:
     """The global L2 norm of every gradient of the optimizer's parameters (unscaled by grad_scale):
     one fused squared-norm pass per device, float64-accumulated, summed over the shards of DTensor

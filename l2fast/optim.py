@@ -495,7 +495,6 @@ class Penalized(torch.optim.Optimizer):
         total = self._global_total(values)
         if not skip:
             self.last_penalty = total if total is not None else self._zero()
-            fused_step.write_back_grads(self.optimizer, grad_scale, scalars["clip"])
 
     def _unscale(self, grad_scale: torch.Tensor) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]

@@ -44,8 +44,9 @@ def _check_step_args(params, grads, states: dict, steps, coeffs: dict, scalars: 
         for name, t in scalars.items():
             if t is not None:
                 _check_scalar(t, name, device, host_allowed=False)
-        written = list(params) + [t for tensors in states.values() for t in tensors]
-        checks.check_no_overlap(written, "params and state", grads, "grads")
+        # grads are written too (unscaled and clipped), so nothing of the three may share memory.
+        written = list(params) + list(grads) + [t for tensors in states.values() for t in tensors]
+        checks.check_no_overlap(written, "params, grads and state", [], "")
     if steps is not None and len(steps) != len(params):
         raise RuntimeError(f"l2fast: got {len(params)} params but {len(steps)} steps")
     for name, values in coeffs.items():

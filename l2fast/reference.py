@@ -118,9 +118,14 @@ def _step_scalars(grad_scale, found_inf, clip) -> tuple[bool, float, float]:
     return skip, inv_scale, 1.0 if clip is None else float(clip)
 
 
+def _unscaled(g, inv_scale, clip):
+    """(g * inv_scale) * clip in op math: the gradient GradScaler.unscale_ and clip_grad_norm_ leave."""
+    return g.to(opmath_dtype(g.dtype)) * inv_scale * clip
+
+
 def _op_grad(w, g, inv_scale, clip, maximize, l2, l1):
-    """((g * inv_scale) * clip), negated under maximize, plus l2 * w + l1 * sign(w); all in op math."""
-    g = g.to(opmath_dtype(g.dtype)) * inv_scale * clip
+    """_unscaled(g), negated under maximize, plus l2 * w + l1 * sign(w); all in op math."""
+    g = _unscaled(g, inv_scale, clip)
     if maximize:
         g = -g
     if l2 != 0.0:
@@ -148,6 +153,8 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
         op = opmath_dtype(w.dtype)
         wi = w.to(op)
         g = _op_grad(wi, grads[i], inv_scale, clip_value, maximize, ex["l2"][i], ex["l1"][i])
+        if grad_scale is not None or clip is not None:
+            grads[i].copy_(_unscaled(grads[i], inv_scale, clip_value))
         wi = wi * (1.0 - ex["decay"][i])
         b1, b2 = ex["beta1"][i], ex["beta2"][i]
         m = exp_avgs[i].to(op).lerp_(g, 1.0 - b1)
@@ -181,6 +188,8 @@ def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l
         op = opmath_dtype(w.dtype)
         wi = w.to(op)
         g = _op_grad(wi, grads[i], inv_scale, clip_value, maximize, ex["l2"][i], ex["l1"][i])
+        if grad_scale is not None or clip is not None:
+            grads[i].copy_(_unscaled(grads[i], inv_scale, clip_value))
         wi = wi * (1.0 - ex["decay"][i])
         if momentum_buffers:
             mu = ex["momentum"][i]

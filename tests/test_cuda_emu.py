@@ -289,8 +289,9 @@ def test_finish_kernels_fold_in_the_shared_order():
 
 
 # The optimizer steps (adam_step_, sgd_step_): two steps each (SGD's fresh buffer, then its update;
-# Adam's counter at 1, then 2), with the GradScaler scale and the clip coefficient as device scalars;
-# then a step with found_inf set, which must write nothing and leave the counters alone.
+# Adam's counter at 1, then 2), with the GradScaler scale and the clip coefficient as device scalars
+# (so the gradients are left unscaled and clipped); then a step with found_inf set, which must write
+# nothing and leave the counters alone.
 STEP_SIZES = [0, 1, 7, 1000, CHUNK + 9]  # zero-size, packs with tails, two chunks
 STEP_TOL = {torch.float32: 1e-6, torch.float64: 1e-14, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -319,13 +320,14 @@ def _step_run(impl, case, dtype, skip_last):
     state = [random_tensors(STEP_SIZES, dtype, "cpu", seed=22 + j) for j in range(3)]
     state[1] = [s.abs() for s in state[1]]  # exp_avg_sq >= 0
     state.append([torch.tensor(float(k), dtype=torch.float32 if k else torch.float64) for k in range(len(params))])
-    values = []
+    values, grads_after = [], []
     for k in range(3 if skip_last else 2):
         grads = [g * 64.0 for g in random_tensors(STEP_SIZES, dtype, "cpu", seed=30 + k)]
         found_inf = torch.tensor([float(k == 2)])
         scalars = (torch.tensor(64.0), found_inf, torch.tensor(0.75, dtype=torch.float64))
         values.append(STEP_CASES[case](impl, params, grads, state, scalars, k))
-    return params, state, values
+        grads_after += grads
+    return params, state + [grads_after], values
 
 
 # Every dtype for the two main rules; the variants in float32 and bfloat16 (the harness is slow).
@@ -352,10 +354,11 @@ def test_optimizer_step_skipped_by_found_inf_writes_nothing():
     params = random_tensors([CHUNK + 3], torch.float32, "cpu", seed=40)
     before = [p.clone() for p in params]
     grads = random_tensors([CHUNK + 3], torch.float32, "cpu", seed=41)
+    grads_before = [g.clone() for g in grads]
     state = [[torch.zeros_like(p) for p in params] for _ in range(2)]
     steps = [torch.tensor(4.0)]
     value = emu.adam_step_(params, grads, *state, [], steps, [1e-2], [0.9], [0.99], [1e-8], [0.1], [0.0], [0.0], [0.1],
-                           False, None, torch.tensor(1.0), None)
-    assert torch.equal(params[0], before[0]) and steps[0].item() == 4.0
+                           False, torch.tensor(8.0), torch.tensor(1.0), torch.tensor(0.5))
+    assert torch.equal(params[0], before[0]) and steps[0].item() == 4.0 and torch.equal(grads[0], grads_before[0])
     assert not any(s.any() for lst in state for s in lst)
     assert_sums_close(value, reference.penalty(before, [0.1], [0.0]), torch.float32)

@@ -267,14 +267,15 @@ def test_native_op_equals_the_reference_op_for_every_dtype():
             state = [[torch.zeros_like(p) for p in params] for _ in range(3)]
             steps = [torch.tensor(0.0) for _ in params]
             bufs = [torch.zeros_like(p) for p in params]
-            values = []
+            values, written_grads = [], []
             for k in range(3):
                 grads = grads_of(params, k, 4.0)
                 values.append(impl.adam_step_(params, grads, *state, steps, [1e-2], [0.9], [0.99], [1e-8], [LAM], [1e-3],
                                               [1e-3], [LAM], True, torch.tensor(4.0), torch.tensor(0.0), torch.tensor(0.5)))
+                written_grads += [g.clone() for g in grads]  # left as grads / 4 * 0.5
                 values.append(impl.sgd_step_(params, grads, bufs, [1e-2], [0.9], [0.1], [int(k == 0)], [LAM], [0.0], [0.0],
                                              [LAM], True, False, None, None, None))
-            runs.append((params, values))
+            runs.append((params + written_grads, values))
         (p_native, v_native), (p_ref, v_ref) = runs
         tol = {torch.float32: 1e-6, torch.float64: 1e-14}.get(dtype, 1e-2)
         assert rel_err(p_native, p_ref) <= tol, dtype
@@ -359,16 +360,17 @@ def test_the_step_ops_bump_the_versions_of_what_they_write_only():
     grads = grads_of(params, 0)
     state = [[torch.zeros_like(p) for p in params] for _ in range(3)]
     steps = [torch.tensor(0.0) for _ in params]
-    written = params + [t for kind in state for t in kind] + steps
-    before = [t._version for t in written + grads]
+    written = params + grads + [t for kind in state for t in kind] + steps  # grads: left unscaled and clipped
+    clip = torch.tensor(0.5)
+    before = [t._version for t in written + [clip]]
     torch.ops.l2fast.adam_step_(params, grads, *state, steps, [1e-2], [0.9], [0.99], [1e-8], [LAM], [0.0], [0.0], [LAM],
-                                False, None, None, None)
+                                False, None, None, clip)
     assert [t._version for t in written] == [v + 1 for v in before[: len(written)]]
-    assert [g._version for g in grads] == before[len(written):]
+    assert clip._version == before[-1]
     assert [s.item() for s in steps] == [1.0] * len(params)
     buffers = [torch.zeros_like(p) for p in params]
-    before = [t._version for t in params + buffers + grads]
+    before = [t._version for t in params + buffers + grads + [clip]]
     torch.ops.l2fast.sgd_step_(params, grads, buffers, [1e-2], [0.9], [0.0], [1], [LAM], [0.0], [0.0], [LAM], False,
-                               False, None, None, None)
-    assert [t._version for t in params + buffers] == [v + 1 for v in before[: 2 * len(params)]]
-    assert [g._version for g in grads] == before[2 * len(params):]
+                               False, None, None, clip)
+    assert [t._version for t in params + buffers + grads] == [v + 1 for v in before[: 3 * len(params)]]
+    assert clip._version == before[-1]

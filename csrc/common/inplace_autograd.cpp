@@ -52,8 +52,8 @@ struct AdamStepOp {
   using Signature = at::Tensor(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
                                at::TensorList, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, bool,
                                OptionalTensor, OptionalTensor, OptionalTensor);
-  using Written = std::index_sequence<0, 2, 3, 4, 5>;  // params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
-  using Read = std::index_sequence<1, 15, 16, 17>;     // grads, grad_scale, found_inf, clip
+  using Written = std::index_sequence<0, 1, 2, 3, 4, 5>;  // params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+  using Read = std::index_sequence<15, 16, 17>;             // grad_scale, found_inf, clip
 };
 
 struct SgdStepOp {
@@ -61,8 +61,8 @@ struct SgdStepOp {
   using Signature = at::Tensor(at::TensorList, at::TensorList, at::TensorList, Coeffs, Coeffs, Coeffs,
                                c10::ArrayRef<int64_t>, Coeffs, Coeffs, Coeffs, Coeffs, bool, bool, OptionalTensor,
                                OptionalTensor, OptionalTensor);
-  using Written = std::index_sequence<0, 2>;      // params, momentum_buffers
-  using Read = std::index_sequence<1, 13, 14, 15>;  // grads, grad_scale, found_inf, clip
+  using Written = std::index_sequence<0, 1, 2>;  // params, grads, momentum_buffers
+  using Read = std::index_sequence<13, 14, 15>;   // grad_scale, found_inf, clip
 };
 
 template <typename Fn>

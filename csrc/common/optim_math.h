@@ -60,11 +60,14 @@ struct GradTerms {
   Op l2 = Op(0), l1 = Op(0);
   Op keep = Op(1);  // 1 - decoupled decay fraction
 
-  // ((g * inv_scale) * clip), negated under maximize, plus the coupled penalty gradient of w: l2 * w
-  // fused into the add as torch's grad.add(param, alpha=weight_decay) rounds it, then l1 * sign(w).
+  // The gradient as GradScaler.unscale_ then clip_grad_norm_ leave it: (g * inv_scale) * clip.
+  C10_HOST_DEVICE C10_ALWAYS_INLINE Op unscaled(Op g) const { return (g * inv_scale) * clip; }
+
+  // unscaled(g), negated under maximize, plus the coupled penalty gradient of w: l2 * w fused into
+  // the add as torch's grad.add(param, alpha=weight_decay) rounds it, then l1 * sign(w).
   template <typename L2, typename L1>
   C10_HOST_DEVICE C10_ALWAYS_INLINE Op grad(Op g, Op w, L2 use_l2, L1 use_l1) const {
-    g = ((g * inv_scale) * clip) * sign;
+    g = unscaled(g) * sign;
     if (use_l2) g = std::fma(l2, w, g);
     if (use_l1) g = g + l1 * sign_of(w);
     return g;

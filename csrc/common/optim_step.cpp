@@ -63,9 +63,10 @@ void check_step_args(const StepArgs& args, const std::vector<const char*>& state
   if (s.grad_scale) check_scalar(*s.grad_scale, "grad_scale", -1, device, false);
   if (s.found_inf) check_scalar(*s.found_inf, "found_inf", -1, device, false);
   if (s.clip) check_scalar(*s.clip, "clip", -1, device, false);
-  std::vector<at::TensorList> written{args.params};
+  // grads are written too (unscaled and clipped), so nothing of the three may share memory.
+  std::vector<at::TensorList> written{args.params, args.grads};
   written.insert(written.end(), args.states.begin(), args.states.end());
-  check_no_overlap(BorrowedTensors(written).get(), "params and state", args.grads, "grads");
+  check_no_overlap(BorrowedTensors(written).get(), "params, grads and state", {}, "");
 }
 
 }  // namespace l2fast

@@ -29,6 +29,9 @@ struct StepArgs {
   std::vector<Weights> value;  // penalty value weights of the weights the step starts from
   bool maximize = false, nesterov = false;
   StepScalars scalars;
+  // grads are left unscaled and clipped (GradTerms::unscaled) unless the step is skipped; without a
+  // scale or a clip coefficient they are already that, and are not written.
+  bool write_grads = false;
 };
 
 void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names);
@@ -68,6 +71,7 @@ struct StepEntryPoints {
     if (!max_exp_avg_sqs.empty()) args.states.push_back(max_exp_avg_sqs);
     args.maximize = maximize;
     args.scalars = {grad_scale, found_inf, clip};
+    args.write_grads = grad_scale.has_value() || clip.has_value();
     check_step_args(args, {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"});
     TORCH_CHECK(steps.size() == n, "l2fast: got ", n, " params but ", steps.size(), " steps");
     for (auto [list, name] : {std::pair{beta1, "beta1"}, {beta2, "beta2"}, {eps, "eps"}}) check_coeffs(list, n, name);
@@ -98,6 +102,7 @@ struct StepEntryPoints {
     args.maximize = maximize;
     args.nesterov = nesterov;
     args.scalars = {grad_scale, found_inf, clip};
+    args.write_grads = grad_scale.has_value() || clip.has_value();
     check_step_args(args, {"momentum_buffers"});
     for (auto [list, name] : {std::pair{momentum, "momentum"}, {dampening, "dampening"}}) check_coeffs(list, n, name);
     TORCH_CHECK(fresh.size() == 1 || fresh.size() == n, "l2fast: fresh has ", fresh.size(), " values for ", n,

@@ -1,4 +1,5 @@
-// CPU kernels of the penalized optimizer steps: one read of (w, g, state) and one write per element,
+// CPU kernels of the penalized optimizer steps: one read of (w, g, state) and one write per element
+// (of g too, when it is left unscaled and clipped),
 // parallel over the chunk plan of every CPU kernel, the penalty value of the weights before the update
 // summed per chunk in the same pass.
 #include <ATen/ATen.h>
@@ -50,16 +51,21 @@ L2FAST_CPU_CLONES_V4 Partial sums_span(const T* w, int64_t n) {
 // The span loops take the terms' flags as compile-time constants (Flags: AdamFlags or SgdFlags of
 // std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes. Their
 // bodies capture the pointers by value: by reference, GCC left the five-stream amsgrad loop scalar.
-template <typename T, bool kAmsgrad, class Flags>
-L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, int64_t n,
+// kWriteGrad: the gradient is written back unscaled and clipped, from the register it was read into
+// (a separate loop over each chunk after the step cost about twice as much: the chunk's four
+// streams no longer fit in the core's cache).
+template <typename T, bool kAmsgrad, bool kWriteGrad, class Flags>
+L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, T* g, T* m, T* v, T* v_max, int64_t n,
                                     const AdamTerms<at::opmath_type<T>>& t, Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
+    const Op gi = static_cast<Op>(g[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    adam_element<Op, kAmsgrad>(wi, static_cast<Op>(g[i]), mi, vi, max_i, t, f);
+    adam_element<Op, kAmsgrad>(wi, gi, mi, vi, max_i, t, f);
+    if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     m[i] = static_cast<T>(mi);
     v[i] = static_cast<T>(vi);
@@ -68,16 +74,17 @@ L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, const T* g, T* m, T* v, T* v_max, i
   return sums.fold();
 }
 
-template <typename T, bool kMomentum, bool kNesterov, class Flags>
-L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, const T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t,
-                                   Flags f) {
+template <typename T, bool kMomentum, bool kNesterov, bool kWriteGrad, class Flags>
+L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t, Flags f) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]);
+    const Op gi = static_cast<Op>(g[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    sgd_element<Op, kMomentum, kNesterov>(wi, static_cast<Op>(g[i]), bi, t, f);
+    sgd_element<Op, kMomentum, kNesterov>(wi, gi, bi, t, f);
+    if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     if (kMomentum) buf[i] = static_cast<T>(bi);
   }, prefetch_each<T>(w, g, kMomentum ? buf : nullptr));
@@ -115,13 +122,13 @@ struct CpuStepKernels {
       const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
                                         static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
-      const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+      T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
       return with_flags(
-          [&](auto ams, auto... flags) {
-            return adam_span<T, ams>(w, g, m, v, v_max, c.len, terms, AdamFlags<decltype(flags)...>{flags...});
+          [&](auto ams, auto write, auto... flags) {
+            return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, AdamFlags<decltype(flags)...>{flags...});
           },
-          amsgrad, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
+          amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
     });
   }
 
@@ -134,16 +141,16 @@ struct CpuStepKernels {
       const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
                                        static_cast<Op>(host.clip));
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
-      const T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+      T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T* buf = state_of<T>(args, 0, c);
       return with_flags(
-          [&](auto l2, auto l1, auto fresh) {
+          [&](auto write, auto l2, auto l1, auto fresh) {
             const SgdFlags<decltype(l2), decltype(l1), decltype(fresh)> f{l2, l1, fresh};
-            if (!momentum) return sgd_span<T, false, false>(w, g, buf, c.len, terms, f);
-            return args.nesterov ? sgd_span<T, true, true>(w, g, buf, c.len, terms, f)
-                                 : sgd_span<T, true, false>(w, g, buf, c.len, terms, f);
+            if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f);
+            return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f)
+                                 : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f);
           },
-          terms.flags.l2, terms.flags.l1, terms.flags.fresh);
+          args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
     });
   }
 };

@@ -168,7 +168,7 @@ inline StepMeta step_meta(const StepArgs& args, size_t i) {
   const at::Tensor& w = args.params[i];
   StepMeta m{};
   static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], 1.0, /*takes_part=*/true);
-  m.grad = args.grads[i].const_data_ptr();
+  m.grad = args.grads[i].data_ptr();
   bool aligned = m.vectorized && aligned16(m.grad);
   for (size_t k = 0; k < args.states.size(); ++k) {
     m.state[k] = args.states[k][i].data_ptr();
@@ -200,6 +200,7 @@ void run_step(const StepArgs& args, at::Tensor& result) {
   StepOp<Rule> op;
   op.scalars = scalars.const_data_ptr<double>();
   op.maximize = args.maximize;
+  op.write_grads = args.write_grads;
   std::vector<StepMeta> metas;
   for (size_t i = 0; i < args.params.size(); ++i) metas.push_back(step_meta(args, i));
   const auto tables = plan_launches(metas);

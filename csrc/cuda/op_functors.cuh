@@ -103,7 +103,7 @@ struct ScaleOp : ReadsX {
 // step counter, with its hyperparameters.
 struct StepMeta : TensorMeta {
   static constexpr int kPerLaunch = 150;  // ~190 bytes each: the table stays under the parameter limit
-  const void* grad;
+  void* grad;  // written back unscaled and clipped when StepOp::write_grads
   void* state[3];  // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq; SGD: momentum_buffer
   void* step;      // Adam's step counter on the device (float32 or float64); null for SGD
   int32_t step_is_double;
@@ -166,6 +166,7 @@ struct StepOp {
   static constexpr bool kReduces = true;
   const double* scalars = nullptr;  // double[3], see StepScalar
   bool maximize = false;
+  bool write_grads = false;  // StepArgs::write_grads
   bool skip = false;
   typename Rule::template Terms<float> terms32{};  // float32, float16, bfloat16 tensors
   typename Rule::template Terms<double> terms64{};
@@ -218,12 +219,15 @@ struct StepOp {
       Op s[3] = {};
 #pragma unroll
       for (int k = 0; k < Rule::kStates; ++k) s[k] = to_op(item.s[k].v[j]);
-      Rule::element(w, to_op(item.g.v[j]), s, t);
+      const Op g = to_op(item.g.v[j]);
+      Rule::element(w, g, s, t);
       out.w.v[j] = static_cast<T>(w);
+      out.g.v[j] = static_cast<T>(t.g.unscaled(g));
 #pragma unroll
       for (int k = 0; k < Rule::kStates; ++k) out.s[k].v[j] = static_cast<T>(s[k]);
     }
     store_pack<T, N>(m.y, i, out.w);
+    if (write_grads) store_pack<T, N>(m.grad, i, out.g);
 #pragma unroll
     for (int k = 0; k < Rule::kStates; ++k) store_pack<T, N>(m.state[k], i, out.s[k]);
   }
