@@ -1,7 +1,7 @@
 """One optimizer step under FSDP2: l2fast's one-pass step on each process's local shards against
 torch's Adam with the same weight_decay (for-loop, foreach, fused), over the same DTensor parameters,
-timed round-robin on every process; the main process prints the table (the slowest process's median
-per method: a step ends when every process has taken it).
+timed round-robin on every process, all starting each call together; the main process prints the
+table (the slowest process's median per method: a step ends when every process has taken it).
 
     torchrun --standalone --nproc_per_node 2 bench/bench_fsdp.py [--set transformer-base] [--rounds 9]
 """
@@ -66,7 +66,7 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     params = sharded_params(PARAM_SETS[args.set](), device)
     steps = methods(params)
-    times = median_seconds(steps, device, rounds=args.rounds)
+    times = median_seconds(steps, device, rounds=args.rounds, before=dist.barrier)
     slowest = torch.tensor([times[name] for name in steps], dtype=torch.float64)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     if rank == 0:

@@ -37,7 +37,7 @@ def make_params(shapes, device, dtype=torch.float32, seed=0) -> list[torch.Tenso
     return [torch.randn(s, generator=g, device=device, dtype=dtype) for s in shapes]
 
 
-def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
+def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2, before=None) -> dict:
     """Wall time of each fn() in methods, one entry per round. Every round runs each method once, so
     drift in the machine's speed (other load, clocks) hits all of them alike, and the times of one
     round can be compared with each other; device work is synchronised around each call.
@@ -45,7 +45,9 @@ def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2)
     Each round runs the methods in its own order (seeded by the round, so runs repeat): in a fixed
     order every method always follows the same one, and on CPU with a core busy the op that ran just
     before changes where the scheduler puts torch's worker threads (docs/cpu.md, "What ran just
-    before")."""
+    before"). before(), if given, runs untimed ahead of every call: a barrier, so that processes
+    timed together start each call together (a method with a collective would otherwise wait out the
+    others' lag from the method before)."""
     cuda = device.startswith("cuda")
     for fn in methods.values():
         for _ in range(warmup):
@@ -54,6 +56,8 @@ def round_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2)
     for r in range(rounds):
         for name in random.Random(r).sample(list(methods), len(methods)):
             fn = methods[name]
+            if before is not None:
+                before()
             if cuda:
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
@@ -73,9 +77,9 @@ def medians(per_round: dict) -> dict:
     return {name: statistics.median(ts) for name, ts in per_round.items()}
 
 
-def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2) -> dict:
+def median_seconds(methods: dict, device: str, rounds: int = 15, warmup: int = 2, before=None) -> dict:
     """Median wall time of each fn() in methods (round_seconds' rounds)."""
-    return medians(round_seconds(methods, device, rounds, warmup))
+    return medians(round_seconds(methods, device, rounds, warmup, before))
 
 
 def paired_ratio(numerators: list, denominators: list) -> tuple:
