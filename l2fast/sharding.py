@@ -49,6 +49,9 @@ def all_reduce_sum(value: torch.Tensor, groups: tuple) -> torch.Tensor:
 def is_sharded(tensors: list, group) -> bool:
     """Whether any value over tensors needs a collective (the fast path skips this module otherwise)."""
     if group is not None:
+        if not isinstance(group, dist.ProcessGroup):
+            raise TypeError(f"l2fast: group must be a torch.distributed process group (dist.group.WORLD, "
+                            f"dist.new_group(...)), got {type(group).__name__}")
         return True
     dtensor = dtensor_type()
     return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)

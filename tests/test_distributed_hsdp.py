@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import l2fast
-from test_distributed import STEPS, TOL, free_port, max_diff
-from test_optim import LAM, make_data, make_model, task_loss
+from test_distributed import TOL, free_port, max_diff, run_steps
+from test_optim import LAM, make_data, make_model
 
 WORLD = 4
 CLIP = 0.05
@@ -20,13 +20,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 
 def train(model, data):
     optimizer = l2fast.Penalized(torch.optim.Adam(model.parameters(), lr=1e-2), l2=LAM, max_grad_norm=CLIP)
-    penalties = []
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        task_loss(model, data).backward()
-        optimizer.step()
-        penalties.append(optimizer.last_penalty.item())
-    return optimizer, penalties
+    return optimizer, run_steps(model, optimizer, data)
 
 
 def worker(rank, port, out_dir):
