@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import math
 import sys
 import warnings
@@ -106,6 +107,15 @@ def _sum_by_process_groups(values: list[tuple[tuple, torch.Tensor]]) -> dict[tup
         previous = sums.get(reduce_over)
         sums[reduce_over] = value if previous is None else previous + value.to(previous.device)
     return sums
+
+
+def _misspelling_of(key, known: set) -> str | None:
+    """The known key that key nearly spells (case aside), if any."""
+    if not isinstance(key, str):
+        return None
+    by_lower = {k.lower(): k for k in known if isinstance(k, str)}
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.8)
+    return by_lower[close[0]] if close else None
 
 
 def _option_names(optimizer: torch.optim.Optimizer) -> set[str]:
@@ -202,8 +212,9 @@ class Penalized(torch.optim.Optimizer):
         shard_group: for parameters sharded without DTensor (FSDP1 flat parameters, ZeRO-style
             shards): the process group over which each shard's penalty value is summed. DTensor
             parameters (FSDP2's ``fully_shard``) are found and reduced over their mesh by themselves.
-        extra_group_keys: group keys besides the inner optimizer's, l2fast's and torch's own that
-            your groups carry on purpose; any other key is rejected as a likely typo.
+        extra_group_keys: group keys your groups carry on purpose that nearly spell a known option
+            (other unknown keys are left alone, as torch leaves them; a near-miss such as
+            ``weight_decy`` is refused as a likely typo, whenever it appears).
         fused: ``"auto"`` (default) takes the one-pass step when the inner optimizer is exactly
             ``torch.optim.Adam``, ``AdamW`` or ``SGD`` and every group's options are supported: one
             native pass per step reads w, g and the optimizer state once, with the penalty, the
@@ -343,10 +354,12 @@ class Penalized(torch.optim.Optimizer):
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
-        # On the one-pass path GradScaler hands over grad_scale / found_inf and the kernel unscales and
-        # skips on the device; on the two-pass path GradScaler unscales first (the penalty is added to
-        # the true gradients) and skips step() itself.
-        return self.fused
+        # As the inner optimizer says (torch's fused=True Adam/SGD): GradScaler then hands grad_scale /
+        # found_inf to the one-pass kernel, which unscales and skips on the device. Otherwise GradScaler
+        # unscales first and skips step() itself, as for the inner optimizer alone, and frameworks
+        # that read this flag (Lightning refuses gradient clipping where it is set) treat the wrapper
+        # as they treat the optimizer it wraps.
+        return self.fused and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
 
     def _require_fusable(self) -> None:
         reason = fused_step.unsupported(self.optimizer)
@@ -368,6 +381,7 @@ class Penalized(torch.optim.Optimizer):
         multipliers = self._multipliers(len(groups))
         result = []
         for i, (group, multiplier) in enumerate(zip(groups, multipliers)):
+            self._check_keys(group, i)
             l2, l1 = self._group_coefficients(group, i, self.defaults)
             result.append((l2 * multiplier, l1 * multiplier))
         return result
@@ -401,15 +415,24 @@ class Penalized(torch.optim.Optimizer):
     def _check_group(self, group: dict, i: int, defaults: dict) -> None:
         if not isinstance(group, dict):
             raise TypeError(f"l2fast.Penalized: param_groups[{i}] must be a dict, got {type(group).__name__}")
-        known = TORCH_GROUP_KEYS | _option_names(self.optimizer) | set(PENALTY_KEYS) | self.extra_group_keys
-        unknown = sorted(set(group) - known)
-        if unknown:
-            raise ValueError(
-                f"l2fast.Penalized: param_groups[{i}] has unknown key(s) {unknown}; {type(self.optimizer).__name__} "
-                f"and l2fast know {sorted(known - TORCH_GROUP_KEYS - {'params'})}. If the key is meant for other "
-                "code, pass extra_group_keys=[...]"
-            )
+        self._check_keys(group, i)
         self._group_coefficients(group, i, defaults)
+
+    def _check_keys(self, group: dict, i: int) -> None:
+        """One rule for group keys, whenever they appear (construction, add_param_group, or added to
+        param_groups later by a framework, checked at every step): a key the inner optimizer and
+        l2fast do not know is left alone, as torch leaves it (a framework's ``group_name``, timm's
+        ``lr_scale``), unless it nearly spells one they know (``weight_decy``, ``L2``): that would
+        silently train without the option, so it is refused."""
+        known = TORCH_GROUP_KEYS | _option_names(self.optimizer) | set(PENALTY_KEYS) | self.extra_group_keys
+        for key in group.keys() - known:
+            meant = _misspelling_of(key, known)
+            if meant is not None:
+                raise ValueError(
+                    f"l2fast.Penalized: param_groups[{i}] has the key {key!r}, which {type(self.optimizer).__name__} "
+                    f"and l2fast do not know; did you mean {meant!r}? If the key is meant for other code, pass "
+                    f"extra_group_keys=[{key!r}]"
+                )
 
     def add_param_group(self, param_group: dict) -> None:
         self._check_group(param_group, len(self.param_groups), self.defaults)

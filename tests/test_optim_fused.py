@@ -199,7 +199,16 @@ def test_auto_chooses_the_one_pass_path_only_where_it_applies():
 
     assert not l2fast.Penalized(MyAdam(params), l2=LAM).fused
     opt = l2fast.Penalized(torch.optim.Adam(params), l2=LAM)
-    assert opt._step_supports_amp_scaling and "fused=True" in repr(opt)
+    assert "fused=True" in repr(opt)
+
+
+@pytest.mark.parametrize("inner_fused", [False, True])
+def test_gradscaler_protocol_is_advertised_as_the_inner_optimizer_advertises_it(inner_fused):
+    """Frameworks read _step_supports_amp_scaling (Lightning refuses gradient clipping where it is
+    set; GradScaler hands over grad_scale / found_inf): the wrapper says what the inner optimizer says."""
+    inner = torch.optim.Adam(make_params(), fused=inner_fused)
+    opt = l2fast.Penalized(inner, l2=LAM)
+    assert opt.fused and opt._step_supports_amp_scaling == getattr(inner, "_step_supports_amp_scaling", False) == inner_fused
 
 
 @pytest.mark.parametrize(
