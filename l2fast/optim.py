@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import inspect
 import math
 import sys
 import warnings
@@ -320,6 +321,37 @@ class Penalized(torch.optim.Optimizer):
         for group in optimizer.param_groups:
             for key in PENALTY_KEYS:
                 group.setdefault(key, defaults[key])
+
+    @classmethod
+    def wrapping(cls, inner: type, **options) -> type["Penalized"]:
+        """A Penalized class built like ``inner``: ``Penalized.wrapping(torch.optim.AdamW)(params, lr=...,
+        weight_decay=0.01)`` is ``Penalized(AdamW(params, lr=..., weight_decay=0), l2=0.01,
+        decoupled=True)``, for code that builds optimizers from a class and keyword arguments (the
+        Hugging Face Trainer's ``optimizer_cls_and_kwargs``, accelerate, Lightning CLI).
+
+        ``weight_decay`` (the argument, ``inner``'s default when absent, and each group's own) becomes
+        the penalty, so the numbers of the stock optimizer carry over: decoupled for AdamW (or any
+        optimizer whose groups say ``decoupled_weight_decay``), coupled for Adam, SGD and the others.
+        ``options`` go to Penalized (``l1``, ``schedule``, ``max_grad_norm``, ``fused`` ...)."""
+        if not (isinstance(inner, type) and issubclass(inner, torch.optim.Optimizer)):
+            raise TypeError(f"l2fast.Penalized.wrapping: expected a torch.optim.Optimizer class, got {inner!r}")
+
+        def __init__(self, params, **kwargs):
+            default = inspect.signature(inner).parameters.get("weight_decay")
+            decay = kwargs.pop("weight_decay", default.default if default is not None else 0.0)
+            params = [params] if isinstance(params, torch.Tensor) else list(params)
+            groups = [dict(g) for g in params] if params and isinstance(params[0], dict) else [{"params": params}]
+            for group in groups:
+                if "weight_decay" in group:
+                    group["l2"] = group.pop("weight_decay")
+            optimizer = inner(groups, weight_decay=0.0, **kwargs) if default is not None else inner(groups, **kwargs)
+            decoupled = bool(optimizer.defaults.get("decoupled_weight_decay", False))
+            # The default of groups without their own (and of groups added later), as inner's would be.
+            cls.__init__(self, optimizer, l2=decay if any("l2" not in g for g in groups) else 0.0, decoupled=decoupled,
+                         **options)
+
+        return type(f"Penalized{inner.__name__}", (cls,), {"__init__": __init__, "__doc__": cls.wrapping.__doc__,
+                                                             "__module__": cls.__module__})
 
     # The inner optimizer's own objects, so LR schedulers, GradScaler and user code see one truth.
     @property
