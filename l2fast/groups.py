@@ -28,7 +28,19 @@ def _is_embedding(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     return isinstance(module, (nn.Embedding, nn.EmbeddingBag))
 
 
-NO_DECAY_RULES: dict[str, Rule] = {"bias": _is_bias, "norm": _is_norm, "embedding": _is_embedding}
+# The Hugging Face Trainer's split (its get_decay_parameter_names), to compare runs with the stock AdamW
+# setup: exempt what belongs to an nn.LayerNorm, and what has "bias", "layernorm" or "rmsnorm" anywhere
+# in its lowercased qualified name, or a path component "norm" or "..._norm" (so T5's
+# relative_attention_bias and the norms of gated RMSNorm blocks are exempt, unlike "bias" + "norm").
+_HF_TRAINER_EXEMPT = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:\.|$)|_norm(?:\.|$)")
+
+
+def _hf_trainer(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or bool(_HF_TRAINER_EXEMPT.search(name.lower()))
+
+
+NO_DECAY_RULES: dict[str, Rule] = {"bias": _is_bias, "norm": _is_norm, "embedding": _is_embedding,
+                                   "hf-trainer": _hf_trainer}
 
 
 def _rules(no_decay: str | Rule | Iterable[str | Rule]) -> list[Rule]:
@@ -76,8 +88,9 @@ def param_groups(
     A parameter is exempt when any ``no_decay`` rule holds for it: ``"bias"`` (named ``bias``,
     ``*_bias`` or ``bias_*``), ``"norm"`` (owned by a normalisation layer: torch's BatchNorm, LayerNorm,
     GroupNorm, RMSNorm, InstanceNorm, or any module class named ``...Norm``), ``"embedding"`` (owned by
-    an ``nn.Embedding`` / ``nn.EmbeddingBag``), or your own function ``(qualified_name, param, module)
-    -> bool``. A parameter shared by several modules (tied embeddings) is exempt when a rule holds for
+    an ``nn.Embedding`` / ``nn.EmbeddingBag``), ``"hf-trainer"`` (the Hugging Face Trainer's own split,
+    by name patterns: ``no_decay="hf-trainer"`` alone gives its groups), or your own function
+    ``(qualified_name, param, module) -> bool``. A parameter shared by several modules (tied embeddings) is exempt when a rule holds for
     any owner. Frozen parameters (``requires_grad=False``) are left out. Both groups are always
     returned, penalised first, parameters in ``model.named_parameters()`` order.
 

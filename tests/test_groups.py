@@ -181,7 +181,7 @@ def test_an_argument_every_group_overrides_is_warned_about(groups_kwargs, wrappe
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"no_decay": ["bias", "bais"]}, ValueError, r"unknown no_decay rule 'bais'; use \['bias', 'embedding', 'norm'\]"),
+        ({"no_decay": ["bias", "bais"]}, ValueError, r"unknown no_decay rule 'bais'; use \['bias', 'embedding', 'hf-trainer', 'norm'\]"),
         ({"l2": -0.1}, ValueError, "l2 = -0.1 is invalid"),
         ({"l1": float("nan")}, ValueError, "l1 = nan is invalid"),
         ({"l2": "0.1"}, TypeError, "l2 must be a float, got str"),

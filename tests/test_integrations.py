@@ -107,3 +107,16 @@ def test_lightning_bf16_mixed_with_gradient_clipping_trains_as_adam(one_pass_cal
     got = lightning_train(lambda ps: l2fast.Penalized(torch.optim.Adam(ps, lr=1e-2), l2=0.1), **options)
     assert len(one_pass_calls) == STEPS
     same(got, want, rel=1e-5)
+
+
+def test_the_hf_trainer_no_decay_rule_splits_as_the_trainer_does():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+                                   feed_forward_proj="gated-gelu")
+    model = transformers.T5ForConditionalGeneration(config)
+    by_name = dict(model.named_parameters(remove_duplicate=False))  # the Trainer names tied weights each time
+    trainer_decays = {id(by_name[n]) for n in transformers.Trainer.get_decay_parameter_names(None, model)}
+    decayed = l2fast.param_groups(model, l2=0.1, no_decay="hf-trainer", with_names=True)[0]["param_names"]
+    assert {id(by_name[n]) for n in decayed} == trainer_decays
+    assert any("relative_attention_bias" in n for n in l2fast.param_groups(model, with_names=True)[0]["param_names"])
+    assert not any("relative_attention_bias" in n for n in decayed)
