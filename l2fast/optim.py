@@ -549,7 +549,7 @@ class Penalized(torch.optim.Optimizer):
             values = fused_step.run(calls, fresh_buffers, scalars, skip)
         total = self._global_total(values)
         if not skip:
-            self.last_penalty = total if total is not None else self._zero()
+            self.last_penalty = total
 
     def _unscale(self, grad_scale: torch.Tensor) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
