@@ -9,6 +9,7 @@ state dicts move between this path, the two-pass path and plain torch at any ste
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -76,21 +77,22 @@ def _has_kernel(device: torch.device) -> bool:
     return _ops.LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("l2fast::adam_step_", key)
 
 
-def per_step_fallback(optimizer: torch.optim.Optimizer, dtensor: type | None) -> str | None:
+def per_step_fallback(optimizer: torch.optim.Optimizer) -> str | None:
     """What in this step's gradients the one-pass step cannot take, naming the tensor; None when it can
     (memory layouts are checked by step() itself, which raises LayoutMismatch)."""
     for i, group in enumerate(optimizer.param_groups):
+        dtensor = sharding.dtensor_in(group["params"])
         for j, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 continue
-            where = f"param_groups[{i}]['params'][{j}]"
             if g.layout != torch.strided:
-                return f"{where} has a sparse gradient"
+                return f"param_groups[{i}]['params'][{j}] has a sparse gradient"
             if g.dtype != p.dtype:
-                return f"{where} is {p.dtype} but its gradient {g.dtype}"
+                return f"param_groups[{i}]['params'][{j}] is {p.dtype} but its gradient {g.dtype}"
             if dtensor is not None and isinstance(p, dtensor) and tuple(g.placements) != tuple(p.placements):
-                return f"{where} has placements {tuple(p.placements)} but its gradient {tuple(g.placements)}"
+                return (f"param_groups[{i}]['params'][{j}] has placements {tuple(p.placements)} but its gradient "
+                        f"{tuple(g.placements)}")
     return None
 
 
@@ -106,6 +108,9 @@ _SAME_LAYOUT = {"grads": "gradient", "exp_avgs": "state 'exp_avg'", "exp_avg_sqs
 
 
 def _check_layouts(i: int, group: dict, params: list, local_params: list, lists: dict) -> None:
+    checked = [tensors for name, tensors in lists.items() if name in _SAME_LAYOUT]
+    if all(map(torch.Tensor.is_contiguous, itertools.chain(local_params, *checked))):
+        return  # the usual case, and the cheapest test: contiguous tensors of one shape share their layout
     strides = [p.stride() for p in local_params]
     for name, tensors in lists.items():
         if name not in _SAME_LAYOUT:
@@ -192,7 +197,6 @@ def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[
     they would create, as (calls, fresh_buffers) for run(). Writes nothing but the lazy state a torch
     optimizer would create; raises LayoutMismatch for a tensor the kernels cannot take."""
     adam = isinstance(optimizer, torch.optim.Adam)
-    dtensor = sharding.dtensor_type()
     calls: dict[tuple, _Call] = {}
     fresh_buffers = []
     for i, (group, (l2, l1)) in enumerate(zip(optimizer.param_groups, coefficients)):
@@ -205,6 +209,7 @@ def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[
         maximize = bool(group.get("maximize", False))
         coeffs = dict(lr=lr, l2=grad_l2, l1=l1, decay=decay, value_l2=l2)
         with_grads = [p for p in group["params"] if p.grad is not None]
+        dtensor = sharding.dtensor_in(with_grads)
         for (device, reduce_over), params in _by_placement(with_grads, shard_group, dtensor).items():
             states = [optimizer.state[p] for p in params]
             grads = [p.grad for p in params]

@@ -515,7 +515,7 @@ class Penalized(torch.optim.Optimizer):
                 loss = closure()
         fallback = fused_step.unsupported(self.optimizer) if self._fused_mode is not False else "fused=False"
         if fallback is None:
-            fallback = fused_step.per_step_fallback(self.optimizer, sharding.dtensor_type())
+            fallback = fused_step.per_step_fallback(self.optimizer)
         if fallback is None:
             try:
                 self._fused_step(coefficients, grad_scale, found_inf, skip)
@@ -622,13 +622,12 @@ class Penalized(torch.optim.Optimizer):
     def _reductions(self, sums: dict) -> list[tuple]:
         """The process-group tuples to sum over this step: those of every parameter (present whether
         it has a gradient or not), then any other the values came with."""
-        dtensor = sharding.dtensor_type()
         required = {() if self.shard_group is None else (self.shard_group,): None}
-        if dtensor is not None:
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if isinstance(p, dtensor):
-                        required.setdefault(sharding.reduce_groups(p, None, dtensor), None)
+        for group in self.param_groups:
+            dtensor = sharding.dtensor_in(group["params"])
+            for p in group["params"] if dtensor is not None else ():
+                if isinstance(p, dtensor):
+                    required.setdefault(sharding.reduce_groups(p, None, dtensor), None)
         return list(required) + [key for key in sums if key not in required]
 
     def _buckets(self, coefficients: list[tuple[float, float]], overrides) -> dict[tuple, _Bucket]:

@@ -22,6 +22,13 @@ def dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
+def dtensor_in(tensors: list) -> type | None:
+    """The DTensor type if any of tensors is one, else None (the plain-tensor fast paths)."""
+    dtensor = dtensor_type()
+    # Over the distinct types only: one type() per tensor is what a list of 10,000 parameters can afford.
+    return dtensor if dtensor is not None and any(issubclass(kind, dtensor) for kind in set(map(type, tensors))) else None
+
+
 def reduce_groups(t: torch.Tensor, group, dtensor: type | None) -> tuple:
     """The process groups t's value adds up over."""
     if dtensor is not None and isinstance(t, dtensor):
@@ -53,8 +60,7 @@ def is_sharded(tensors: list, group) -> bool:
             raise TypeError(f"l2fast: group must be a torch.distributed process group (dist.group.WORLD, "
                             f"dist.new_group(...)), got {type(group).__name__}")
         return True
-    dtensor = dtensor_type()
-    return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)
+    return dtensor_in(tensors) is not None
 
 
 def global_value(tensors: list, group, compute: Callable[[list[int], list[torch.Tensor]], torch.Tensor],
