@@ -4,10 +4,11 @@
     python bench/bench_dropout.py                  # 4096 x 1024 float32, p = 0.1, CPU
 """
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
-from common import header, median_seconds, table
+from common import header, median_seconds, record, table, table_records
 
 from l2fast.trainer.dropout import Dropout
 
@@ -28,10 +29,14 @@ def main() -> None:
         "multiply only (floor)": lambda: (x * (1 / (1 - args.p))).backward(grad),
     }
     seconds = median_seconds(methods, "cpu", rounds=args.rounds)
-    print(header(f"Dropout forward + backward, {args.rows} x {args.cols} float32, p = {args.p}", "cpu",
-                 "python bench/bench_dropout.py"))
-    print(table(["method", "ms", "speed vs F.dropout"],
-                [[name, f"{s * 1e3:.1f}", f"{seconds['F.dropout'] / s:.2f}x"] for name, s in seconds.items()]))
+    command = " ".join(["python bench/bench_dropout.py", *sys.argv[1:]])
+    print(header(f"Dropout forward + backward, {args.rows} x {args.cols} float32, p = {args.p}", "cpu", command))
+    columns = ["method", "ms", "speed vs F.dropout"]
+    rows = [[name, f"{s * 1e3:.1f}", f"{seconds['F.dropout'] / s:.2f}x"] for name, s in seconds.items()]
+    print(table(columns, rows))
+    record("bench_dropout", {"rows": args.rows, "cols": args.cols, "p": args.p, "rounds": args.rounds,
+                             "median_seconds": seconds, "tables": {"Dropout": table_records(columns, rows)}},
+           "cpu", command)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 import l2fast
-from common import PARAM_SETS, cpu_isa, header, median_seconds, table
+from common import PARAM_SETS, cpu_isa, header, median_seconds, record, table, table_records
 
 LAM = 1e-4
 LR = 1e-6  # tiny, so repeated steps leave the weights (and the work) unchanged
@@ -78,7 +78,11 @@ def main() -> None:
               f"round-robin steps after 2 warm-up steps; the slowest process's.\n")
         foreach = slowest[list(steps).index(f"Adam(weight_decay={LAM}) foreach")].item()
         rows = [[name, f"{1e3 * seconds:.1f}", f"{seconds / foreach:.2f}x"] for name, seconds in zip(steps, slowest.tolist())]
-        print(table(["step", "median ms", "vs foreach Adam"], rows))
+        columns = ["step", "median ms", "vs foreach Adam"]
+        print(table(columns, rows))
+        record("bench_fsdp", {"set": args.set, "processes": world, "tensors": len(params), "numel": numel,
+                              "rounds": args.rounds, "slowest_median_seconds": dict(zip(steps, slowest.tolist())),
+                              "tables": {"Step under FSDP2": table_records(columns, rows)}}, device, command)
     dist.destroy_process_group()
 
 

@@ -14,7 +14,8 @@ import sys
 import torch
 
 import l2fast
-from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, medians, paired_ratio, round_seconds, table
+from common import (PARAM_SETS, busy_core, cpu_isa, header, make_params, median_seconds, medians, paired_ratio, record,
+                    round_seconds, table, table_records)
 
 LAM = 1e-4
 # The methods the summary compares with their peers and the roofline.
@@ -188,11 +189,21 @@ def main() -> None:
           "brackets the middle half of them; the fused op's goal: >= 95% of torch.dot and >= 1x _foreach_norm for "
           "the squared norm, >= 90% of add_ for penalty + gradient; _foreach_add_ moves the same bytes of the same "
           "tensors without computing the penalty value)\n")
-    print(table(["set"] + thread_column + ["sq_norm % of torch.dot", "sq_norm speed vs _foreach_norm",
-                                           "fused grad % of add_", "fused grad speed vs _foreach_add_"], summary))
+    summary_columns = ["set"] + thread_column + ["sq_norm % of torch.dot", "sq_norm speed vs _foreach_norm",
+                                                 "fused grad % of add_", "fused grad speed vs _foreach_add_"]
+    print(table(summary_columns, summary))
     for title, rows in details.items():
         print(f"\n**{title}**\n")
         print(table(columns, rows), flush=True)
+    record("bench_ops", {
+        "rounds": args.rounds,
+        "copy_bytes_per_s": copy_bytes_per_s,
+        "tables": {"Summary": table_records(summary_columns, summary),
+                   **{title: table_records(columns, rows) for title, rows in details.items()}},
+        # Every round's seconds, so ratios can be paired again later.
+        "round_seconds": [{"op": title, "set": name, "threads": label, "method": method, "seconds": ts}
+                          for (title, name, label), per_round in seconds.items() for method, ts in per_round.items()],
+    }, args.device, command.strip())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import sys
 import torch
 
 import l2fast
-from common import PARAM_SETS, busy_python_thread, header, make_params, median_seconds, table, transformer_base_shapes
+from common import (PARAM_SETS, busy_python_thread, header, make_params, median_seconds, record, table, table_records,
+                    transformer_base_shapes)
 
 LAM = 1e-4
 LR = 1e-6  # tiny, so hundreds of timed steps leave the weights (and the work) unchanged
@@ -125,13 +126,20 @@ def one_pass_table(args, command: str) -> None:
         rate = per_param * numel / seconds
         rows.append([name, f"{1e3 * seconds:.1f}", f"{seconds / fused:.2f}x", f"{per_param} B",
                      f"{rate / 1e9:.1f} GB/s", f"{100 * rate / roofline:.0f}%"])
-    print(table(["step", "median ms", "vs Adam(fused=True)", "bytes/param", "moved", "% of add_ roofline"], rows))
+    columns = ["step", "median ms", "vs Adam(fused=True)", "bytes/param", "moved", "% of add_ roofline"]
+    print(table(columns, rows))
+    results = {"mode": "one-pass", "set": args.set, "tensors": len(params), "numel": numel, "rounds": args.rounds,
+               "busy_python_thread": args.busy_python_thread, "median_seconds": times,
+               "bytes_per_param": {name: per_param for name, (_, per_param) in methods.items()},
+               "roofline_bytes_per_s": roofline, "tables": {"One-pass step": table_records(columns, rows)}}
     if args.plot:
-        scaling_plot(args, list(methods))
+        results["scaling"] = scaling_plot(args, list(methods))
+    record("bench_optim", results, args.device, command)
 
 
-def scaling_plot(args, names: list[str]) -> None:
-    """Step time of every method vs parameter count, one process, round-robin per size; a PNG."""
+def scaling_plot(args, names: list[str]) -> dict:
+    """Step time of every method vs parameter count, one process, round-robin per size; a PNG. Returns
+    {"numel": sizes, method: median seconds per size}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +165,7 @@ def scaling_plot(args, names: list[str]) -> None:
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)
     print(f"\nStep time vs parameter count ({', '.join(f'{n / 1e6:g}M' for n in sizes)}): {args.plot}")
+    return {"numel": sizes, **series}
 
 
 def main(argv: list[str]) -> None:
@@ -195,9 +204,13 @@ def main(argv: list[str]) -> None:
     fused_pass = median_seconds(
         {"pass": lambda: l2fast.add_penalty_grad_(params, l2=LAM)}, args.device, rounds=args.rounds
     )["pass"]
-    print(table(["implementation", "step", "median ms", "vs Adam(weight_decay=0)"], rows))
+    columns = ["implementation", "step", "median ms", "vs Adam(weight_decay=0)"]
+    print(table(columns, rows))
     print(f"\nThe fused penalty pass alone (l2fast.add_penalty_grad_ over all {len(params)} tensors): "
           f"{1e3 * fused_pass:.1f} ms. Adam's default is the for-loop on the CPU, foreach on CUDA.")
+    record("bench_optim", {"mode": "implementations", "set": "transformer-base", "tensors": len(params), "numel": numel,
+                           "rounds": args.rounds, "penalty_pass_seconds": fused_pass,
+                           "tables": {"Optimizer step": table_records(columns, rows)}}, args.device, command.strip())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ variants run round-robin and each reports its median step time and the penalty's
     python bench/bench_train_step.py --size demo base  # also Transformer-base
 """
 import argparse
+import sys
+
+import torch
+from common import header, parse_table, record, table_records
 
 from l2fast.nmt.bench import SIZES, run_bench
 
@@ -19,7 +23,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast dtype (default: fp32)")
     args = parser.parse_args()
-    print(run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision))
+    report = run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    command = " ".join(["python bench/bench_train_step.py", *sys.argv[1:]])
+    print(header("Training step: naive penalty vs l2fast", device, command))
+    print(report)
+    columns, rows = parse_table(report)
+    record("bench_train_step", {"sizes": args.size, "batch_tokens": args.batch_tokens, "steps": args.steps,
+                                "precision": args.precision, "description": report.splitlines()[0],
+                                "tables": {"Training step": table_records(columns, rows)}}, device, command)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch
 
 import l2fast
 from bench_ops import norm_methods
-from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, table
+from common import PARAM_SETS, busy_core, cpu_isa, header, make_params, record, table, table_records
 
 
 def times_by_predecessor(methods: dict, rounds: int) -> dict:
@@ -39,8 +39,9 @@ def main() -> None:
     parser.add_argument("--set", default="1x100M", choices=list(PARAM_SETS))
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
+    command = ("python bench/busy_order.py " + " ".join(sys.argv[1:])).strip()
     print(header(f"Squared norm with one core busy, by the op run just before (l2fast backend: {l2fast.backend()})",
-                 "cpu", ("python bench/busy_order.py " + " ".join(sys.argv[1:])).strip()))
+                 "cpu", command))
     print(cpu_isa() + "\n")
     methods, _ = norm_methods(make_params(PARAM_SETS[args.set](), "cpu"), "cpu")
     for fn in methods.values():  # compile and warm up before the spinner starts
@@ -58,7 +59,12 @@ def main() -> None:
         rows.append([name, f"{statistics.median(every) * 1e3:.1f}"] + cells)
     print(f"Set {args.set}, {torch.get_num_threads()} threads, {args.rounds} rounds: median ms (calls) of each method "
           "(rows) by the method run just before it (columns).\n")
-    print(table(["method", "all calls"] + [f"after {before}" for before in names], rows))
+    columns = ["method", "all calls"] + [f"after {before}" for before in names]
+    print(table(columns, rows))
+    record("busy_order", {"set": args.set, "rounds": args.rounds,
+                          "seconds_by_predecessor": [{"method": name, "after": before, "seconds": ts}
+                                                     for (name, before), ts in seconds.items()],
+                          "tables": {"By predecessor": table_records(columns, rows)}}, "cpu", command)
 
 
 if __name__ == "__main__":

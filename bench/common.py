@@ -1,8 +1,11 @@
-"""Shared pieces of the benchmark scripts: parameter sets, a timer, and table printing."""
+"""Shared pieces of the benchmark scripts: parameter sets, a timer, table printing, and the raw-run log
+(``record``: one JSON line per run in bench/results/<bench>.jsonl)."""
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import json
 import os
 import platform
 import random
@@ -11,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -99,13 +103,34 @@ def machine(device: str) -> str:
 
 def header(title: str, device: str, command: str) -> str:
     today = datetime.date.today().isoformat()
-    return f"### {title}\n\nMachine: {machine(device)}. Date: {today}. Command: `{command}`\n"
+    return (f"### {title}\n\nMachine: {machine(device)}. Date: {today}. Commit: {commit_label()}. "
+            f"Command: `{command}`\n")
 
 
 def table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def table_records(columns: list[str], rows: list[list[str]]) -> list[dict]:
+    """A printed table as data: one {column: cell} per row, cells as printed."""
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+def parse_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """The columns and rows of the first markdown table in text (([], []) where there is none)."""
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and lines[i + 1].startswith("|") and set(lines[i + 1]) <= set("|-: "):
+            cells = lambda row: [c.strip() for c in row.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(cells(row))
+            return cells(line), rows
+    return [], []
 
 
 # x86-64-v3 in /proc/cpuinfo flag names: the level of the clone that l2fast's CPU loops run where present.
@@ -141,11 +166,14 @@ def memory_pages() -> str:
     return f"transparent huge pages {mode}, torch THP_MEM_ALLOC_ENABLE {torch_thp}"
 
 
+SIMD_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2")
+
+
 def cpu_isa() -> str:
     """One line: the CPU model, torch's CPU capability, the AVX-512 / AVX2 flags, the level of l2fast's
     CPU loops, and how memory is paged."""
     flags = cpu_flags()
-    simd = ", ".join(f for f in ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_fp16", "amx_tile", "avx2") if f in flags)
+    simd = ", ".join(f for f in SIMD_FLAGS if f in flags)
     v3, v4 = (all(f in flags for f in needed) for needed in (X86_64_V3_FLAGS, X86_64_V4_FLAGS))
     sums = "x86-64-v3" if v3 else "x86-64 (baseline)"
     one_stream = "x86-64-v4" if v4 else sums
@@ -153,6 +181,87 @@ def cpu_isa() -> str:
             f"ISA: torch CPU capability {torch.backends.cpu.get_cpu_capability()}; CPU flags {simd or 'none of AVX2/AVX-512'}; "
             f"l2fast CPU loops: sums {sums} clone, one-stream loops (gradient, decay, optimizer steps) {one_stream} clone. "
             f"Memory: {memory_pages()}.")
+
+
+REPO = Path(__file__).resolve().parent.parent
+# Where record() appends; L2FAST_BENCH_RESULTS names another folder, or "off" for none (smoke runs).
+RESULTS = REPO / "bench" / "results"
+
+
+@functools.cache
+def git_state() -> dict:
+    """The commit checked out and whether tracked files differ from it (None outside a git checkout):
+    a number is only worth keeping with the code that produced it."""
+    def git(*args):
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "local_changes": None if changes is None else bool(changes)}
+
+
+def commit_label() -> str:
+    state = git_state()
+    if not state["commit"]:
+        return "unknown"
+    return state["commit"][:7] + (" with local changes" if state["local_changes"] else "")
+
+
+def machine_info(device: str) -> dict:
+    """What a number depends on besides the code: CPU model and ISA level, threads, torch, paging."""
+    flags = cpu_flags()
+    v3, v4 = (all(f in flags for f in needed) for needed in (X86_64_V3_FLAGS, X86_64_V4_FLAGS))
+    info = {
+        "arch": platform.machine(),
+        "cpu": cpuinfo_field("model name") or platform.processor() or None,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "isa_level": "x86-64-v4" if v4 else "x86-64-v3" if v3 else platform.machine(),
+        "isa_flags": [f for f in SIMD_FLAGS if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "memory": memory_pages(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def record(bench: str, results: dict, device: str = "cpu", command: str | None = None) -> Path | None:
+    """Append one raw run as a JSON line to bench/results/<bench>.jsonl: date, command, commit, machine,
+    and the results (the printed tables as data, plus whatever raw times the script keeps). Every bench
+    script calls this once per run, so the history of a number is data to read, not prose to edit."""
+    folder = os.environ.get("L2FAST_BENCH_RESULTS", str(RESULTS))
+    if folder.lower() in ("", "0", "off", "none"):
+        return None
+    try:
+        import l2fast
+
+        backend = l2fast.backend()
+    except Exception:  # the record says so rather than losing the run
+        backend = None
+    line = {
+        "bench": bench,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or " ".join(["python", *sys.argv]),
+        **git_state(),
+        "l2fast_backend": backend,
+        "device": device,
+        "machine": machine_info(device),
+        "results": results,
+    }
+    path = Path(folder) / f"{bench}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")  # one write of one line: concurrent runs do not interleave
+    print(f"\n(raw run appended to {path})", file=sys.stderr)
+    return path
 
 
 @contextlib.contextmanager

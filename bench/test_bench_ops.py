@@ -2,12 +2,15 @@
 
     cd bench && pytest test_bench_ops.py --benchmark-columns=median,ops
 """
+import json
+
 import pytest
 import torch
 
 import l2fast
 from bench_ops import LAM, foreach_sq_norm, naive_sq_norm
-from common import make_params, paired_ratio, round_seconds, transformer_base_shapes
+from common import (make_params, paired_ratio, parse_table, record, round_seconds, table, table_records,
+                    transformer_base_shapes)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -90,3 +93,27 @@ def test_round_seconds_runs_every_method_once_per_round_in_changing_orders():
         predecessors = {order[order.index(name) - 1] for order in orders if order.index(name) > 0}
         assert len(predecessors) > 1, name
     assert calls_in_order(8) == orders  # seeded: a rerun measures in the same orders
+
+
+def test_record_appends_one_self_describing_json_line_per_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2FAST_BENCH_RESULTS", str(tmp_path))
+    rows = table_records(["method", "ms"], [["a", "1.0"], ["b", "2.0"]])
+    first = record("bench_x", {"tables": {"t": rows}}, "cpu", "python bench/bench_x.py --rounds 1")
+    record("bench_x", {"tables": {"t": rows[:1]}}, "cpu", "python bench/bench_x.py --rounds 2")
+    lines = [json.loads(line) for line in first.read_text().splitlines()]
+    assert first == tmp_path / "bench_x.jsonl" and len(lines) == 2  # appended, never rewritten
+    run = lines[0]
+    assert run["bench"] == "bench_x" and run["command"].endswith("--rounds 1")
+    assert run["results"]["tables"]["t"] == [{"method": "a", "ms": "1.0"}, {"method": "b", "ms": "2.0"}]
+    for key in ("date", "commit", "local_changes", "l2fast_backend", "device"):
+        assert key in run, key
+    assert run["machine"]["torch"] == torch.__version__ and "isa_flags" in run["machine"]
+    monkeypatch.setenv("L2FAST_BENCH_RESULTS", "off")
+    assert record("bench_x", {}, "cpu", "smoke") is None
+    assert len(first.read_text().splitlines()) == 2
+
+
+def test_parse_table_reads_back_what_table_prints():
+    columns, rows = ["set", "ms"], [["transformer-base", "1.5"], ["10kx1k", "2.0"]]
+    assert parse_table("A title\n\n" + table(columns, rows) + "\n\nA note.") == (columns, rows)
+    assert parse_table("no table here") == ([], [])
