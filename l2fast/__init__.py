@@ -12,6 +12,7 @@ from .functional import (
     sq_norm,
 )
 from . import schedules
+from .fisher import diagonal_fisher
 from .groups import param_groups
 from .optim import Penalized
 
@@ -22,6 +23,7 @@ __all__ = [
     "backend_reason",
     "clip_grad_norm_",
     "decay_",
+    "diagonal_fisher",
     "l1_norm",
     "param_groups",
     "penalty",

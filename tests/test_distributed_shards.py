@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 import l2fast
 from test_distributed import free_port
+from test_fisher import by_hand, mse, regression
 
 WORLD = 3
 L2, L1 = 0.2, 0.01
@@ -86,12 +87,21 @@ def penalized_with_an_idle_rank(rank):
     return {"penalty": opt.last_penalty, "grad_norm": opt.last_grad_norm, "param": owned.detach().clone()}
 
 
+def fisher_over_ranks(rank):
+    """Four batches over three ranks, two on the first: the estimate is the mean over all four."""
+    model, batches = regression(batches=4)
+    mine = [batches[:2], batches[2:3], batches[3:]][rank]
+    return {per_example: l2fast.diagonal_fisher(model, mine, mse, per_example=per_example, group=dist.group.WORLD)
+            for per_example in (False, True)}
+
+
 def worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
-        results = {"dtensor": dtensor_ops(rank), "plain": plain_shard_ops(rank), "idle": penalized_with_an_idle_rank(rank)}
+        results = {"dtensor": dtensor_ops(rank), "plain": plain_shard_ops(rank), "idle": penalized_with_an_idle_rank(rank),
+                   "fisher": fisher_over_ranks(rank)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -152,3 +162,12 @@ def test_a_rank_with_nothing_to_penalise_takes_part_and_all_agree(ranks):
         if r < 2:
             clip = min(1.0, 0.5 / (norm.item() + 1e-6))
             close(rank["idle"]["param"], w[r] - 0.1 * (g[r] * clip + L2 * w[r]), rel=1e-6)
+
+
+@pytest.mark.parametrize("per_example", [False, True])
+def test_diagonal_fisher_over_ranks_is_the_mean_over_every_rank_s_samples(ranks, per_example):
+    model, batches = regression(batches=4)
+    want = by_hand(model, batches, per_example)
+    for rank in ranks:
+        for name, value in want.items():
+            close(rank["fisher"][per_example][name], value, rel=1e-6)
