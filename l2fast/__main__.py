@@ -3,8 +3,8 @@ language model's under ``l2fast lm``."""
 import importlib.util
 import sys
 
-# Top-level modules of the `nmt` extra (pyproject.toml) that the trainer imports.
-NMT_EXTRA_MODULES = {"sentencepiece", "sacrebleu", "matplotlib", "tqdm", "tomli"}
+# Top-level modules of the `train` extra (pyproject.toml) that the trainers import.
+TRAIN_EXTRA_MODULES = {"sentencepiece", "sacrebleu", "matplotlib", "tqdm", "tomli"}
 
 
 def version_line() -> str:
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     language_model = args[:1] == ["lm"]
-    missing = missing_nmt_modules()
+    missing = missing_train_modules()
     if missing:
         who = "l2fast lm: the language-model trainer" if language_model else "l2fast: the translation trainer"
-        print(f"{who} needs the nmt extra (missing: {', '.join(missing)}): pip install 'l2fast[nmt]'", file=sys.stderr)
+        print(f"{who} needs the train extra (missing: {', '.join(missing)}): pip install 'l2fast[train]'", file=sys.stderr)
         return 1
     if language_model:
         from l2fast.lm.cli import main as lm_main
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(argv)
 
 
-def missing_nmt_modules() -> list[str]:
-    """The modules of the nmt extra that cannot be imported, sorted. Checked before any command runs,
+def missing_train_modules() -> list[str]:
+    """The modules of the train extra that cannot be imported, sorted. Checked before any command runs,
     because the trainer imports some of them only when a command needs them."""
-    needed = sorted(NMT_EXTRA_MODULES - ({"tomli"} if sys.version_info >= (3, 11) else set()))  # tomllib is in 3.11+
+    needed = sorted(TRAIN_EXTRA_MODULES - ({"tomli"} if sys.version_info >= (3, 11) else set()))  # tomllib is in 3.11+
     return [name for name in needed if importlib.util.find_spec(name) is None]
 
 

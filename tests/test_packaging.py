@@ -104,29 +104,29 @@ def test_version_flag_prints_one_line():
     assert result.stdout.startswith(f"l2fast {l2fast.__version__} (torch {torch.__version__}; backend ")
 
 
-def test_trainer_without_the_nmt_extra_names_the_extra_in_one_line():
+def test_trainer_without_the_train_extra_names_the_extra_in_one_line():
     # Every module of the extra hidden, whatever this environment has installed: all are named.
-    code = ('import sys\nfrom l2fast.__main__ import NMT_EXTRA_MODULES, main\n'
-            'sys.modules.update(dict.fromkeys(NMT_EXTRA_MODULES))\nsys.exit(main(["--help"]))')
-    result = run_python(code)
-    assert result.returncode == 1
-    assert result.stdout == ""
+    code = ('import sys\nfrom l2fast.__main__ import TRAIN_EXTRA_MODULES, main\n'
+            'sys.modules.update(dict.fromkeys(TRAIN_EXTRA_MODULES))\nsys.exit(main(sys.argv[1:]))')
     tomli = ", tomli" if sys.version_info < (3, 11) else ""  # tomllib is in the standard library from 3.11
-    assert result.stderr.strip().splitlines() == [
-        f"l2fast: the translation trainer needs the nmt extra (missing: matplotlib, sacrebleu, sentencepiece, tqdm{tomli}): "
-        "pip install 'l2fast[nmt]'"
-    ]
+    missing = f"(missing: matplotlib, sacrebleu, sentencepiece, tqdm{tomli}): pip install 'l2fast[train]'"
+    for args, who in ((["--help"], "l2fast: the translation trainer"), (["lm", "--help"], "l2fast lm: the language-model trainer")):
+        result = run_python(None, args=("-c", code, *args))
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.strip().splitlines() == [f"{who} needs the train extra {missing}"]
 
 
 @in_source_tree
-def test_the_extra_hint_knows_every_module_of_the_nmt_extra():
+def test_the_extra_hint_knows_every_module_of_the_train_extra_and_nmt_is_its_alias():
     import tomllib
 
-    from l2fast.__main__ import NMT_EXTRA_MODULES
+    from l2fast.__main__ import TRAIN_EXTRA_MODULES
 
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["nmt"]
-    distributions = {req.split(";")[0].split(">")[0].split("=")[0].strip() for req in extra}
-    assert distributions == NMT_EXTRA_MODULES  # each of these distributions imports under its own name
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    distributions = {req.split(";")[0].split(">")[0].split("=")[0].strip() for req in extras["train"]}
+    assert distributions == TRAIN_EXTRA_MODULES  # each of these distributions imports under its own name
+    assert extras["nmt"] == ["l2fast[train]"]  # the extra's earlier name installs the same
 
 
 def load_setup_module():

@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, SEED, add_ablation_command, add_train_command,
-                           check_output, command_parser, config_from_args, run_command)
+from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, SEED, TrainerCommands, add_ablation_command,
+                           add_checkpoint_flags, add_train_command, check_output, command_parser)
 from ..trainer.config import ConfigError
 from ..trainer.text import DataError
-from .ablation import SETTING_NAMES
+from .ablation import SETTING_NAMES, make
 from .config import DOCUMENTS, Config, build_config
 
 PROG = "l2fast lm"
@@ -36,12 +36,6 @@ def _probability(text: str) -> float:
     return value
 
 
-def _checkpoint_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, "
-                                                            "tokenizer and config")
-    parser.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser, commands = command_parser(PROG, DESCRIPTION)
 
@@ -53,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Continue each prompt (one per --prompt, or one per line of --input) until the "
                                           "end of the document or --max-new-tokens, one continuation per output line "
                                           "(newlines inside it written as \\n).")
-    _checkpoint_flags(gen)
+    add_checkpoint_flags(gen)
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable; default: one empty prompt)")
     gen.add_argument("--input", help="a UTF-8 file with one prompt per line (instead of --prompt)")
     gen.add_argument("--max-new-tokens", type=POSITIVE, default=200, help="tokens to add at most (default: 200; "
@@ -69,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="loss, perplexity and bits per byte of a text",
                                    description="Score a text file with a checkpoint: loss and perplexity per token, and "
                                                "bits per byte (comparable across tokenizers).")
-    _checkpoint_flags(evaluate)
+    add_checkpoint_flags(evaluate)
     evaluate.add_argument("--text", required=True, help="UTF-8 text file")
     evaluate.add_argument("--documents", choices=DOCUMENTS, help="how --text holds documents (default: the checkpoint's)")
     evaluate.add_argument("--json", help="also write the scores to this JSON file")
@@ -79,31 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "alternating) and seed, and tabulates validation and test bits per byte.",
                          SETTING_NAMES, "runs/lm-ablation")
     return parser
-
-
-def _load(args):
-    import torch
-
-    from .inference import load_for_inference
-
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return (*load_for_inference(args.checkpoint, device), device)
-
-
-def command_train(args) -> None:
-    cfg = config_from_args(args, Config, build_config)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return
-    from .train import run_training
-
-    results = run_training(cfg)
-    if results is None:  # not the main process
-        return
-    name = "test" if "test_bpb" in results else "valid"
-    print(f"{name} loss {results[f'{name}_loss']:.4f}  ppl {results[f'{name}_ppl']:.3f}  "
-          f"bits/byte {results[f'{name}_bpb']:.4f}  ({results['scored']}, step {results['step']})")
 
 
 def _prompts(args) -> list[str]:
@@ -122,7 +91,7 @@ def command_generate(args) -> None:
     from .generate import Sampling, generate
 
     prompts = _prompts(args)
-    model, tokenizer, cfg, device = _load(args)
+    model, tokenizer, cfg, device = TRAINER.load(args)
     sampling = Sampling(0.0 if args.greedy else args.temperature, args.top_k, args.top_p)
     ids = generate(model, tokenizer.encode(prompts), args.max_new_tokens, tokenizer.eod, sampling, args.seed, device)
     for prompt, text in zip(prompts, tokenizer.decode(ids)):
@@ -135,7 +104,7 @@ def command_evaluate(args) -> None:
     from .evaluate import score_stream
 
     check_output(args.json, "--json")
-    model, tokenizer, cfg, device = _load(args)
+    model, tokenizer, cfg, device = TRAINER.load(args)
     docs = read_documents(args.text, args.documents or cfg.data.documents)
     score = score_stream(model, token_stream(tokenizer, docs), docs.utf8_bytes, device)
     print(f"{docs.name}: {len(docs.texts)} documents, {score.tokens:,} tokens, {score.utf8_bytes:,} bytes: {score.line()}")
@@ -144,16 +113,16 @@ def command_evaluate(args) -> None:
                                               indent=2) + "\n", encoding="utf-8")
 
 
-def command_ablation(args) -> None:
-    from ..trainer.ablation import command
-    from .ablation import make
+def _report(results: dict) -> str:
+    name = "test" if "test_bpb" in results else "valid"
+    return (f"{name} loss {results[f'{name}_loss']:.4f}  ppl {results[f'{name}_ppl']:.3f}  "
+            f"bits/byte {results[f'{name}_bpb']:.4f}  ({results['scored']}, step {results['step']})")
 
-    print(command(args, Config, build_config, make))
 
-
-COMMANDS = {"train": command_train, "generate": command_generate, "evaluate": command_evaluate, "ablation": command_ablation}
+TRAINER = TrainerCommands(PROG, __package__, Config, build_config, make, _report)
+COMMANDS = {"train": TRAINER.train, "generate": command_generate, "evaluate": command_evaluate,
+            "ablation": TRAINER.ablation}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(PROG, args.command, lambda: COMMANDS[args.command](args))
+    return TRAINER.main(build_parser(), COMMANDS, argv)

@@ -7,7 +7,6 @@ directory holds everything a run makes: ``tokenizer.model`` (sentencepiece), ``l
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -22,7 +21,6 @@ from torch import nn
 from ..trainer import checkpoint
 from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
 from ..trainer.plot import plot_panels
-from ..trainer.precision import autocast_factory
 from ..trainer.recipe import build_optimizer, learning_rate
 from ..trainer.runtime import Environment, RunLog
 from .config import Config, check_resumable
@@ -94,7 +92,7 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, train: Documents, env: Environ
 
 
 class Trainer(TrainerLoop):
-    WINDOW_KEYS = ("loss_sum", "tokens")
+    WINDOW_KEYS = ("loss_sum", "count")
 
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
                  train: torch.Tensor, valid: Split, amp_dtype: torch.dtype | None):
@@ -102,13 +100,8 @@ class Trainer(TrainerLoop):
         self.tokenizer, self.train_stream, self.valid = tokenizer, train, valid
         torch.manual_seed(cfg.train.seed)
         self.model = DecoderLM(cfg.model, tokenizer.vocab_size).to(env.device)
-        self.loss_module = LossModule(self.model)
-        if env.distributed:
-            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
+        self.setup_update(LossModule(self.model), amp_dtype)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.amp_dtype = amp_dtype
-        self.autocast = autocast_factory(amp_dtype, env.device)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_loss = math.inf
         self.elapsed = 0.0  # training wall time over all sessions of this run
@@ -138,24 +131,12 @@ class Trainer(TrainerLoop):
     def collate(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return collate_blocks(self.train_stream, indices, self.cfg.model.context)
 
-    def update(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """One optimizer step over the gradient sum of several batches, normalised per predicted token over
-        all batches and processes (so accumulation and DDP equal one big batch)."""
-        tokens = sum(targets.numel() for _, targets in batches) * self.env.world_size
-        scale = self.env.world_size / tokens  # DDP averages gradients over processes
-        loss_sum = torch.zeros((), device=self.env.device)
-        for i, (inputs, targets) in enumerate(batches):
-            inputs, targets = inputs.to(self.env.device), targets.to(self.env.device)
-            last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.env.distributed else self.loss_module.no_sync()
-            with sync:
-                with self.autocast():
-                    loss = self.loss_module(inputs, targets)
-                self.scaler.scale(loss * scale).backward()
-            loss_sum += loss.detach()
-        grad_norm, penalty = self.step_optimizer()
-        self.step += 1
-        return {"loss_sum": loss_sum, "tokens": tokens // self.env.world_size, "grad_norm": grad_norm, "penalty": penalty}
+    def count(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return batch[1].numel()  # every position predicts a token
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        inputs, targets = (t.to(self.env.device) for t in batch)
+        return self.loss_module(inputs, targets), {}
 
     def log_training(self, window: dict, last: dict) -> None:
         loss_sum, tokens = self.window_sums(window, self.WINDOW_KEYS)

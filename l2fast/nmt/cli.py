@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..trainer.cli import (FINITE, NOT_NEGATIVE, POSITIVE, add_ablation_command, add_train_command, check_output, command_parser,
-                           config_from_args, run_command)
+from ..trainer.cli import (FINITE, NOT_NEGATIVE, POSITIVE, TrainerCommands, add_ablation_command, add_checkpoint_flags,
+                           add_train_command, check_output, command_parser)
 from ..trainer.text import DataError
-from .ablation import SETTING_NAMES
+from .ablation import SETTING_NAMES, make
 from .config import Config, build_config
 
 DESCRIPTION = """\
@@ -27,11 +27,10 @@ Run `l2fast COMMAND --help` for every option of a command."""
 
 
 def _decode_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, tokenizer and config")
+    add_checkpoint_flags(parser)
     parser.add_argument("--beam", type=POSITIVE, help="beam size (default: the checkpoint's decode.beam; 1 = greedy)")
     parser.add_argument("--length-penalty", type=FINITE, help="length normalisation exponent (default: the checkpoint's)")
     parser.add_argument("--decode-tokens", type=POSITIVE, help="source tokens per decoding batch (default: the checkpoint's)")
-    parser.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,17 +79,6 @@ def _decode_settings(args, cfg):
             args.decode_tokens or d.decode_tokens)
 
 
-def _load(args):
-    import torch
-
-    from .inference import load_for_inference
-
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, cfg = load_for_inference(args.checkpoint, device)
-    return model, tokenizer, cfg, device
-
-
 def _translate_lines(lines, model, tokenizer, cfg, device, args, progress=None) -> list[str]:
     from .search import translate_ids
 
@@ -113,7 +101,7 @@ def command_translate(args) -> None:
         source = open(args.input, "rb") if args.input else sys.stdin.buffer
     except OSError as e:
         raise DataError(f"--input {args.input}: {e.strerror}") from None
-    model, tokenizer, cfg, device = _load(args)
+    model, tokenizer, cfg, device = TRAINER.load(args)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for lines in batches_as_available(utf8_lines(source, args.input or "stdin")):
@@ -134,7 +122,7 @@ def command_evaluate(args) -> None:
 
     check_output(args.hyp, "--hyp")
     check_output(args.json, "--json")
-    model, tokenizer, cfg, device = _load(args)
+    model, tokenizer, cfg, device = TRAINER.load(args)
     test = read_parallel(args.test, args.src_suffix or cfg.data.src_suffix, args.tgt_suffix or cfg.data.tgt_suffix)
     start = time.perf_counter()
     with tqdm(total=len(test.src), desc="evaluate", unit="sent", disable=None, file=sys.stderr) as bar:
@@ -151,36 +139,21 @@ def command_evaluate(args) -> None:
                                                "chrf_signature": scores.chrf_signature}, indent=2) + "\n", encoding="utf-8")
 
 
-def command_train(args) -> None:
-    cfg = config_from_args(args, Config, build_config)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return
-    from .train import run_training
-
-    results = run_training(cfg)
-    if results is not None:
-        print(f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
-              f"({results['test_sentences']} sentences, beam {results['beam']}; {results['bleu_signature']})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command("l2fast", args.command, lambda: COMMANDS[args.command](args))
-
-
 def command_bench(args) -> None:
     from .bench import run_bench
 
     print(run_bench(args.size, args.batch_tokens, args.steps, args.threads, args.precision))
 
 
-def command_ablation(args) -> None:
-    from ..trainer.ablation import command
-    from .ablation import make
-
-    print(command(args, Config, build_config, make))
+def _report(results: dict) -> str:
+    return (f"test BLEU {results['test_bleu']:.2f}  chrF {results['test_chrf']:.2f}  "
+            f"({results['test_sentences']} sentences, beam {results['beam']}; {results['bleu_signature']})")
 
 
-COMMANDS = {"train": command_train, "translate": command_translate, "evaluate": command_evaluate,
-            "bench": command_bench, "ablation": command_ablation}
+TRAINER = TrainerCommands("l2fast", __package__, Config, build_config, make, _report)
+COMMANDS = {"train": TRAINER.train, "translate": command_translate, "evaluate": command_evaluate,
+            "bench": command_bench, "ablation": TRAINER.ablation}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return TRAINER.main(build_parser(), COMMANDS, argv)

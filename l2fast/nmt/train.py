@@ -8,7 +8,6 @@ tokenizer, ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``tr
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from ..trainer import checkpoint
 from .averaging import WeightAverage
@@ -31,7 +29,6 @@ from .metrics import Scores, score
 from .model import Transformer
 from .plot import plot_metrics
 from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
-from ..trainer.precision import autocast_factory
 from ..trainer.recipe import build_optimizer, learning_rate
 from ..trainer.runtime import Environment, RunLog
 from .search import translate_ids
@@ -112,7 +109,7 @@ def probe_loss(cfg: Config, env: Environment, tokenizer: Tokenizer, pairs: Token
 
 
 class Trainer(TrainerLoop):
-    WINDOW_KEYS = ("loss_sum", "nll_sum", "src_tokens", "tgt_tokens")
+    WINDOW_KEYS = ("loss_sum", "nll_sum", "src_tokens", "count")
 
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
                  train: TokenizedPairs, valid: Split, test: Split | None, amp_dtype: torch.dtype | None):
@@ -120,14 +117,9 @@ class Trainer(TrainerLoop):
         self.tokenizer, self.train_pairs, self.valid, self.test = tokenizer, train, valid, test
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, tokenizer).to(env.device)
-        self.loss_module = LossModule(self.model, cfg.train.label_smoothing)
-        self.amp_dtype = amp_dtype
-        if env.distributed:
-            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module)
+        self.setup_update(LossModule(self.model, cfg.train.label_smoothing), amp_dtype)
         self.optimizer = build_optimizer(self.model, cfg)
         self.average = WeightAverage(self.model, cfg.train.average_decay) if cfg.train.average_decay else None
-        self.autocast = autocast_factory(self.amp_dtype, env.device)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_bleu, self.bad_validations = -1.0, 0
         self.elapsed = 0.0  # training wall time over all sessions of this run
@@ -147,32 +139,20 @@ class Trainer(TrainerLoop):
 
     # ---- training ----------------------------------------------------------------------------
 
-    def update(self, batches) -> dict[str, torch.Tensor]:
-        """One optimizer step over the gradient sum of several batches, normalised per target token
-        over all batches and processes (so accumulation and DDP equal one big batch)."""
-        self.loss_module.train()
-        tokens = torch.tensor(float(sum(b.tgt_tokens for b in batches)), device=self.env.device)
-        if self.env.distributed:
-            dist.all_reduce(tokens)
-        scale = self.env.world_size / tokens  # DDP averages gradients over processes
-        loss_sum = torch.zeros((), device=self.env.device)
-        nll_sum = torch.zeros((), device=self.env.device)
-        for i, batch in enumerate(batches):
-            batch = batch.to(self.env.device)
-            last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not self.env.distributed else self.loss_module.no_sync()
-            with sync:
-                with self.autocast():
-                    loss, nll = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
-                self.scaler.scale(loss * scale).backward()
-            loss_sum += loss.detach()
-            nll_sum += nll.detach()
-        grad_norm, penalty = self.step_optimizer()
+    def count(self, batch) -> int:
+        return batch.tgt_tokens
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict]:
+        batch = batch.to(self.env.device)
+        loss, nll = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
+        return loss, {"nll_sum": nll.detach(), "src_tokens": batch.src_tokens}
+
+    def update(self, batches) -> dict:
+        """The shared update, then the moving average of the weights."""
+        result = TrainerLoop.update(self, batches)
         if self.average:
             self.average.update(self.model)
-        self.step += 1
-        return {"loss_sum": loss_sum, "nll_sum": nll_sum, "tokens": tokens, "grad_norm": grad_norm, "penalty": penalty,
-                "src_tokens": sum(b.src_tokens for b in batches), "tgt_tokens": sum(b.tgt_tokens for b in batches)}
+        return result
 
     def should_stop(self) -> str | None:
         reason = TrainerLoop.should_stop(self)
@@ -189,7 +169,7 @@ class Trainer(TrainerLoop):
         return collate(self.train_pairs, indices)
 
     def log_training(self, window: dict, last: dict) -> None:
-        # Sums over all processes: loss and NLL per target token, throughput of the whole job.
+        # Sums over all processes: loss and NLL per target token (the count), throughput of the whole job.
         loss_sum, nll_sum, src_tokens, tgt_tokens = self.window_sums(window, self.WINDOW_KEYS)
         seconds = max(window["time"], 1e-9)
         row = {

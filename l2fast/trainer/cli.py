@@ -1,13 +1,20 @@
 """Command-line plumbing both trainers use: one flag per configuration option, number types whose
-errors name what they wanted, output paths checked before work starts, and one-line errors."""
+errors name what they wanted, output paths checked before work starts, one-line errors, and the
+commands both trainers have (``TrainerCommands``)."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
+import torch
+
+from .ablation import command as ablation_command
 from .checkpoint import CheckpointError
 from .config import SEED_RANGE, ConfigError, describe, merge, read_config_file, section_fields, sections_of
 from .text import DataError
@@ -138,3 +145,47 @@ def add_ablation_command(commands, description: str, settings: list[str], run_di
     ablation.add_argument("--run-dir", default=run_dir, help=f"directory of the results, table and runs (default: {run_dir})")
     ablation.add_argument("--table", action="store_true", help="only rewrite and print the table of the finished runs")
     return ablation
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that reads a checkpoint."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint file (best.pt or latest.pt); it carries model, "
+                                                            "tokenizer and config")
+    parser.add_argument("--threads", type=NOT_NEGATIVE, default=0, help="CPU threads (default: all cores)")
+
+
+@dataclass(frozen=True)
+class TrainerCommands:
+    """What both trainers' commands share: train, ablation, loading the checkpoint of a command that reads
+    one, and running the command a parser chose. package is the trainer's own (``__package__`` of its
+    cli): its train and inference modules are imported only when a command needs them, so that --help
+    and --print-config do not load the model, the data pipeline and their libraries."""
+    prog: str
+    package: str
+    config_cls: type
+    build_config: Callable
+    make_ablation: Callable  # the trainer's ablation.make
+    report: Callable[[dict], str]  # the train command's last line, from the results of the run
+
+    def train(self, args: argparse.Namespace) -> None:
+        cfg = config_from_args(args, self.config_cls, self.build_config)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return
+        results = import_module(".train", self.package).run_training(cfg)
+        if results is not None:  # None on all but the main process, and where the run has nothing to report
+            print(self.report(results))
+
+    def ablation(self, args: argparse.Namespace) -> None:
+        print(ablation_command(args, self.config_cls, self.build_config, self.make_ablation))
+
+    def load(self, args: argparse.Namespace) -> tuple:
+        """(model, tokenizer, config, device) of --checkpoint, on the GPU where there is one, with --threads
+        CPU threads."""
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return (*import_module(".inference", self.package).load_for_inference(args.checkpoint, device), device)
+
+    def main(self, parser: argparse.ArgumentParser, commands: dict[str, Callable], argv: list[str] | None) -> int:
+        args = parser.parse_args(argv)
+        return run_command(self.prog, args.command, lambda: commands[args.command](args))

@@ -1,12 +1,14 @@
-"""The training loop both trainers run, and what surrounds it: the checkpointed state, the optimizer
-step (learning rate, unscaling, fused clipping, the penalised update), the stop conditions, the CPU
+"""The training loop both trainers run, and what surrounds it: the checkpointed state, the update
+over micro-batches (accumulation, DDP, autocast, gradient scaling, normalisation by the count over
+all processes), the optimizer step (learning rate, unscaling, fused clipping, the penalised update), the stop conditions, the CPU
 precision probe, and the session a train command runs in (``training_session``: the start of a run,
 and what a failure or Ctrl-C leaves behind).
 
-A trainer subclasses ``TrainerLoop`` and sets, in its constructor, the attributes named in the class
-docstring; it supplies ``epoch_batches()``, ``collate(indices)``, ``update(batches)`` (which calls
-``step_optimizer``), ``log_training(window, last)`` and ``validate_and_save()``, and, where it keeps
-more than the shared state, ``extra_state()`` / ``extra_counters()`` / ``load_extra(state)``.
+A trainer subclasses ``TrainerLoop``, sets in its constructor the attributes named in the class
+docstring (``setup_update`` sets those of the update), and supplies ``epoch_batches()``,
+``collate(indices)``, its objective (``count(batch)`` and ``loss(batch)``, see ``update``),
+``log_training(window, last)`` and ``validate_and_save()``, and, where it keeps more than the
+shared state, ``extra_state()`` / ``extra_counters()`` / ``load_extra(state)``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 import l2fast
 
@@ -29,9 +32,10 @@ from .runtime import Environment, RunLog, setup_environment
 
 
 class TrainerLoop:
-    """Shared attributes: cfg, env, run_dir, log, tokenizer, model, optimizer (l2fast.Penalized), scaler,
-    amp_dtype, step, epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run);
-    ``Session.begin`` adds checkpoint_step (the step latest.pt holds, None before the first).
+    """Shared attributes: cfg, env, run_dir, log, tokenizer, model, optimizer (l2fast.Penalized), step,
+    epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run), and from
+    ``setup_update``: loss_module, amp_dtype, autocast, scaler; ``Session.begin`` adds checkpoint_step
+    (the step latest.pt holds, None before the first).
     ``WINDOW_KEYS``: the entries of each update's result summed between two log lines."""
 
     WINDOW_KEYS: tuple[str, ...] = ()
@@ -101,6 +105,49 @@ class TrainerLoop:
         self.checkpoint_step = self.step  # the step latest.pt holds (Session.where_it_stands)
 
     # ---- training ----------------------------------------------------------------------------
+
+    def setup_update(self, loss_module: nn.Module, amp_dtype: torch.dtype | None) -> None:
+        """The module ``loss(batch)`` runs (wrapped in DistributedDataParallel under several processes: it
+        must hold every trained parameter), the autocast dtype (None = float32) and the gradient scaler
+        (on for float16 only)."""
+        self.loss_module = nn.parallel.DistributedDataParallel(loss_module) if self.env.distributed else loss_module
+        self.amp_dtype = amp_dtype
+        self.autocast = autocast_factory(amp_dtype, self.env.device)
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=amp_dtype == torch.float16)
+
+    def update(self, batches: list) -> dict:
+        """One optimizer step over the gradient sum of several micro-batches, normalised by their count
+        summed over all micro-batches and processes, so that accumulation and DDP equal one big batch
+        whatever each process holds; DDP all-reduces the gradients after the last backward only.
+
+        The trainer's objective is two methods: ``count(batch)``, what the batch's summed loss is divided
+        by (its predicted tokens, say), and ``loss(batch) -> (loss_sum, logs)``, the summed loss computed
+        through ``self.loss_module`` (moving the batch to the device) and detached values to log, summed
+        over the micro-batches. The count is asked before the forward, unlike fairseq's train_step, which
+        divides the summed gradients afterwards: here each backward makes its normalised share, so no
+        pass over the gradients is added. Returns loss_sum, count (this process's), the sums of the
+        logs, grad_norm and penalty."""
+        self.loss_module.train()
+        local_count = sum(self.count(batch) for batch in batches)
+        count = torch.tensor(float(local_count), device=self.env.device)
+        if self.env.distributed:
+            dist.all_reduce(count)
+        scale = self.env.world_size / count  # DDP averages gradients over processes
+        loss_sum = torch.zeros((), device=self.env.device)
+        logs: dict = {}
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.loss_module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss, batch_logs = self.loss(batch)
+                self.scaler.scale(loss * scale).backward()
+            loss_sum += loss.detach()
+            for key, value in batch_logs.items():
+                logs[key] = logs.get(key, 0) + value
+        grad_norm, penalty = self.step_optimizer()
+        self.step += 1
+        return {"loss_sum": loss_sum, "count": local_count, **logs, "grad_norm": grad_norm, "penalty": penalty}
 
     def step_optimizer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The update after the backward passes: learning rate, then the penalised step (unscaling and
