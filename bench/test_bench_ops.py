@@ -26,13 +26,17 @@ def grads(params):
 
 
 def run(benchmark, fn):
+    """Times fn; returns its results, one per call (each method is also checked: a fast wrong one
+    fails)."""
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+    results = []
 
     def call():
-        fn()
+        results.append(fn())
         sync()
 
     benchmark.pedantic(call, rounds=15, warmup_rounds=2)
+    return results
 
 
 @pytest.mark.benchmark(group="squared norm")
@@ -49,7 +53,11 @@ def test_sq_norm(benchmark, params, method):
         "l2fast": lambda: l2fast.sq_norm(params),
         "roofline_dot": lambda: torch.dot(flat[:half], flat[half : 2 * half]),
     }
-    run(benchmark, fns[method])
+    got = run(benchmark, fns[method])[-1]
+    if method != "roofline_dot":
+        exact = sum(p.double().pow(2).sum() for p in params)
+        # l2fast sums in float64; the peers sum in float32 (_foreach_norm loses ~6e-4 of this sum on the CPU).
+        assert abs(got.double() - exact) / exact <= (1e-7 if method == "l2fast" else 2e-3)
 
 
 @pytest.mark.benchmark(group="penalty + gradient")
@@ -66,7 +74,13 @@ def test_penalty_grad(benchmark, params, grads, method):
         "l2fast_fused": lambda: l2fast.add_penalty_grad_(params, grads, l2=LAM),
         "roofline_add": lambda: flat_a.add_(flat_b),
     }
-    run(benchmark, fns[method])
+    before = [g.clone() for g in grads]
+    calls = len(run(benchmark, fns[method]))
+    if method != "roofline_add":  # every call added LAM * w to the gradients
+        after = [leaf.grad for leaf in leaves] if method == "naive_autograd" else grads
+        start = [g.clone() for g in grads] if method == "naive_autograd" else before
+        for g, g0, w in zip(after, start, params):
+            torch.testing.assert_close(g, g0 + calls * LAM * w, rtol=1e-5, atol=1e-6)
 
 
 def test_paired_ratio_is_the_median_and_quartiles_of_each_rounds_ratio():
