@@ -1,9 +1,11 @@
 """The l2fast command, run as a user runs it: train a few steps, translate, evaluate, bad input."""
 import json
+import re
 import os
 import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,13 @@ def test_invalid_utf8_on_stdin_is_an_error_naming_the_line(trained):
                           input=b"fine\nbad \xff byte\n", capture_output=True, env=env)
     stderr = proc.stderr.decode()
     assert proc.returncode == 2 and "stdin:2: invalid UTF-8 at byte 4" in stderr and "Traceback" not in stderr
+
+
+def test_every_config_the_help_texts_name_exists():
+    from l2fast.lm import cli as lm_cli
+    from l2fast.nmt import cli as nmt_cli
+
+    root = Path(__file__).resolve().parent.parent
+    named = re.findall(r"configs/[\w.-]+\.json", lm_cli.DESCRIPTION + nmt_cli.DESCRIPTION)
+    assert len(named) >= 3
+    assert [name for name in named if not (root / name).is_file()] == []

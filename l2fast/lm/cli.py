@@ -18,7 +18,8 @@ DESCRIPTION = """\
 Decoder-only Transformer language model on l2fast's fused weight penalties.
 
   l2fast lm train                      train a small model on the built-in demo text (no download)
-  l2fast lm train --config configs/lm-small.json --train train.txt --valid valid.txt --test test.txt
+  l2fast lm train --config configs/lm-english.json   the English documentation corpus (after
+                                       python scripts/english_corpus.py data/english)
   l2fast lm generate --checkpoint runs/lm-demo/best.pt --prompt "This is a story about"
   l2fast lm evaluate --checkpoint runs/lm-demo/best.pt --text runs/lm-demo/data/test.txt
   l2fast lm ablation --config configs/lm-ablation.json --seeds 3     penalty ablation (markdown table)
