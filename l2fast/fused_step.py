@@ -225,16 +225,24 @@ def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[
     return calls, fresh_buffers
 
 
-def run(calls: dict, fresh_buffers: list, scalars: dict, skip: bool) -> list:
-    """The native calls gathered by gather(); returns [(process groups to sum over, value)] per call."""
-    if not skip:  # a skipped step leaves the state as it is: new buffers are not kept
+def run(calls: dict, fresh_buffers: list, scalars: dict) -> list:
+    """The native calls gathered by gather(); returns [(process groups to sum over, value)] per call.
+    ``scalars``: grad_scale, found_inf and clip (each a tensor or None), on any one device."""
+    # A skipped step leaves the state as it is: new buffers are not kept. Only a step that creates
+    # buffers (the first, for most training) reads found_inf on the host for that.
+    if fresh_buffers and not skipped_now(scalars["found_inf"]):
         for state, buf in fresh_buffers:
             state["momentum_buffer"] = buf
     impl = _ops.impl
     values = []
+    per_device: dict[torch.device, dict] = {}
     for (reduce_over, key), call in calls.items():
         a = call.lists
-        common = dict(l2=a["l2"], l1=a["l1"], decay=a["decay"], value_l2=a["value_l2"], maximize=key[2], **scalars)
+        device = key[0]
+        if device not in per_device:
+            per_device[device] = _on_device(scalars, device)
+        common = dict(l2=a["l2"], l1=a["l1"], decay=a["decay"], value_l2=a["value_l2"], maximize=key[2],
+                      **per_device[device])
         if key[1] == "adam":
             value = impl.adam_step_(a["params"], a["grads"], a["exp_avgs"], a["exp_avg_sqs"],
                                     a.get("max_exp_avg_sqs", []), a["steps"], a["lr"], a["beta1"], a["beta2"],
@@ -244,6 +252,40 @@ def run(calls: dict, fresh_buffers: list, scalars: dict, skip: bool) -> list:
                                    a["dampening"], a.get("fresh", [0]), nesterov=key[4], **common)
         values.append((reduce_over, value))
     return values
+
+
+def _on_device(scalars: dict, device: torch.device) -> dict:
+    """The step's scalars on ``device``: GradScaler's grad_scale and found_inf and the clip coefficient
+    live on one device, and each device's call gets its own copy, made without waiting for it (as
+    torch's fused Adam does)."""
+    return {name: None if t is None else t.to(device, non_blocking=True) for name, t in scalars.items()}
+
+
+def skipped_now(found_inf: torch.Tensor | None) -> bool:
+    """Whether GradScaler's found_inf skips this step, read on the host now (a sync on a GPU)."""
+    return found_inf is not None and bool(found_inf)
+
+
+class LateSkip:
+    """GradScaler's found_inf of a one-pass step, for the host to read one step late. The kernels skip
+    the step on the device; the wrapper's clock learns whether they did when it is next read, from a
+    copy started without waiting (into pinned memory, on a GPU). By then the device is normally past
+    that step, so the read does not stall the host's lead over the device."""
+
+    def __init__(self, found_inf: torch.Tensor):
+        self._copied = None
+        if found_inf.device.type == "cuda":
+            self._host = torch.empty(found_inf.shape, dtype=found_inf.dtype, pin_memory=True)
+            self._host.copy_(found_inf, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record(torch.cuda.current_stream(found_inf.device))
+        else:
+            self._host = found_inf  # host memory already: nothing to wait for
+
+    def skipped(self) -> bool:
+        if self._copied is not None:
+            self._copied.synchronize()
+        return bool(self._host)
 
 
 def _adam_arguments(group: dict, device: torch.device, maximize: bool, params: list, states: list):

@@ -50,6 +50,11 @@ def _coefficient(value, where: str) -> float:
     return value
 
 
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (never, before CUDA is initialised)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def _warn_unused_arguments(groups: list[dict], defaults: dict) -> None:
     """Warns about a non-zero coefficient argument that no group uses: every group carries the key, and
     none with that value. (Groups that exempt some parameters with 0.0 while others take the argument,
@@ -259,11 +264,14 @@ class Penalized(torch.optim.Optimizer):
         optimizer: the inner optimizer.
         last_penalty: the penalty value of the last applied step, at the weights it started from (a
             0-dim float32 tensor, float64 for float64 weights, on the parameters' device; summed over
-            shards); None until a step is applied.
+            shards); None until a step is applied. A one-pass step that GradScaler skips keeps it on
+            the device, without a sync (a skipped first step gives the value of the untouched weights).
         clock: steps applied and epochs ended (``end_epoch()``); ``coefficients()`` gives the
-            scheduled (l2, l1) of each group for the next step.
+            scheduled (l2, l1) of each group for the next step. Whether GradScaler skipped a one-pass
+            step is read one step late, from a copy made without waiting: ``step`` never syncs for it.
     """
 
+    _late_skip = None  # fused_step.LateSkip of the last step GradScaler handed over, until the clock reads it
     _PICKLED = (
         "optimizer", "decoupled", "schedule", "shard_group", "extra_group_keys", "_clock", "last_penalty",
         "_fused_mode", "max_grad_norm", "last_grad_norm",
@@ -401,11 +409,12 @@ class Penalized(torch.optim.Optimizer):
     @property
     def clock(self) -> Clock:
         """Optimizer steps applied and epochs completed: the time the schedule reads."""
+        self._settle()
         return self._clock
 
     def end_epoch(self) -> None:
         """Advances the epoch count of the clock, for schedules with ``unit="epoch"``."""
-        self._clock = self._clock._replace(epoch=self._clock.epoch + 1)
+        self._clock = self.clock._replace(epoch=self._clock.epoch + 1)
 
     def coefficients(self) -> list[tuple[float, float]]:
         """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers."""
@@ -419,7 +428,7 @@ class Penalized(torch.optim.Optimizer):
         return result
 
     def _multipliers(self, num_groups: int) -> list[float]:
-        multipliers = self.schedule.multipliers(self._clock, num_groups)
+        multipliers = self.schedule.multipliers(self.clock, num_groups)
         if len(multipliers) != num_groups:
             raise ValueError(f"l2fast.Penalized: the schedule gave {len(multipliers)} multipliers for {num_groups} groups")
         for i, multiplier in enumerate(multipliers):
@@ -455,7 +464,14 @@ class Penalized(torch.optim.Optimizer):
         param_groups later by a framework, checked at every step): a key the inner optimizer and
         l2fast do not know is left alone, as torch leaves it (a framework's ``group_name``, timm's
         ``lr_scale``), unless it nearly spells one they know (``weight_decy``, ``L2``): that would
-        silently train without the option, so it is refused."""
+        silently train without the option, so it is refused. A group with ``capturable=True`` is
+        refused too: it asks for a step that CUDA graphs can capture, which this one is not."""
+        if group.get("capturable", False):
+            raise ValueError(
+                f"l2fast.Penalized: param_groups[{i}] has capturable=True, but the step cannot be captured in a CUDA "
+                "graph (lr and the penalty coefficients are host values of each launch, which a replay would "
+                "repeat); build the inner optimizer with capturable=False"
+            )
         known = TORCH_GROUP_KEYS | _option_names(self.optimizer) | set(PENALTY_KEYS) | self.extra_group_keys
         for key in group.keys() - known:
             meant = _misspelling_of(key, known)
@@ -486,22 +502,34 @@ class Penalized(torch.optim.Optimizer):
     # here, as it does around torch's own optimizer steps.
     @torch._disable_dynamo
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        if _capturing():
+            raise RuntimeError(
+                "l2fast.Penalized.step: the step cannot be captured in a CUDA graph: lr, the scheduled penalty "
+                "coefficients and SGD's first-step flags are host values passed with each launch, so every "
+                "replay would repeat this step's values. Run the step eagerly, outside the captured region"
+            )
         coefficients = self.coefficients()
-        # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on.
+        # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on. The kernels
+        # skip the step on the device; the clock reads found_inf one step late (no sync here).
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
-        # found_inf lives on the parameters' device; on the CPU reading it costs nothing. On a GPU the
-        # kernels skip the step on the device, and this read (for the clock) is the step's one sync.
-        skip = found_inf is not None and bool(found_inf)
 
         def penalized_step(closure):
-            return self._penalized_step(closure, coefficients, grad_scale, found_inf, skip)
+            return self._penalized_step(closure, coefficients, grad_scale, found_inf)
 
         loss = inner_step.run_with_hooks(self.optimizer, closure, penalized_step)
-        if not skip:
+        if found_inf is None:
             self._clock = self._clock._replace(step=self._clock.step + 1)
+        else:
+            self._late_skip = fused_step.LateSkip(found_inf)
         return loss
 
-    def _penalized_step(self, closure, coefficients, grad_scale, found_inf, skip: bool):
+    def _settle(self) -> None:
+        """Counts the last step GradScaler handed over, unless its found_inf skipped it."""
+        late, self._late_skip = self._late_skip, None
+        if late is not None and not late.skipped():
+            self._clock = self._clock._replace(step=self._clock.step + 1)
+
+    def _penalized_step(self, closure, coefficients, grad_scale, found_inf):
         """The inner optimizer's step(closure) with the penalty: one pass where it can, else two."""
         if closure is not None and not self.fused:
             # An optimizer that may evaluate the closure several times (LBFGS, line searches) sees the
@@ -518,7 +546,7 @@ class Penalized(torch.optim.Optimizer):
             fallback = fused_step.per_step_fallback(self.optimizer)
         if fallback is None:
             try:
-                self._fused_step(coefficients, grad_scale, found_inf, skip)
+                self._fused_step(coefficients, grad_scale, found_inf)
                 return loss
             except fused_step.LayoutMismatch as mismatch:
                 fallback = str(mismatch)
@@ -527,7 +555,9 @@ class Penalized(torch.optim.Optimizer):
                 f"l2fast.Penalized(fused=True): the one-pass step cannot take this step: {fallback}; "
                 "pass fused='auto' to take the two-pass path for such steps"
             )
-        if skip:  # GradScaler handed the step to us (one-pass path) but this step falls back
+        # GradScaler handed the step over (one-pass path) but this step falls back: the two-pass path
+        # cannot skip on the device, so it reads found_inf now (a sync, on such steps only).
+        if fused_step.skipped_now(found_inf):
             return loss
         if grad_scale is not None:
             self._unscale(grad_scale)
@@ -536,7 +566,7 @@ class Penalized(torch.optim.Optimizer):
             inner_step.unhooked_step(self.optimizer)()
         return loss
 
-    def _fused_step(self, coefficients, grad_scale, found_inf, skip: bool) -> None:
+    def _fused_step(self, coefficients, grad_scale, found_inf) -> None:
         """The one-pass step; raises fused_step.LayoutMismatch before any write or collective."""
         with torch.no_grad():
             calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled, self.shard_group)
@@ -546,10 +576,12 @@ class Penalized(torch.optim.Optimizer):
             scalars["clip"] = fused_step.clip_coefficient(norm, self.max_grad_norm)
             self.last_grad_norm = norm
         with torch.no_grad():
-            values = fused_step.run(calls, fresh_buffers, scalars, skip)
+            values = fused_step.run(calls, fresh_buffers, scalars)
         total = self._global_total(values)
-        if not skip:
-            self.last_penalty = total
+        if found_inf is not None and self.last_penalty is not None:  # a skipped step keeps it, on the device
+            skip = found_inf.to(total.device, non_blocking=True).reshape(()) != 0
+            total = torch.where(skip, self.last_penalty.to(total.device), total)
+        self.last_penalty = total
 
     def _unscale(self, grad_scale: torch.Tensor) -> None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -694,7 +726,7 @@ class Penalized(torch.optim.Optimizer):
         for hook in list(self._optimizer_state_dict_pre_hooks.values()):
             hook(self)
         state = self.optimizer.state_dict()
-        ours = {"clock": self._clock._asdict(), "decoupled": self.decoupled, "schedule": self.schedule.state_dict()}
+        ours = {"clock": self.clock._asdict(), "decoupled": self.decoupled, "schedule": self.schedule.state_dict()}
         # In every group: torch.distributed.checkpoint keeps only `state` and `param_groups` (with all
         # their keys), and may hand back any subset of groups for a shard of the model.
         for group in state["param_groups"]:
@@ -711,6 +743,7 @@ class Penalized(torch.optim.Optimizer):
         then stay as they are, and groups without l2 / l1 get the defaults). A state dict of torch's own
         optimizer with ``weight_decay`` goes through ``load_torch_state_dict``. Everything is checked
         before anything is changed."""
+        self._settle()
         state_dict = dict(state_dict)
         for hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
             result = hook(self, state_dict)
@@ -792,6 +825,7 @@ class Penalized(torch.optim.Optimizer):
         self.load_state_dict(state_dict)
 
     def __getstate__(self) -> dict:
+        self._settle()
         return {name: self.__dict__[name] for name in self._PICKLED}
 
     def __repr__(self) -> str:
