@@ -23,15 +23,15 @@ export L2FAST_REQUIRE_NATIVE=1 PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
 STAGES=(
   "preflight|20|any|driver, CUDA, torch, compute-sanitizer and Nsight Compute"
   "build|130|gpu|build for the present arch with -lineinfo; registers and spills per kernel"
-  "cuda-tests|90|gpu|the CUDA cases of the op and optimizer tests"
+  "cuda-tests|85|gpu|the CUDA cases of the op and optimizer tests"
   "gpu-cases|60|gpu|2^31+5-element bf16 tensor, 100k tiny tensors, odd-offset half views, side stream, bitwise repeat"
   "graphs|45|gpu|CUDA-graph capture and replay of the ops and steps (new grad_scale, found_inf, clip)"
-  "smoke|20|any|every op and both steps once, small tensors, against the reference"
+  "smoke|30|any|every op and both steps once, small tensors, against the reference"
   "memcheck|25|gpu|compute-sanitizer memcheck on the smoke script"
   "initcheck|25|gpu|compute-sanitizer initcheck on the smoke script"
   "racecheck|25|gpu|compute-sanitizer racecheck on the smoke script"
   "synccheck|25|gpu|compute-sanitizer synccheck on the smoke script"
-  "bandwidth|75|gpu|GB/s against torch's peers and a read roofline, L2 flushed (bench/gpu_bandwidth.py)"
+  "bandwidth|70|gpu|GB/s against torch's peers and a read roofline, L2 flushed (bench/gpu_bandwidth.py)"
   "ncu|30|gpu|Nsight Compute on the 1x100M case: DRAM % of peak, occupancy"
 )
 TOTAL_BUDGET=${L2FAST_GPU_BUDGET:-570}  # seconds; a stage that would start past it is cut short or not run

@@ -53,7 +53,7 @@ def main():
     close("decay_", ops.decay_(ys, [0.1], coeffs), reference.decay_(want_ys, [0.1], coeffs))
     close("decay_ weights", ys, want_ys)
 
-    params = [x.float() for x in tensors(device, 1)]
+    params = [x.float() for x in tensors(device, 1)[:160]]  # 2 launch tables of the steps
     n = len(params)
     grads = [torch.randn_like(p) for p in params]
     for found_inf in (0.0, 1.0):

@@ -14,10 +14,26 @@
 namespace l2fast::cuda {
 namespace {
 
+// Launch tables travel as kernel arguments of up to 32,764 bytes, which needs a driver for CUDA 12.1
+// (R530) or newer. Minor-version compatibility lets this build load under an older driver, where
+// every launch would fail with a bare "not supported"; this says why, once per process.
+void check_driver_takes_large_arguments() {
+  static const int driver = [] {
+    int version = 0;
+    C10_CUDA_CHECK(cudaDriverGetVersion(&version));
+    return version;
+  }();
+  TORCH_CHECK(driver >= 12010, "l2fast: the CUDA kernels take launch tables of up to 32 KB as kernel arguments, "
+              "which needs an NVIDIA driver for CUDA 12.1 (R530) or newer; this driver supports CUDA ", driver / 1000,
+              ".", driver % 1000 / 10, ". Update the driver, or keep the tensors on the CPU");
+}
+
 class CudaDevice {
  public:
   explicit CudaDevice(c10::Device device)
-      : guard_(device), device_(device), stream_(at::cuda::getCurrentCUDAStream(device.index())) {}
+      : guard_(device), device_(device), stream_(at::cuda::getCurrentCUDAStream(device.index())) {
+    check_driver_takes_large_arguments();
+  }
 
   at::Tensor empty(int64_t n, at::ScalarType dtype) const {
     return at::empty({n}, at::TensorOptions().dtype(dtype).device(device_));
