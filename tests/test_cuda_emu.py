@@ -112,20 +112,22 @@ def test_many_tensors_all_written():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("offset", [1, 2, 3])
-def test_misaligned_views(dtype, offset):
-    """Views 1..3 elements into their storage: not 16-byte aligned, so no packs (load_pack checks)."""
+@pytest.mark.parametrize("offset, grad_offset", [(1, 1), (2, 2), (3, 3), (1, 2), (3, 0)])
+def test_misaligned_views(dtype, offset, grad_offset):
+    """Views 1..3 elements into their storage. Misaligned alike, each chunk peels the elements before
+    the shared 16-byte boundary and moves the rest in packs; misaligned differently, no packs
+    (load_pack checks the alignment of every pack)."""
     n = CHUNK + 13
     base_w = random_tensors([n + offset], dtype, "cpu", seed=7)[0]
-    base_g = random_tensors([n + offset], dtype, "cpu", seed=8)[0]
-    before = base_g[:offset].clone()
-    w, g = base_w[offset:], base_g[offset:]
+    base_g = random_tensors([n + grad_offset], dtype, "cpu", seed=8)[0]
+    before = base_g[:grad_offset].clone()
+    w, g = base_w[offset:], base_g[grad_offset:]
     want_g = g.clone()
     want = reference.add_penalty_grad_([w], [want_g], [0.3], [0.02])
     assert_sums_close(emu.sq_norm([w], [1.0], False), reference.sq_norm([w], [1.0], False), dtype)
     assert_sums_close(emu.add_penalty_grad_([w], [g], [0.3], [0.02]), want, dtype)
     torch.testing.assert_close(g, want_g, rtol=ulp_tol(dtype), atol=ulp_tol(dtype))
-    assert torch.equal(base_g[:offset], before)  # the elements before the view are untouched
+    assert torch.equal(base_g[:grad_offset], before)  # the elements before the view are untouched
 
 
 def test_mixed_dtypes_in_one_call():
@@ -362,3 +364,33 @@ def test_optimizer_step_skipped_by_found_inf_writes_nothing():
     assert torch.equal(params[0], before[0]) and steps[0].item() == 4.0 and torch.equal(grads[0], grads_before[0])
     assert not any(s.any() for lst in state for s in lst)
     assert_sums_close(value, reference.penalty(before, [0.1], [0.0]), torch.float32)
+
+
+def _view(t, offset):
+    """t's values in a view `offset` elements into a larger storage."""
+    base = torch.empty(t.numel() + offset, dtype=t.dtype)
+    view = base[offset:]
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("state_offset", [1, 2], ids=["misaligned-alike", "misaligned-differently"])
+def test_optimizer_step_over_misaligned_views(dtype, state_offset):
+    """An Adam step whose params and grads sit one element into their storage and whose state sits
+    state_offset elements in: alike, each chunk peels a prologue and moves the rest in packs;
+    differently, every element is scalar. Both equal the reference."""
+    sizes = [CHUNK + 9, 1000]
+    runs = []
+    for impl in (emu, reference):
+        params = [_view(t, 1) for t in random_tensors(sizes, dtype, "cpu", seed=50)]
+        grads = [_view(t, 1) for t in random_tensors(sizes, dtype, "cpu", seed=51)]
+        state = [[_view(torch.zeros(n, dtype=dtype), state_offset) for n in sizes] for _ in range(2)]
+        steps = [torch.tensor(0.0) for _ in sizes]
+        value = impl.adam_step_(params, grads, *state, [], steps, [1e-2], [0.9], [0.99], [1e-8], [0.1], [1e-3], [0.0],
+                                [0.1], False, torch.tensor(4.0), torch.tensor([0.0]), None)
+        runs.append((value, params + grads + state[0] + state[1]))
+    (got_value, got), (want_value, want) = runs
+    assert_sums_close(got_value, want_value, dtype)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w.double(), rtol=STEP_TOL[dtype], atol=STEP_TOL[dtype] * w.double().abs().max().item())

@@ -49,7 +49,9 @@ struct TensorMeta {
   Weights weights;  // what the op computes from x
   double multiplier;  // decay: x *= multiplier
   int32_t dtype;
-  int32_t vectorized;  // x and y are 16-byte aligned: whole chunks move in 16-byte packs
+  // Elements before the first 16-byte boundary, where x, y (and a step's other tensors) all start
+  // their packs; -1 when their boundaries fall at different elements: every element scalar.
+  int32_t pack_head;
 };
 
 // Up to Meta::kPerLaunch consecutive tensors of one op call, with their chunk counts as a prefix
@@ -146,10 +148,14 @@ __device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin,
 template <typename T, class Op, class Meta>
 __device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const ChunkSpan& c, Sums& sums) {
   constexpr int N = 16 / sizeof(T);
-  // Chunk starts are multiples of kChunk, so an aligned tensor gives aligned packs.
-  const int vector_len = m.vectorized ? c.len / N * N : 0;
-  walk<T, N>(op, m, c.begin, vector_len, sums);
-  walk<T, 1>(op, m, c.begin + vector_len, c.len - vector_len, sums);
+  // Chunk starts are multiples of kChunk (a multiple of N), so every chunk's packs start pack_head
+  // elements in: a view misaligned alike in all its tensors peels that many elements, then moves in
+  // packs. An aligned tensor (pack_head 0) walks as before, packs then the tail.
+  const int head = m.pack_head < 0 || m.pack_head > c.len ? c.len : m.pack_head;
+  const int vector_len = (c.len - head) / N * N;
+  walk<T, 1>(op, m, c.begin, head, sums);
+  walk<T, N>(op, m, c.begin + head, vector_len, sums);
+  walk<T, 1>(op, m, c.begin + head + vector_len, c.len - head - vector_len, sums);
 }
 
 // Sum over one warp in the tree of fold.h's warp_tree; the result is valid in lane 0.

@@ -12,6 +12,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -33,13 +34,24 @@ inline DType dtype_code(at::ScalarType t) {
   }
 }
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline uintptr_t misalignment(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16; }
+
+// TensorMeta::pack_head of a tensor at x with `element_size`-byte elements, walked together with the
+// tensors at `with` (null entries: none): the elements before x's first 16-byte boundary, when every
+// one of them is as far from a boundary as x; else -1.
+inline int32_t pack_head(const void* x, size_t element_size, std::initializer_list<const void*> with) {
+  const uintptr_t offset = misalignment(x);
+  for (const void* p : with)
+    if (p != nullptr && misalignment(p) != offset) return -1;
+  if (offset % element_size != 0) return -1;
+  return static_cast<int32_t>((16 - offset) % 16 / element_size);
+}
 
 // Tensor x (read), y (written, or null), what the op computes from x, and whether x takes part.
 inline TensorMeta make_meta(const at::Tensor& x, void* y, Weights weights, double multiplier, bool takes_part) {
   const void* xp = x.const_data_ptr();
-  const bool vectorized = aligned16(xp) && (y == nullptr || aligned16(y));
-  return {xp, y, takes_part ? x.numel() : 0, weights, multiplier, dtype_code(x.scalar_type()), vectorized ? 1 : 0};
+  return {xp, y, takes_part ? x.numel() : 0, weights, multiplier, dtype_code(x.scalar_type()),
+          pack_head(xp, x.element_size(), {y})};
 }
 
 // The op's tensors cut into launch tables of at most Meta::kPerLaunch consecutive tensors each.
@@ -163,18 +175,14 @@ at::Tensor step_scalars(const Device& device, const StepScalars& s) {
   return out;
 }
 
-// Metadata of tensor i of a step: packs only where w, g and every state tensor are 16-byte aligned.
+// Metadata of tensor i of a step: packs only where w, g and every state tensor share their boundaries.
 inline StepMeta step_meta(const StepArgs& args, size_t i) {
   const at::Tensor& w = args.params[i];
   StepMeta m{};
   static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], 1.0, /*takes_part=*/true);
   m.grad = args.grads[i].data_ptr();
-  bool aligned = m.vectorized && aligned16(m.grad);
-  for (size_t k = 0; k < args.states.size(); ++k) {
-    m.state[k] = args.states[k][i].data_ptr();
-    aligned = aligned && aligned16(m.state[k]);
-  }
-  m.vectorized = aligned ? 1 : 0;
+  for (size_t k = 0; k < args.states.size(); ++k) m.state[k] = args.states[k][i].data_ptr();
+  m.pack_head = pack_head(m.x, w.element_size(), {m.grad, m.state[0], m.state[1], m.state[2]});
   m.hyper = args.hyper[i];
   if (i < args.steps.size()) {
     const at::Tensor& step = args.steps[i];
