@@ -124,10 +124,12 @@ struct Sums {
   }
 };
 
-// This thread's share of elements [begin, begin + len) of one tensor, N elements per pack. All loads
-// of kUnroll packs are issued before any is used, so memory requests overlap even when the op writes.
+// This thread's share of len elements of one tensor from element begin on, N elements per pack, the
+// packs from gap_at on taken gap packs further along. All loads of kUnroll packs are issued before any
+// is used, so memory requests overlap even when the op writes.
 template <typename T, int N, class Op, class Meta>
-__device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin, int len, Sums& sums) {
+__device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin, int len, Sums& sums,
+                                     int gap_at = 0, int gap = 0) {
   using Item = typename Op::template Item<T, N>;
   const int packs = len / N;
   for (int p0 = threadIdx.x; p0 < packs; p0 += kThreads * kUnroll) {
@@ -135,12 +137,12 @@ __device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin,
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int p = p0 + u * kThreads;
-      if (p < packs) items[u] = op.template load<T, N>(m, begin + int64_t(p) * N);
+      if (p < packs) items[u] = op.template load<T, N>(m, begin + int64_t(p < gap_at ? p : p + gap) * N);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int p = p0 + u * kThreads;
-      if (p < packs) op.template apply<T, N>(m, begin + int64_t(p) * N, items[u], sums);
+      if (p < packs) op.template apply<T, N>(m, begin + int64_t(p < gap_at ? p : p + gap) * N, items[u], sums);
     }
   }
 }
@@ -150,12 +152,12 @@ __device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const Chu
   constexpr int N = 16 / sizeof(T);
   // Chunk starts are multiples of kChunk (a multiple of N), so every chunk's packs start pack_head
   // elements in: a view misaligned alike in all its tensors peels that many elements, then moves in
-  // packs. An aligned tensor (pack_head 0) walks as before, packs then the tail.
+  // packs. The elements before and after the packs go in one scalar walk (one more inlined copy of
+  // the op would cost registers), so an aligned tensor (pack_head 0) walks exactly as before.
   const int head = m.pack_head < 0 || m.pack_head > c.len ? c.len : m.pack_head;
   const int vector_len = (c.len - head) / N * N;
-  walk<T, 1>(op, m, c.begin, head, sums);
   walk<T, N>(op, m, c.begin + head, vector_len, sums);
-  walk<T, 1>(op, m, c.begin + head + vector_len, c.len - head - vector_len, sums);
+  walk<T, 1>(op, m, c.begin, c.len - vector_len, sums, head, vector_len);
 }
 
 // Sum over one warp in the tree of fold.h's warp_tree; the result is valid in lane 0.
