@@ -17,7 +17,7 @@ import time
 import torch
 
 import l2fast
-from common import header, table, transformer_base_shapes
+from common import header, record, table, transformer_base_shapes
 
 CASES = {
     "transformer-base": transformer_base_shapes,
@@ -139,6 +139,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    if not args.small:
+        record("gpu_bandwidth", {"rows": rows}, args.device)
 
 
 if __name__ == "__main__":
