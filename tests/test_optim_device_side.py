@@ -107,3 +107,16 @@ def test_step_never_reads_found_inf_on_the_host(inner):
     read_during_its_step = [step for step, now in ReadRecorder.reads if now == step and not (inner == "sgd" and step == 0)]
     assert read_during_its_step == []
     assert torch.equal(penalties[2], penalties[1]) and torch.equal(penalties[4], penalties[3])
+
+
+def test_a_loaded_clock_is_not_advanced_by_the_step_before_the_load():
+    params = params_with_grads()
+    opt = l2fast.Penalized(torch.optim.Adam(params, lr=1e-2, fused=True), l2=1e-2)
+    saved = opt.state_dict()  # clock at 0
+    opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor([0.0])
+    opt.step()  # taken; the clock learns so when it is next read
+    del opt.grad_scale, opt.found_inf
+    opt.load_state_dict(saved)
+    assert opt.clock.step == 0
+    opt.step()
+    assert opt.clock.step == 1
