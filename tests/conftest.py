@@ -1,5 +1,12 @@
+import datetime
+import os
+import socket
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -29,3 +36,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gloo_process(rank, world, port, out_dir, job, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # A collective that one process skipped fails at this timeout instead of hanging the run.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    try:
+        torch.save(job(rank, *args), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_gloo(job, world: int, out_dir, *args) -> list:
+    """``job(rank, *args)`` (a module-level function) in ``world`` gloo processes on the CPU; what each
+    process returned, by rank."""
+    mp.spawn(_gloo_process, args=(world, free_port(), str(out_dir), job, args), nprocs=world)
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(world)]

@@ -5,15 +5,14 @@
 * hand-made shards with ``shard_group`` (FSDP1 / ZeRO style): the same shards and the global penalty.
 """
 import os
-import socket
 from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import l2fast
+from conftest import run_on_gloo
 from test_optim import LAM, make_data, make_model, task_loss
 
 WORLD = 2
@@ -177,29 +176,15 @@ def shard_group_run(rank):
     return {"shards": [s.detach().clone() for s in shards], "penalty": optimizer.last_penalty.item()}
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "fsdp-clip": fsdp_run(rank, max_grad_norm=0.05),
-                   "shard_group": shard_group_run(rank), "dcp": dcp_resume_run(rank, out_dir), "zero": zero_runs(rank)}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def job(rank, out_dir):
+    return {"ddp": ddp_run(rank), "fsdp": fsdp_run(rank), "fsdp-clip": fsdp_run(rank, max_grad_norm=0.05),
+            "shard_group": shard_group_run(rank), "dcp": dcp_resume_run(rank, out_dir), "zero": zero_runs(rank)}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("distributed")
-    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo(job, WORLD, out_dir, str(out_dir))
 
 
 def single_process_run(max_grad_norm=None):

@@ -1,15 +1,13 @@
 """HSDP (FSDP2 on a 2x2 mesh: replicated over one dimension, sharded over the other), four gloo
 processes on the CPU, against one process on the global batch: the one-pass step on the local shards,
 the penalty summed over the sharded dimension only, clipping by the global norm."""
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import l2fast
-from test_distributed import TOL, free_port, max_diff, run_steps
+from conftest import run_on_gloo
+from test_distributed import TOL, max_diff, run_steps
 from test_optim import LAM, make_data, make_model
 
 WORLD = 4
@@ -23,35 +21,27 @@ def train(model, data):
     return optimizer, run_steps(model, optimizer, data)
 
 
-def worker(rank, port, out_dir):
+def job(rank):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
-        model = make_model()
-        for layer in (model[0], model[2], model[4]):
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        x, y = make_data()
-        rows = slice(rank * len(x) // WORLD, (rank + 1) * len(x) // WORLD)
-        optimizer, penalties = train(model, (x[rows], y[rows]))
-        torch.save({"params": [p.full_tensor().detach() for p in model.parameters()], "penalties": penalties,
-                    "fused": optimizer.fused, "grad_norm": optimizer.last_grad_norm},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    model = make_model()
+    for layer in (model[0], model[2], model[4]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    x, y = make_data()
+    rows = slice(rank * len(x) // WORLD, (rank + 1) * len(x) // WORLD)
+    optimizer, penalties = train(model, (x[rows], y[rows]))
+    return {"params": [p.full_tensor().detach() for p in model.parameters()], "penalties": penalties,
+            "fused": optimizer.fused, "grad_norm": optimizer.last_grad_norm}
 
 
 def test_hsdp_trains_as_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD)
+    ranks = run_on_gloo(job, WORLD, tmp_path)
     model = make_model()
     optimizer, penalties = train(model, make_data())
-    for r in range(WORLD):
-        got = torch.load(tmp_path / f"rank{r}.pt")
+    for got in ranks:
         assert got["fused"]
         assert max_diff(got["params"], [p.detach() for p in model.parameters()]) <= TOL
         assert got["penalties"] == pytest.approx(penalties, rel=1e-6)

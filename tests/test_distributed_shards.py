@@ -2,16 +2,12 @@
 functional op on FSDP2 DTensors (uneven shards, one rank holding an empty shard), on plain shards
 with ``group=``, and Penalized with a rank that holds nothing to penalise. A collective one rank
 skipped would hang the others: the process group's timeout turns that into a failure."""
-import datetime
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import l2fast
-from test_distributed import free_port
+from conftest import run_on_gloo
 from test_fisher import by_hand, mse, regression
 
 WORLD = 3
@@ -95,23 +91,14 @@ def fisher_over_ranks(rank):
             for per_example in (False, True)}
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-    try:
-        results = {"dtensor": dtensor_ops(rank), "plain": plain_shard_ops(rank), "idle": penalized_with_an_idle_rank(rank),
-                   "fisher": fisher_over_ranks(rank)}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def job(rank):
+    return {"dtensor": dtensor_ops(rank), "plain": plain_shard_ops(rank), "idle": penalized_with_an_idle_rank(rank),
+            "fisher": fisher_over_ranks(rank)}
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("shards")
-    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD)
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return run_on_gloo(job, WORLD, tmp_path_factory.mktemp("shards"))
 
 
 def close(got, want, rel=1e-7):

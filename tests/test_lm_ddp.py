@@ -3,16 +3,14 @@ processes holding different numbers of tokens, each accumulating two micro-batch
 steps as one process accumulating all four. The loss is normalised by the token count summed over
 the processes; a count of this process's tokens times the number of processes (what the trainer
 assumed before) weights the processes' gradients wrongly and fails this test."""
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 pytest.importorskip("tqdm")
+
+from conftest import run_on_gloo  # noqa: E402
 
 from l2fast.lm.config import build_config  # noqa: E402
 from l2fast.lm.data import Documents, collate_blocks, token_stream  # noqa: E402
@@ -46,28 +44,15 @@ def train(trainer: Trainer, micro_batches: list[list[int]]) -> dict:
             "params": [p.detach().clone() for p in trainer.model.parameters()]}
 
 
-def worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        trainer = make_trainer(Path(out_dir), Environment(torch.device("cpu"), rank, WORLD))
-        torch.save(train(trainer, RANKS[rank]), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def job(rank, out_dir):
+    trainer = make_trainer(Path(out_dir), Environment(torch.device("cpu"), rank, WORLD))
+    return train(trainer, RANKS[rank])
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_processes_with_different_token_counts_step_as_one_process(tmp_path):
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_on_gloo(job, WORLD, tmp_path, str(tmp_path))
     single = train(make_trainer(tmp_path, Environment(torch.device("cpu"))), RANKS[0] + RANKS[1])
 
     assert [rank["counts"][0] for rank in ranks] == [4 * CONTEXT, 2 * CONTEXT]  # the ranks' counts differ
