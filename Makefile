@@ -13,8 +13,9 @@ demo: setup
 penalty-demo: setup
 	$(PY) examples/quick_demo.py
 
+# Every test, the slow ones too (a plain `pytest` leaves out those marked slow: the quick loop).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m ""
 
 # The CUDA ops' device code run on the CPU by the host SIMT harness (csrc/emu/), under ASan and
 # UBSan, against l2fast/reference.py. Python is not built with ASan, so its runtime is preloaded.

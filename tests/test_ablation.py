@@ -174,6 +174,7 @@ def losses(run_dir: Path) -> list[float]:
             if "loss" in (row := json.loads(line))]
 
 
+@pytest.mark.slow
 def test_lm_ablation_command(tmp_path):
     """Two seeds of one setting and one seed of another, trained for real: the seeds give different
     losses; the same seed in another ablation directory gives the same ones; a second call trains nothing."""
@@ -196,6 +197,7 @@ def test_lm_ablation_command(tmp_path):
     assert bad.returncode == 2 and "unknown ablation setting 'l2-5'; choose from none, l2-1e-5" in bad.stderr
 
 
+@pytest.mark.slow
 def test_translation_ablation_command(tmp_path):
     pairs = generate(60, seed=3)
     (tmp_path / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs[:50]), encoding="utf-8")

@@ -100,17 +100,20 @@ def one_thread():
     return all_results(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [2, 4])
 def test_same_bits_at_any_thread_count(one_thread, threads):
     assert_same_bits(all_results(threads), one_thread, f"between 1 and {threads} threads")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [2, 4])
 def test_same_bits_with_chunks_taken_last_first(one_thread, tmp_path, threads):
     got = in_second_process(tmp_path, {"L2FAST_CPU_GRAB_ORDER": "reverse"}, threads)
     assert_same_bits(got, one_thread, f"with chunks taken last first at {threads} threads")
 
 
+@pytest.mark.slow
 def test_same_bits_with_a_core_busy_elsewhere(one_thread):
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -19,7 +19,8 @@ WORLD = 2
 STEPS = 20
 TOL = 1e-6
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")]
 
 
 @contextmanager

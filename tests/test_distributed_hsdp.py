@@ -13,7 +13,8 @@ from test_optim import LAM, make_data, make_model
 WORLD = 4
 CLIP = 0.05
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")]
 
 
 def train(model, data):

@@ -14,7 +14,8 @@ WORLD = 3
 L2, L1 = 0.2, 0.01
 SHAPES = [(5, 7), (5,), (2, 3)]  # rows shard 2/2/1, 2/2/1 and 1/1/0 over three ranks
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")]
 
 
 def full_tensors():

@@ -49,6 +49,7 @@ def one_pass_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_hf_trainer_takes_penalized_through_optimizer_cls_and_kwargs(tmp_path, one_pass_calls):
     transformers = pytest.importorskip("transformers")
 
@@ -166,6 +167,7 @@ def test_hf_log_penalty_puts_the_last_penalty_in_each_training_record_ahead_of_o
     assert [record["penalty"] for record in history] == [logs["penalty"] for logs, _ in Reporter.seen]
 
 
+@pytest.mark.slow
 def test_hf_trainer_resumes_bitwise_from_its_checkpoint(tmp_path):
     pytest.importorskip("transformers")
     whole = hf_trainer(tmp_path / "whole")

@@ -151,6 +151,7 @@ def test_cli_train_generate_evaluate(tmp_path, capsys):
     assert result["text_bpb"] == pytest.approx(final["test_bpb"], rel=1e-6)  # the same text, the same weights
 
 
+@pytest.mark.slow
 def test_python_dash_m_routes_lm(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "l2fast", "lm", "train", "--print-config", "--context", "64"],
                           capture_output=True, text=True, cwd=ROOT)

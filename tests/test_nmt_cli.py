@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
     return directory, run_dir, proc
 
 
+@pytest.mark.slow
 def test_train_prints_test_bleu_and_writes_the_run_directory(trained):
     _, run_dir, proc = trained
     assert "test BLEU" in proc.stdout and "nrefs:1|case:mixed" in proc.stdout
@@ -53,6 +54,7 @@ def test_train_prints_test_bleu_and_writes_the_run_directory(trained):
     assert (run_dir / "metrics.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_translate_from_stdin_and_file(trained):
     directory, run_dir, _ = trained
     lines = [s for s, _ in generate(60, seed=3)[50:53]]
@@ -64,6 +66,7 @@ def test_translate_from_stdin_and_file(trained):
     assert (directory / "out.txt").read_text().splitlines() == out.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_evaluate_matches_sacrebleu_on_its_own_output(trained):
     import sacrebleu
 
@@ -78,6 +81,7 @@ def test_evaluate_matches_sacrebleu_on_its_own_output(trained):
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
 
 
+@pytest.mark.slow
 def test_help_documents_every_option():
     text = l2fast("train", "--help").stdout
     for _, f in section_fields():
@@ -86,6 +90,7 @@ def test_help_documents_every_option():
         assert "usage: l2fast " + command in l2fast(command, "--help").stdout
 
 
+@pytest.mark.slow
 def test_bad_data_is_a_clear_error(tmp_path):
     (tmp_path / "bad.src").write_text("one\ntwo\n")
     (tmp_path / "bad.tgt").write_text("eins\n")
@@ -97,6 +102,7 @@ def test_bad_data_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "divisible by model.heads" in proc.stderr
 
 
+@pytest.mark.slow
 def test_translate_splits_lines_on_newline_only(trained):
     _, run_dir, _ = trained
     lines = ["a\x0cb", "c\x85d", "e\u2028f", "g\u2029h", "i\x1cj", "plain"]
@@ -104,6 +110,7 @@ def test_translate_splits_lines_on_newline_only(trained):
     assert out.stdout.count("\n") == len(lines)
 
 
+@pytest.mark.slow
 def test_translate_streams_each_line_as_it_arrives(trained):
     """The first translation comes out while stdin is still open: no waiting for the end of input."""
     _, run_dir, _ = trained
@@ -126,6 +133,7 @@ def test_translate_streams_each_line_as_it_arrives(trained):
         proc.wait()
 
 
+@pytest.mark.slow
 def test_invalid_utf8_on_stdin_is_an_error_naming_the_line(trained):
     _, run_dir, _ = trained
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
