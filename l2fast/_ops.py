@@ -1,4 +1,7 @@
-"""Loads the native library and gives every op its fake (meta) kernel and autograd formula.
+"""Loads the native library and gives penalty_grad its autograd formula.
+
+The native library registers everything else: every op's meta kernel, which is its fake kernel under
+torch.compile (the native argument checks, run without data), and the autograd kernels of the others.
 
 `impl` is what the rest of l2fast calls: `torch.ops.l2fast` when the native library loaded, else
 the pure-PyTorch `reference` module (with one warning that says why; `REASON` keeps that line).
@@ -12,7 +15,7 @@ import warnings
 
 import torch
 
-from . import _native, checks, optim_checks, reference
+from . import _native, reference
 
 LOADED, REASON = _native.load()  # loading registers torch.ops.l2fast.*
 
@@ -27,61 +30,16 @@ else:
     BACKEND = "native"
 
 
+def impl_for(tensors):
+    """The ops for a call over `tensors`: the reference's when the list is empty. Its result is an empty
+    sum, which needs no pass over memory, and torch's fake tensors (torch.compile) cannot place the result
+    of a native call that has no tensor argument to take a device from."""
+    return impl if len(tensors) else reference
+
+
 def backend_reason() -> str:
     """One line on why backend() is what it is: the torch the build was made for, or why it is unused."""
     return REASON
-
-
-def _new_result(tensors, per_tensor: bool) -> torch.Tensor:
-    if not tensors:  # as the native ops answer empty lists: an empty sum, float32 on the CPU
-        return torch.zeros((0,) if per_tensor else (), dtype=torch.float32)
-    shape = (len(tensors),) if per_tensor else ()
-    return tensors[0].new_empty(shape, dtype=checks.result_dtype(tensors))
-
-
-def _register_fakes() -> None:
-    # Fake kernels run exactly the checks of the native ones (checks.py mirrors checks.cpp), so a
-    # traced or meta call fails as the eager one would.
-    @torch.library.register_fake("l2fast::sq_norm")
-    def _(tensors, coeffs, per_tensor):
-        checks.check_norm_args(tensors, coeffs)
-        return _new_result(tensors, per_tensor)
-
-    torch.library.register_fake("l2fast::l1_norm")(_)
-
-    @torch.library.register_fake("l2fast::penalty")
-    def _(params, l2, l1):
-        checks.check_penalty_args(params, l2, l1)
-        return _new_result(params, per_tensor=False)
-
-    @torch.library.register_fake("l2fast::penalty_grad")
-    def _(params, scale, l2, l1):
-        checks.check_penalty_grad_args(params, scale, l2, l1)
-        return [torch.empty_like(p) for p in params]
-
-    @torch.library.register_fake("l2fast::add_penalty_grad_")
-    def _(params, grads, l2, l1):
-        checks.check_add_penalty_grad_args(params, grads, l2, l1)
-        return _new_result(params, per_tensor=False)
-
-    @torch.library.register_fake("l2fast::decay_")
-    def _(params, factors, l2):
-        checks.check_decay_args(params, factors, l2)
-        return _new_result(params, per_tensor=False)
-
-    @torch.library.register_fake("l2fast::adam_step_")
-    def _(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1, decay,
-          value_l2, maximize, grad_scale, found_inf, clip):
-        optim_checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
-                                     eps, l2, l1, decay, value_l2, grad_scale, found_inf, clip)
-        return _new_result(params, per_tensor=False)
-
-    @torch.library.register_fake("l2fast::sgd_step_")
-    def _(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
-          maximize, grad_scale, found_inf, clip):
-        optim_checks.check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2, l1, decay, value_l2,
-                                    grad_scale, found_inf, clip)
-        return _new_result(params, per_tensor=False)
 
 
 def _register_autograd() -> None:
@@ -99,7 +57,7 @@ def _register_autograd() -> None:
         # flat almost everywhere); d out_i / d scale = l2_i w_i + l1_i sign(w_i), the step at scale 1. A
         # tensor with zero coefficients is not read: its gradients are exactly 0, as its output is.
         scale, *params = ctx.saved_tensors
-        l2s = checks.expand_coeffs(ctx.l2, len(params))
+        l2s = reference.expand_coeffs(ctx.l2, len(params))
         grad_params = None
         if any(ctx.needs_input_grad[0]):
             s = scale.reshape(())
@@ -119,5 +77,4 @@ def _register_autograd() -> None:
 
 
 if BACKEND == "native":
-    _register_fakes()
     _register_autograd()

@@ -1,18 +1,20 @@
 """Pure-PyTorch versions of every l2fast op: the test oracle, and the fallback without the native library.
 
 Each function has the signature and the meaning of the native op of the same name (see
-csrc/l2fast.cpp), and runs the same argument checks (l2fast/checks.py): coefficient lists hold one
+csrc/l2fast.cpp), and runs the native op's argument checks with the same messages (the checks at the
+end of this file; tests/test_checks.py holds them to the native ones): coefficient lists hold one
 value for all tensors or one per tensor, a tensor whose coefficients are all zero is not read (its
 penalty gradient is exactly 0, whatever the scale), sums accumulate in float64, and results are
 float64 when any input is float64, else float32 (float32 on the CPU for empty lists).
 The in-place ops write with torch's in-place ops, so autograd sees the writes as it sees the native
-ones (version counters, leaves that require grad). This module imports only torch and checks.py.
+ones (version counters, leaves that require grad). This module imports only torch.
 """
 from __future__ import annotations
 
-import torch
+import math
 
-from . import checks
+import torch
+from torch._subclasses.fake_tensor import is_fake
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -34,7 +36,7 @@ def _weighted_sums(tensors, sq_weights, abs_weights) -> list[torch.Tensor]:
 
 
 def _finish(tensors, values, per_tensor: bool) -> torch.Tensor:
-    dtype = checks.result_dtype(tensors)
+    dtype = result_dtype(tensors)
     device = tensors[0].device if tensors else torch.device("cpu")
     if not values:
         return torch.zeros((0,) if per_tensor else (), dtype=dtype, device=device)
@@ -43,14 +45,14 @@ def _finish(tensors, values, per_tensor: bool) -> torch.Tensor:
 
 
 def sq_norm(tensors, coeffs, per_tensor: bool) -> torch.Tensor:
-    checks.check_norm_args(tensors, coeffs)
-    cs = checks.expand_coeffs(coeffs, len(tensors))
+    check_norm_args(tensors, coeffs)
+    cs = expand_coeffs(coeffs, len(tensors))
     return _finish(tensors, _weighted_sums(tensors, cs, [0.0] * len(cs)), per_tensor)
 
 
 def l1_norm(tensors, coeffs, per_tensor: bool) -> torch.Tensor:
-    checks.check_norm_args(tensors, coeffs)
-    cs = checks.expand_coeffs(coeffs, len(tensors))
+    check_norm_args(tensors, coeffs)
+    cs = expand_coeffs(coeffs, len(tensors))
     return _finish(tensors, _weighted_sums(tensors, [0.0] * len(cs), cs), per_tensor)
 
 
@@ -59,8 +61,8 @@ def _penalty_value(params, l2s, l1s) -> torch.Tensor:
 
 
 def penalty(params, l2, l1) -> torch.Tensor:
-    checks.check_penalty_args(params, l2, l1)
-    return _penalty_value(params, checks.expand_coeffs(l2, len(params)), checks.expand_coeffs(l1, len(params)))
+    check_penalty_args(params, l2, l1)
+    return _penalty_value(params, expand_coeffs(l2, len(params)), expand_coeffs(l1, len(params)))
 
 
 def _step(w: torch.Tensor, l2: float, l1: float) -> torch.Tensor:
@@ -75,9 +77,9 @@ def _step(w: torch.Tensor, l2: float, l1: float) -> torch.Tensor:
 
 
 def penalty_grad(params, scale, l2, l1) -> list[torch.Tensor]:
-    checks.check_penalty_grad_args(params, scale, l2, l1)
+    check_penalty_grad_args(params, scale, l2, l1)
     grads = []
-    for w, a, b in zip(params, checks.expand_coeffs(l2, len(params)), checks.expand_coeffs(l1, len(params))):
+    for w, a, b in zip(params, expand_coeffs(l2, len(params)), expand_coeffs(l1, len(params))):
         if a == 0.0 and b == 0.0:
             grads.append(torch.zeros_like(w))  # not read, and exactly 0 even for a NaN or infinite scale
             continue
@@ -87,8 +89,8 @@ def penalty_grad(params, scale, l2, l1) -> list[torch.Tensor]:
 
 
 def add_penalty_grad_(params, grads, l2, l1) -> torch.Tensor:
-    checks.check_add_penalty_grad_args(params, grads, l2, l1)
-    l2s, l1s = checks.expand_coeffs(l2, len(params)), checks.expand_coeffs(l1, len(params))
+    check_add_penalty_grad_args(params, grads, l2, l1)
+    l2s, l1s = expand_coeffs(l2, len(params)), expand_coeffs(l1, len(params))
     value = _penalty_value([w.detach() for w in params], l2s, l1s)  # before grads[i] may write params[i]
     for w, g, a, b in zip(params, grads, l2s, l1s):
         if a != 0.0 or b != 0.0:
@@ -97,10 +99,10 @@ def add_penalty_grad_(params, grads, l2, l1) -> torch.Tensor:
 
 
 def decay_(params, factors, l2) -> torch.Tensor:
-    checks.check_decay_args(params, factors, l2)
-    l2s = checks.expand_coeffs(l2, len(params))
+    check_decay_args(params, factors, l2)
+    l2s = expand_coeffs(l2, len(params))
     value = _penalty_value([w.detach() for w in params], l2s, [0.0] * len(params))  # before the decay
-    for w, fraction in zip(params, checks.expand_coeffs(factors, len(params))):
+    for w, fraction in zip(params, expand_coeffs(factors, len(params))):
         if fraction != 0.0:
             w.copy_(w.to(opmath_dtype(w.dtype)) * (1.0 - fraction))
     return value
@@ -137,12 +139,15 @@ def _op_grad(w, g, inv_scale, clip, maximize, l2, l1):
 
 def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps, l2, l1, decay,
                value_l2, maximize, grad_scale, found_inf, clip) -> torch.Tensor:
-    from . import optim_checks
-
-    coeffs = optim_checks.check_adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
-                                          beta2, eps, l2, l1, decay, value_l2, grad_scale, found_inf, clip)
+    states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs}
+    _check_step_args(params, grads, states, steps, grad_scale, found_inf, clip)
+    if len(steps) != len(params):
+        raise RuntimeError(f"l2fast: got {len(params)} params but {len(steps)} steps")
+    coeffs = {"beta1": beta1, "beta2": beta2, "eps": eps, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    _check_step_coeffs(coeffs, len(params))
     n = len(params)
-    ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
+    ex = {k: expand_coeffs(v, n) for k, v in coeffs.items()}
     value = _penalty_value([w.detach() for w in params], ex["value_l2"], ex["l1"])
     skip, inv_scale, clip_value = _step_scalars(grad_scale, found_inf, clip)
     if skip:
@@ -173,12 +178,15 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
 
 def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
               maximize, grad_scale, found_inf, clip) -> torch.Tensor:
-    from . import optim_checks
-
-    coeffs = optim_checks.check_sgd_step(params, grads, momentum_buffers, lr, momentum, dampening, l2, l1, decay,
-                                         value_l2, grad_scale, found_inf, clip)
+    _check_step_args(params, grads, {"momentum_buffers": momentum_buffers}, [], grad_scale, found_inf, clip)
+    _check_step_coeffs({"momentum": momentum, "dampening": dampening}, len(params))
+    if len(fresh) not in (1, len(params)):
+        raise RuntimeError(f"l2fast: fresh has {len(fresh)} values for {len(params)} tensors; give one value, or one per tensor")
+    coeffs = {"momentum": momentum, "dampening": dampening, "lr": lr, "l2": l2, "l1": l1, "decay": decay,
+              "value_l2": value_l2}
+    _check_step_coeffs({k: coeffs[k] for k in ("lr", "l2", "l1", "decay", "value_l2")}, len(params))
     n = len(params)
-    ex = {k: checks.expand_coeffs(v, n) for k, v in coeffs.items()}
+    ex = {k: expand_coeffs(v, n) for k, v in coeffs.items()}
     fresh = list(fresh) * n if len(fresh) == 1 else list(fresh)
     value = _penalty_value([w.detach() for w in params], ex["value_l2"], ex["l1"])
     skip, inv_scale, clip_value = _step_scalars(grad_scale, found_inf, clip)
@@ -198,3 +206,208 @@ def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l
             g = g.add(buf, alpha=mu) if nesterov else buf
         w.copy_(wi.add_(g, alpha=-ex["lr"][i]))
     return value
+
+
+# --- argument checks: those of csrc/common/checks.cpp and optim_step.cpp, in the same order with the
+# same messages, for the fallback (with the native library, the meta kernels run the native checks) ---
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_norm_args(tensors, coeffs) -> None:
+    check_tensors(tensors, "tensors")
+    check_coeffs(coeffs, len(tensors), "coeffs")
+
+
+def check_penalty_args(params, l2, l1) -> None:
+    check_tensors(params, "params")
+    check_coeffs(l2, len(params), "l2")
+    check_coeffs(l1, len(params), "l1")
+
+
+def check_penalty_grad_args(params, scale, l2, l1) -> None:
+    check_tensors(params, "params")
+    if scale.numel() != 1:
+        raise RuntimeError(f"l2fast: scale must hold one value, got shape {list(scale.shape)}")
+    if params and scale.device != params[0].device:
+        raise RuntimeError(f"l2fast: scale is on {scale.device} but params are on {params[0].device}")
+    check_coeffs(l2, len(params), "l2")
+    check_coeffs(l1, len(params), "l1")
+
+
+def check_add_penalty_grad_args(params, grads, l2, l1) -> None:
+    check_tensors(params, "params")
+    check_tensors(grads, "grads")  # before the pairing, so a sparse grad is named as sparse
+    _check_paired(params, grads, "grads")
+    check_coeffs(l2, len(params), "l2")
+    check_coeffs(l1, len(params), "l1")
+    check_no_overlap({"grads": grads}, ("params", params))
+
+
+def check_decay_args(params, factors, l2) -> None:
+    check_tensors(params, "params")
+    check_coeffs(factors, len(params), "factors")
+    check_coeffs(l2, len(params), "l2")
+    check_no_overlap({"params": params})
+
+
+def _check_step_args(params, grads, states: dict, steps, grad_scale, found_inf, clip) -> None:
+    """The tensor arguments of adam_step_ and sgd_step_; states: the state lists by name (empty: absent)."""
+    states = {name: tensors for name, tensors in states.items() if tensors}
+    check_tensors(params, "params")
+    check_tensors(grads, "grads")
+    _check_paired(params, grads, "grads")
+    for name, tensors in states.items():
+        _check_paired(params, tensors, name)
+    if not params:
+        return
+    device = params[0].device
+    for i, step in enumerate(steps):
+        _check_scalar(step, f"steps[{i}]", device, host_allowed=True)
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf), ("clip", clip)):
+        if t is not None:
+            _check_scalar(t, name, device, host_allowed=False)
+    check_no_overlap({"params": params, "grads": grads, **states, "steps": steps})
+
+
+def _check_step_coeffs(coeffs: dict, n: int) -> None:
+    for name, values in coeffs.items():
+        check_coeffs(values, n, name)
+
+
+def check_tensors(tensors, name: str) -> None:
+    for i, t in enumerate(tensors):
+        if t is None:
+            raise RuntimeError(f"l2fast: {name}[{i}] is undefined (None)")
+        if t.layout != torch.strided:
+            raise RuntimeError(
+                f"l2fast: {name}[{i}] has layout {t.layout}; only dense (strided) tensors are supported, not sparse ones"
+            )
+        if t.dtype not in FLOAT_DTYPES:
+            raise RuntimeError(
+                f"l2fast: {name}[{i}] has dtype {t.dtype}; supported dtypes are float32, float64, float16 and bfloat16"
+            )
+        if t.device != tensors[0].device:
+            raise RuntimeError(
+                f"l2fast: {name}[{i}] is on {t.device} but {name}[0] is on {tensors[0].device}; "
+                "all tensors must be on one device"
+            )
+        if not _is_dense(t):
+            raise RuntimeError(
+                f"l2fast: {name}[{i}] with shape {list(t.shape)} and strides {list(t.stride())} is not dense in memory; "
+                "pass .contiguous() tensors"
+            )
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    if t.is_contiguous() or t.numel() <= 1:
+        return True
+    # Dense in some dimension order (e.g. channels_last): sorted strides build up the sizes exactly.
+    expected = 1
+    for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s != 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _check_paired(params, others, name: str) -> None:
+    """others[i] (grads, or an optimizer state list) matches params[i]: device, dtype, shape, layout."""
+    if len(params) != len(others):
+        tail = "; they must pair up one to one" if name == "grads" else ""
+        raise RuntimeError(f"l2fast: got {len(params)} params but {len(others)} {name}{tail}")
+    if name != "grads":  # grads are checked on their own before they are paired
+        check_tensors(others, name)
+    for i, (w, x) in enumerate(zip(params, others)):
+        if x is None:
+            raise RuntimeError(f"l2fast: {name}[{i}] is undefined (None)")
+        if x.device != w.device:
+            raise RuntimeError(f"l2fast: {name}[{i}] is on {x.device} but params[{i}] is on {w.device}")
+        if x.dtype != w.dtype:
+            note = "" if name == "grads" else "; optimizer state is kept in the parameter dtype"
+            raise RuntimeError(f"l2fast: {name}[{i}] has dtype {x.dtype} but params[{i}] has dtype {w.dtype}{note}")
+        if x.shape != w.shape:
+            raise RuntimeError(f"l2fast: {name}[{i}] has shape {list(x.shape)} but params[{i}] has shape {list(w.shape)}")
+        if x.stride() != w.stride() and not (x.is_contiguous() and w.is_contiguous()):
+            raise RuntimeError(
+                f"l2fast: {name}[{i}] has strides {list(x.stride())} but params[{i}] has strides {list(w.stride())}; "
+                "they must share one memory layout"
+            )
+
+
+def _check_scalar(t: torch.Tensor, name: str, device: torch.device, host_allowed: bool) -> None:
+    if t.numel() != 1:
+        raise RuntimeError(f"l2fast: {name} must hold one value, got shape {list(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"l2fast: {name} has dtype {t.dtype}; expected float32 or float64")
+    if t.device != device and not (host_allowed and t.device.type == "cpu"):
+        raise RuntimeError(f"l2fast: {name} is on {t.device} but params are on {device}")
+
+
+def check_coeffs(coeffs, n: int, name: str) -> None:
+    if len(coeffs) not in (1, n):
+        raise RuntimeError(f"l2fast: {name} has {len(coeffs)} values for {n} tensors; give one value, or one per tensor")
+    for i, c in enumerate(coeffs):
+        if not math.isfinite(c) or c < 0.0:
+            raise RuntimeError(f"l2fast: {name}[{i}] = {c:g} is invalid; coefficients must be finite and >= 0")
+
+
+def _byte_range(t: torch.Tensor, read: bool, list_index: int, index: int) -> tuple:
+    """(base, start, end, read, list, index) of the bytes a dense tensor occupies: by address when it has
+    data, within its storage when it has none (meta and fake tensors)."""
+    storage = t.untyped_storage()
+    offset = t.storage_offset() * t.element_size()
+    size = t.numel() * t.element_size()
+    base, start = (storage._cdata, offset) if t.is_meta or is_fake(t) else (0, storage.data_ptr() + offset)
+    return base, start, start + size, read, list_index, index
+
+
+def check_no_overlap(written: dict, read: tuple = ("", [])) -> None:
+    """No two tensors of the written lists (by name) share memory, and no tensor of the read list
+    (name, tensors) shares memory with a written one, except read[i] being exactly the first written
+    list's [i] (updated in place element by element). O(n log n)."""
+    names = list(written) + [read[0]]
+    ranges = [_byte_range(t, False, k, i) for k, ts in enumerate(written.values()) for i, t in enumerate(ts) if t.numel()]
+    first = next(iter(written.values()))
+    for i, t in enumerate(read[1]):
+        if t.numel() == 0:
+            continue
+        r = _byte_range(t, True, len(written), i)
+        if i < len(first) and first[i].numel() > 0 and _byte_range(first[i], False, 0, i)[:3] == r[:3]:
+            continue
+        ranges.append(r)
+    ranges.sort(key=lambda r: (r[0], r[1], r[3], r[4], r[5]))  # base, start, written first, list, index
+    # Sweep in start order: a range overlaps an earlier one exactly when it starts before the furthest
+    # end reached so far, so keeping the furthest-reaching written and read range is enough.
+    furthest = [None, None]  # [read]
+    for r in ranges:
+        furthest = [f if f is not None and f[0] == r[0] else None for f in furthest]
+        w, rd = furthest
+        if w is not None and w[2] > r[1]:
+            _overlap_error(w, r, names)
+        if not r[3] and rd is not None and rd[2] > r[1]:
+            _overlap_error(rd, r, names)
+        if furthest[r[3]] is None or r[2] > furthest[r[3]][2]:
+            furthest[r[3]] = r
+
+
+def _overlap_error(a: tuple, b: tuple, names: list):
+    def name(r):
+        return f"{names[r[4]]}[{r[5]}]"
+
+    if not a[3] and not b[3]:
+        a, b = sorted((a, b), key=lambda r: (r[4], r[5]))  # in argument order
+        how = "are the same memory (a tensor listed twice?)" if a[1:3] == b[1:3] else "overlap in memory"
+        raise RuntimeError(f"l2fast: {name(a)} and {name(b)} {how}; an in-place op must write each element once")
+    w, r = (b, a) if a[3] else (a, b)
+    raise RuntimeError(f"l2fast: {name(w)} overlaps {name(r)} in memory; the op would read values while it overwrites them")
+
+
+def expand_coeffs(coeffs, n: int) -> list[float]:
+    """A checked coefficient list (one value, or one per tensor) as one float per tensor."""
+    coeffs = [float(c) for c in coeffs]
+    return coeffs * n if len(coeffs) == 1 else coeffs
+
+
+def result_dtype(tensors) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

@@ -1,5 +1,6 @@
-"""The argument checks of the native ops (csrc/common/checks.cpp), of the fake kernels and of the
-reference (both l2fast/checks.py) on the same bad inputs: the same error, word for word."""
+"""The argument checks of the native ops (csrc/common/checks.cpp, optim_step.cpp), run by the CPU
+kernels, by the meta kernels (which are the fake kernels of torch.compile) and, in Python, by the
+reference, on the same bad inputs: the same error, word for word."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -25,6 +26,10 @@ def bad_calls():
     grads = [other[3 * k : 3 * k + 3] for k in order]
     grads_reading = list(grads)
     grads_reading[17] = base[3 * order[2500] : 3 * order[2500] + 3]  # grads[17] is params[2500]
+    return {**penalty_calls(w, x, g, half, one, views, shifted, grads, grads_reading), **step_calls()}
+
+
+def penalty_calls(w, x, g, half, one, views, shifted, grads, grads_reading):
     return {
         "no-such-dtype": ("sq_norm", ([w, torch.arange(3)], [1.0], False)),
         "complex": ("l1_norm", ([torch.randn(2, dtype=torch.complex64)], [1.0], True)),
@@ -52,10 +57,65 @@ def bad_calls():
     }
 
 
+def adam(params, grads=None, states=None, steps=None, beta1=(0.9,), lr=(1e-2,), value_l2=(0.0,), scalars=(None,) * 3):
+    """adam_step_'s arguments: two states (no amsgrad) of zeros unless given, and step counters."""
+    grads = [torch.randn_like(p) for p in params] if grads is None else grads
+    states = [[torch.zeros_like(p) for p in params] for _ in range(2)] + [[]] if states is None else states
+    steps = [torch.tensor(0.0) for _ in params] if steps is None else steps
+    return ("adam_step_", (params, grads, *states, steps, list(lr), list(beta1), [0.99], [1e-8], [0.0], [0.0], [0.0],
+                           list(value_l2), False, *scalars))
+
+
+def sgd(params, grads=None, buffers=None, fresh=(0,), momentum=(0.9,), scalars=(None,) * 3):
+    grads = [torch.randn_like(p) for p in params] if grads is None else grads
+    buffers = [torch.zeros_like(p) for p in params] if buffers is None else buffers
+    return ("sgd_step_", (params, grads, buffers, [1e-2], list(momentum), [0.0], list(fresh), [0.0], [0.0], [0.0],
+                          [0.0], False, False, *scalars))
+
+
+def step_calls():
+    w, v = torch.randn(6), torch.randn(2, 3)
+    ps = [w, v]
+    zeros = [torch.zeros_like(p) for p in ps]
+    step = torch.tensor(0.0)
+    return {
+        "step-grads-count": adam(ps, grads=[torch.randn(6)]),
+        "step-sparse-grad": adam(ps, grads=[w.clone().to_sparse(), v.clone()]),
+        "step-state-count": adam(ps, states=[zeros, zeros[:1], []]),
+        "step-state-dtype": adam(ps, states=[zeros, [zeros[0], zeros[1].double()], []]),
+        "step-state-shape": adam(ps, states=[zeros, [zeros[0], torch.zeros(3, 2)], []]),
+        "step-state-strides": adam([v.t().contiguous().t()], states=[[torch.zeros(2, 3)], [torch.zeros(2, 3)], []]),
+        "step-state-not-dense": sgd(ps, buffers=[torch.zeros(12)[::2], zeros[1]]),
+        "step-steps-shape": adam(ps, steps=[step, torch.zeros(2)]),
+        "step-steps-dtype": adam(ps, steps=[step, torch.tensor(0, dtype=torch.int64)]),
+        "step-steps-device": adam(ps, steps=[step, torch.tensor(0.0, device="meta")]),
+        "step-steps-count": adam(ps, steps=[step]),
+        "step-steps-listed-twice": adam(ps, steps=[step, step]),
+        "step-steps-in-a-state": adam(ps, states=[[torch.zeros(6), torch.zeros(2, 3)], zeros, []],
+                                       steps=[step, zeros[1].view(-1)[2]]),
+        "step-grad-scale-shape": adam(ps, scalars=(torch.ones(2), None, None)),
+        "step-found-inf-dtype": sgd(ps, scalars=(None, torch.tensor(0, dtype=torch.int32), None)),
+        "step-clip-device": sgd(ps, scalars=(None, None, torch.tensor(1.0, device="meta"))),
+        "step-state-is-a-param": sgd(ps, buffers=[zeros[0], v]),
+        "step-grad-is-a-state": adam(ps, grads=[torch.randn(6), zeros[1]], states=[zeros, [torch.zeros(6), v.clone()], []]),
+        "step-params-overlap": sgd([w[:4], w[3:]]),
+        "step-beta-negative": adam(ps, beta1=(0.9, -0.1)),
+        "step-lr-count": adam(ps, lr=(1.0, 2.0, 3.0)),
+        "step-value-l2-nan": adam(ps, value_l2=(float("nan"),)),
+        "step-momentum-inf": sgd(ps, momentum=(float("inf"),)),
+        "step-fresh-count": sgd(ps, fresh=(1, 0, 1)),
+    }
+
+
 def message(call):
     with pytest.raises(RuntimeError) as error:
         call()
     return str(error.value)
+
+
+# Within a fake kernel every tensor is on the meta device, so a device mismatch is reported by torch's
+# fake tensors instead (after the kernel, when they place its results).
+ON_TWO_DEVICES = ("step-steps-device", "step-clip-device")
 
 
 @pytest.mark.parametrize("case", list(bad_calls()))
@@ -64,10 +124,41 @@ def test_native_fake_and_reference_checks_agree(case):
     native = message(lambda: getattr(ops, name)(*args))
     assert native.startswith("l2fast: ")
     assert message(lambda: getattr(reference, name)(*args)) == native
-    if not case.startswith("sparse"):  # fake tensors cannot be sparse
+    if "sparse" not in case and case not in ON_TWO_DEVICES:  # fake tensors cannot be sparse
         with FakeTensorMode() as mode:
             fake = torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
             assert message(lambda: getattr(ops, name)(*fake)) == native
+
+
+def test_messages_name_the_lists_the_step_writes():
+    assert message(lambda: ops.adam_step_(*bad_calls()["step-steps-in-a-state"][1])) == (
+        "l2fast: exp_avg_sqs[1] and steps[1] overlap in memory; an in-place op must write each element once")
+    assert message(lambda: ops.sgd_step_(*bad_calls()["step-state-is-a-param"][1])) == (
+        "l2fast: params[1] and momentum_buffers[1] are the same memory (a tensor listed twice?); "
+        "an in-place op must write each element once")
+
+
+def test_a_step_counter_listed_twice_is_refused_before_it_counts():
+    """The CPU kernel would count it twice and a GPU's once: refused, and left as it was."""
+    params = [torch.randn(3), torch.randn(2)]
+    step = torch.tensor(4.0)
+    name, args = adam(params, steps=[step, step])
+    before = [p.clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"steps\[0\] and steps\[1\] are the same memory"):
+        getattr(ops, name)(*args)
+    assert step.item() == 4.0 and all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize("case", ["decay", "adam", "sgd"])
+def test_meta_calls_run_the_native_checks_and_allocate_the_result(case):
+    params = [torch.ones(3, device="meta"), torch.ones(3, device="meta")]
+    name, args = {"decay": ("decay_", (params, [0.1], [0.0])), "adam": adam(params), "sgd": sgd(params)}[case]
+    if case == "adam":
+        args = (*args[:5], [torch.tensor(0.0, device="meta") for _ in params], *args[6:])
+    result = getattr(ops, name)(*args)
+    assert result.device.type == "meta" and result.shape == () and result.dtype == torch.float32
+    with pytest.raises(RuntimeError, match=r"params\[0\] and params\[1\] are the same memory"):
+        getattr(ops, name)(*(([params[0], params[0]],) + args[1:]))
 
 
 def test_a_sparse_grad_is_named_as_sparse():

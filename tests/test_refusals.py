@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import l2fast
 
@@ -12,21 +13,28 @@ DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "refusals.md"
 ROW = re.compile(r"^\| (?P<what>[^|]+) \| `(?P<call>.+)` \| `(?P<error>\w+): (?P<message>.+)` \|$")
 
 
-def rows():
-    found = [m.groupdict() for m in map(ROW.match, DOC.read_text().splitlines()) if m]
-    assert len(found) >= 30, "docs/refusals.md: rows not found (table format changed?)"
+def rows(section: str = "") -> list:
+    """The rows of every table, or of the one under the heading `section`."""
+    found, heading = [], ""
+    for line in DOC.read_text().splitlines():
+        heading = line[3:] if line.startswith("## ") else heading
+        match = ROW.match(line)
+        if match and section in ("", heading):
+            found.append(match.groupdict())
+    assert found, f"docs/refusals.md: no rows found under {section!r} (table format changed?)"
     return found
 
 
-def namespace() -> dict:
-    """What the calls in the table may use (fresh for each row)."""
+def namespace(mode=None) -> dict:
+    """What the calls in the table may use (fresh for each row); w and g fake under a FakeTensorMode."""
     model = torch.nn.Linear(2, 2)
+    fake = mode.from_tensor if mode is not None else lambda t: t
     return {
         "torch": torch,
         "l2fast": l2fast,
         "ops": torch.ops.l2fast,
-        "w": torch.randn(4),
-        "g": torch.randn(4),
+        "w": fake(torch.randn(4)),
+        "g": fake(torch.randn(4)),
         "meta": torch.ones(4, device="meta"),
         "model": model,
         "sgd": lambda **kwargs: torch.optim.SGD(model.parameters(), lr=0.1, **kwargs),
@@ -37,6 +45,17 @@ def namespace() -> dict:
 def test_documented_refusal(row):
     with pytest.raises(Exception) as caught:
         eval(row["call"], namespace())
+    assert type(caught.value).__name__ == row["error"]
+    assert first_line(caught.value) == row["message"]
+
+
+@pytest.mark.parametrize("row", [r for r in rows("Ops") if "meta" not in r["call"]], ids=lambda row: row["what"])
+def test_documented_refusal_of_a_fake_call(row):
+    """The ops' meta kernels, which are their fake kernels under torch.compile, refuse alike. (Rows with
+    tensors on two devices are left out: in a fake kernel every tensor is on meta.)"""
+    with FakeTensorMode() as mode:
+        with pytest.raises(Exception) as caught:
+            eval(row["call"], namespace(mode))
     assert type(caught.value).__name__ == row["error"]
     assert first_line(caught.value) == row["message"]
 

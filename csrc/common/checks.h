@@ -1,8 +1,8 @@
-// Argument checks shared by every backend, so a bad call fails the same way on CPU and CUDA.
-// l2fast/checks.py runs the same checks in the same order with the same messages (the fake kernels
-// and the pure-PyTorch reference use it); tests/test_checks.py holds the two to each other.
+// Argument checks shared by every backend, so a bad call fails the same way on CPU, CUDA and meta
+// (the meta kernels are the fake kernels of torch.compile: sizes may be symbolic there, hence sym_*).
 #pragma once
 #include <ATen/ATen.h>
+#include <string>
 #include <vector>
 
 namespace l2fast {
@@ -26,13 +26,27 @@ void check_pairs(at::TensorList params, at::TensorList grads);
 // One value (for every tensor) or one per tensor; each finite and >= 0.
 void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name);
 
-// No two tensors of `written` share memory, and no tensor of `read` shares memory with a written one,
-// except read[i] being exactly written[i] (an elementwise update in place reads each element before
-// writing it). Views of one storage that do not overlap are fine. O(n log n) in the number of tensors.
-void check_no_overlap(at::TensorList written, const char* written_name, at::TensorList read, const char* read_name);
+// grads[i] and params[i] (or a state tensor and its param) are walked by the same flat index: equal
+// strides, or both contiguous (strides of size-1 dimensions do not matter then).
+bool same_layout(const at::Tensor& a, const at::Tensor& b);
+
+// A list of tensors with the name error messages give it.
+struct NamedTensors {
+  at::TensorList tensors;
+  const char* name = "";
+};
+
+// No two tensors of the written lists share memory, and no tensor of `read` shares memory with a
+// written one, except read[i] being exactly written[0][i] (an elementwise update in place reads each
+// element before writing it). Views of one storage that do not overlap are fine. O(n log n) in the
+// number of tensors.
+void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors read = {});
 
 // A coefficient list of one value (for every tensor) or one value per tensor, expanded to n.
 std::vector<double> expand_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name);
+
+// A dtype as Python users write it: torch.int64.
+std::string dtype_name(at::ScalarType dtype);
 
 // float64 if any input is float64, else float32 (half types accumulate and report in float32+).
 at::ScalarType result_dtype(at::TensorList tensors);

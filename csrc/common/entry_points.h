@@ -20,6 +20,8 @@ namespace l2fast {
 template <class Kernels>
 struct EntryPoints {
   static at::Tensor new_result(at::TensorList tensors, bool per_tensor) {
+    // An empty list is an empty sum: zero, float32 on the CPU (where torch.zeros puts it).
+    if (tensors.empty()) return per_tensor ? at::zeros({0}, at::kFloat) : at::zeros({}, at::kFloat);
     const auto options = at::TensorOptions().dtype(result_dtype(tensors)).device(tensors[0].device());
     return per_tensor ? at::empty({static_cast<int64_t>(tensors.size())}, options) : at::empty({}, options);
   }

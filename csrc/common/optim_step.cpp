@@ -1,20 +1,16 @@
 // The penalized optimizer steps (adam_step_, sgd_step_): their argument checks, shared by every
-// backend (l2fast/optim_checks.py runs the same checks with the same messages for the fake kernels
-// and the reference). Free of op registrations, so the host SIMT harness links it too.
+// backend, the meta (fake) one included. Free of op registrations, so the host SIMT harness links it too.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <string>
 #include <vector>
 
-#include "boxed.h"
 #include "checks.h"
 #include "optim_step.h"
 
 namespace l2fast {
 namespace {
-
-std::string py_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
 
 // A state list pairs with params one to one, in device, dtype, shape and memory layout (the update
 // walks all of them by the same flat index).
@@ -25,12 +21,12 @@ void check_state(at::TensorList params, at::TensorList states, const char* name)
     const at::Tensor &w = params[i], &s = states[i];
     TORCH_CHECK(s.device() == w.device(), "l2fast: ", name, "[", i, "] is on ", s.device(), " but params[", i,
                 "] is on ", w.device());
-    TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", py_name(s.scalar_type()),
-                " but params[", i, "] has dtype ", py_name(w.scalar_type()), "; optimizer state is kept in the parameter dtype");
-    TORCH_CHECK(s.sizes() == w.sizes(), "l2fast: ", name, "[", i, "] has shape ", s.sizes(), " but params[", i,
-                "] has shape ", w.sizes());
-    TORCH_CHECK(s.strides() == w.strides() || (s.is_contiguous() && w.is_contiguous()), "l2fast: ", name, "[", i,
-                "] has strides ", s.strides(), " but params[", i, "] has strides ", w.strides(),
+    TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", dtype_name(s.scalar_type()),
+                " but params[", i, "] has dtype ", dtype_name(w.scalar_type()), "; optimizer state is kept in the parameter dtype");
+    TORCH_CHECK(s.sym_sizes() == w.sym_sizes(), "l2fast: ", name, "[", i, "] has shape ", s.sym_sizes(),
+                " but params[", i, "] has shape ", w.sym_sizes());
+    TORCH_CHECK(same_layout(s, w), "l2fast: ", name, "[", i, "] has strides ", s.sym_strides(), " but params[", i,
+                "] has strides ", w.sym_strides(),
                 "; they must share one memory layout");
   }
 }
@@ -41,9 +37,9 @@ std::string label(const char* name, int64_t index) { return index < 0 ? name : c
 // A one-value float tensor: a step counter (index: its position in steps), GradScaler's scale or
 // found_inf, a clip coefficient (index -1).
 void check_scalar(const at::Tensor& t, const char* name, int64_t index, const at::Device& device, bool host_allowed) {
-  TORCH_CHECK(t.numel() == 1, "l2fast: ", label(name, index), " must hold one value, got shape ", t.sizes());
+  TORCH_CHECK(t.sym_numel() == 1, "l2fast: ", label(name, index), " must hold one value, got shape ", t.sym_sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", label(name, index),
-              " has dtype ", py_name(t.scalar_type()), "; expected float32 or float64");
+              " has dtype ", dtype_name(t.scalar_type()), "; expected float32 or float64");
   TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", label(name, index), " is on ",
               t.device(), " but params are on ", device);
 }
@@ -63,10 +59,13 @@ void check_step_args(const StepArgs& args, const std::vector<const char*>& state
   if (s.grad_scale) check_scalar(*s.grad_scale, "grad_scale", -1, device, false);
   if (s.found_inf) check_scalar(*s.found_inf, "found_inf", -1, device, false);
   if (s.clip) check_scalar(*s.clip, "clip", -1, device, false);
-  // grads are written too (unscaled and clipped), so nothing of the three may share memory.
-  std::vector<at::TensorList> written{args.params, args.grads};
-  written.insert(written.end(), args.states.begin(), args.states.end());
-  check_no_overlap(BorrowedTensors(written).get(), "params, grads and state", {}, "");
+  // grads are written too (unscaled and clipped), and each step counter is incremented: nothing written
+  // may share memory, or an element would be updated twice (a counter listed twice would count 2 on the
+  // CPU and 1 on a GPU).
+  std::vector<NamedTensors> written{{args.params, "params"}, {args.grads, "grads"}};
+  for (size_t k = 0; k < args.states.size(); ++k) written.push_back({args.states[k], state_names[k]});
+  written.push_back({args.steps, "steps"});
+  check_no_overlap(written);
 }
 
 }  // namespace l2fast

@@ -56,7 +56,9 @@ struct StepEntryPoints {
   }
 
   static at::Tensor new_result(at::TensorList params) {
-    return at::empty({}, at::TensorOptions().dtype(result_dtype(params)).device(params.empty() ? at::kCPU : params[0].device()));
+    // No params: an empty sum, zero, float32 on the CPU (where torch.zeros puts it).
+    if (params.empty()) return at::zeros({}, at::kFloat);
+    return at::empty({}, at::TensorOptions().dtype(result_dtype(params)).device(params[0].device()));
   }
 
   static at::Tensor adam_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
