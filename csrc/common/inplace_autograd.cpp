@@ -7,16 +7,20 @@
 //    error; when some argument requires grad, the written tensors and the returned value get a grad_fn
 //    whose backward raises "derivative for l2fast::... is not implemented" (the ops have no derivative).
 // Under torch.no_grad(), as optimizers call them, only the version counters change. One mechanism for
-// all four ops: each is described by its signature and which arguments it writes and reads. The
-// Autograd kernels are registered boxed (boxed.h): a Python call arrives boxed, and they drop its lists
-// under one hold of the GIL; the ADInplaceOrView and backend kernels are reached unboxed from them.
+// all four ops: each is named with its entry point's signature (entry_points.h, optim_step.h); which
+// arguments it writes is read from its schema's alias annotations (Tensor(a!)), every other tensor
+// argument is read. The Autograd kernels are registered boxed (boxed.h): a Python call arrives boxed,
+// and they drop its lists under one hold of the GIL; the ADInplaceOrView and backend kernels are
+// reached unboxed from them.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include "boxed.h"
+#include "entry_points.h"
 #include "op_handle.h"
+#include "optim_step.h"
 
 #include <memory>
 #include <optional>
@@ -28,42 +32,38 @@
 namespace l2fast {
 namespace {
 
-using Coeffs = c10::ArrayRef<double>;
-using OptionalTensor = const std::optional<at::Tensor>&;
+// The signature of the entry point kEntry points to, which is the op's signature as registered.
+template <typename EntryPointer>
+using SignatureOf = std::remove_pointer_t<EntryPointer>;
+struct AnyKernels;  // the entry points' signatures do not depend on their kernels
 
-// Each op: its name, its signature as registered, and the positions of the tensor arguments it
-// writes and of those it only reads.
 struct AddPenaltyGradOp {
   static constexpr const char* kName = "l2fast::add_penalty_grad_";
-  using Signature = at::Tensor(at::TensorList, at::TensorList, Coeffs, Coeffs);
-  using Written = std::index_sequence<1>;
-  using Read = std::index_sequence<0>;
+  using Signature = SignatureOf<decltype(&EntryPoints<AnyKernels>::add_penalty_grad_)>;
 };
 
 struct DecayOp {
   static constexpr const char* kName = "l2fast::decay_";
-  using Signature = at::Tensor(at::TensorList, Coeffs, Coeffs);
-  using Written = std::index_sequence<0>;
-  using Read = std::index_sequence<>;
+  using Signature = SignatureOf<decltype(&EntryPoints<AnyKernels>::decay_)>;
 };
 
 struct AdamStepOp {
   static constexpr const char* kName = "l2fast::adam_step_";
-  using Signature = at::Tensor(at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                               at::TensorList, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, Coeffs, bool,
-                               OptionalTensor, OptionalTensor, OptionalTensor);
-  using Written = std::index_sequence<0, 1, 2, 3, 4, 5>;  // params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
-  using Read = std::index_sequence<15, 16, 17>;             // grad_scale, found_inf, clip
+  using Signature = SignatureOf<decltype(&StepEntryPoints<AnyKernels>::adam_step_)>;
 };
 
 struct SgdStepOp {
   static constexpr const char* kName = "l2fast::sgd_step_";
-  using Signature = at::Tensor(at::TensorList, at::TensorList, at::TensorList, Coeffs, Coeffs, Coeffs,
-                               c10::ArrayRef<int64_t>, Coeffs, Coeffs, Coeffs, Coeffs, bool, bool, OptionalTensor,
-                               OptionalTensor, OptionalTensor);
-  using Written = std::index_sequence<0, 1, 2>;  // params, grads, momentum_buffers
-  using Read = std::index_sequence<13, 14, 15>;   // grad_scale, found_inf, clip
+  using Signature = SignatureOf<decltype(&StepEntryPoints<AnyKernels>::sgd_step_)>;
 };
+
+// written[i]: the schema marks argument i as written in place (Tensor(a!) or Tensor(a!)[]).
+std::vector<bool> written_arguments(const c10::FunctionSchema& schema) {
+  std::vector<bool> written;
+  for (const c10::Argument& argument : schema.arguments())
+    written.push_back(argument.alias_info() != nullptr && argument.alias_info()->isWrite());
+  return written;
+}
 
 template <typename Fn>
 void for_each_tensor(at::TensorList tensors, const Fn& fn) {
@@ -75,16 +75,26 @@ void for_each_tensor(const std::optional<at::Tensor>& tensor, const Fn& fn) {
   if (tensor && tensor->defined()) fn(*tensor);
 }
 
-// fn(tensor) for every tensor of the arguments at kIndex..., in order.
-template <size_t... kIndex, typename Args, typename Fn>
-void for_each_tensor_at(std::index_sequence<kIndex...>, const Args& args, const Fn& fn) {
-  (for_each_tensor(std::get<kIndex>(args), fn), ...);
+template <typename NotTensors, typename Fn>
+void for_each_tensor(const NotTensors&, const Fn&) {}
+
+// fn(tensor) for every tensor of the arguments whose `written` flag is `want`, in order.
+template <typename Args, typename Fn, size_t... kIndex>
+void for_each_tensor_where(const std::vector<bool>& written, bool want, const Args& args, const Fn& fn,
+                           std::index_sequence<kIndex...>) {
+  ((written[kIndex] == want ? for_each_tensor(std::get<kIndex>(args), fn) : void()), ...);
 }
 
-template <typename Positions, typename Args>
-std::vector<at::Tensor> tensors_at(Positions positions, const Args& args) {
+template <typename... Args, typename Fn>
+void for_each_tensor_where(const std::vector<bool>& written, bool want, const std::tuple<Args...>& args,
+                           const Fn& fn) {
+  for_each_tensor_where(written, want, args, fn, std::index_sequence_for<Args...>{});
+}
+
+template <typename Args>
+std::vector<at::Tensor> tensors_where(const std::vector<bool>& written, bool want, const Args& args) {
   std::vector<at::Tensor> out;
-  for_each_tensor_at(positions, args, [&](const at::Tensor& t) { out.push_back(t); });
+  for_each_tensor_where(written, want, args, [&](const at::Tensor& t) { out.push_back(t); });
   return out;
 }
 
@@ -125,13 +135,18 @@ struct WritingOpKernels<Op, at::Tensor(Args...)> {
     return op;
   }
 
+  static const std::vector<bool>& written() {
+    static const std::vector<bool> flags = written_arguments(handle().schema());
+    return flags;
+  }
+
   static at::Tensor autograd(c10::DispatchKeySet keys, Args... args) {
     const auto all = std::forward_as_tuple(args...);
     std::vector<at::Tensor> written;
     NodePtr grad_fn;
     if (at::GradMode::is_enabled()) {  // under no_grad nothing is recorded: skip gathering the tensors
-      written = tensors_at(typename Op::Written{}, all);
-      grad_fn = before_write(Op::kName, written, tensors_at(typename Op::Read{}, all));
+      written = tensors_where(WritingOpKernels::written(), true, all);
+      grad_fn = before_write(Op::kName, written, tensors_where(WritingOpKernels::written(), false, all));
     }
     at::Tensor value;
     {
@@ -151,8 +166,8 @@ struct WritingOpKernels<Op, at::Tensor(Args...)> {
       at::AutoDispatchBelowADInplaceOrView guard;
       value = handle().redispatch(keys & c10::after_ADInplaceOrView_keyset, args...);
     }
-    for_each_tensor_at(typename Op::Written{}, std::forward_as_tuple(args...),
-                       [](const at::Tensor& t) { torch::autograd::increment_version(t); });
+    for_each_tensor_where(written(), true, std::forward_as_tuple(args...),
+                          [](const at::Tensor& t) { torch::autograd::increment_version(t); });
     return value;
   }
 };
