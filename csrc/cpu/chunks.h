@@ -18,10 +18,10 @@
 namespace l2fast::cpu {
 
 // 256K elements (1 MB of float32): a span's four streams (spans.h) then run 64K elements each, long
-// enough for the hardware prefetcher; with 32K-element chunks one thread reached 85% of torch.dot on
-// the same bytes, with 128K-1M 98-101% (docs/cpu.md). Small enough that a 63M-parameter model is ~250
-// grabs, so the last grabs still even out threads of unequal speed. (The CUDA chunk is 16K: there a
-// chunk is one block's work, and smaller chunks fill more SMs; see csrc/cuda/device.cuh.)
+// enough for the hardware prefetcher to reach streaming speed (docs/cpu.md, "Chunk size"). Small
+// enough that a 63M-parameter model is ~250 grabs, so the last grabs still even out threads of unequal
+// speed. (The CUDA chunk is 16K: there a chunk is one block's work, and smaller chunks fill more SMs;
+// see csrc/cuda/device.cuh.)
 constexpr int64_t kChunk = 1 << 18;
 
 template <typename T>

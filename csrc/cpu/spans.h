@@ -1,13 +1,10 @@
 // Inner loops over one contiguous span of one tensor, compiled several times (function
 // multi-versioning, picked at load time). Sums over several streams (reduce_span) have two clones,
 // x86-64 and x86-64-v3 (AVX2, FMA), which AVX-512 machines run too: in an x86-64-v4 clone GCC packs
-// two streams into one 512-bit register with scalar loads and inserts (float32 sums at 75% of the v3
-// speed on a Zen 4), and with eight lanes per stream bfloat16 was packed again at half speed. Loops
-// over one stream (penalty gradient, decay, the optimizer steps) also get an x86-64-v4 clone: there
-// 16 lanes are 16 consecutive elements, one 512-bit load of float32, and on a Xeon with AVX-512 it
-// took float32 penalty + gradient from 82% to 91% of torch's add_ on the same bytes at one thread; on a
-// Zen 4 it cost the float64 gradient 11-21 points but took 17-27% off the Adam step (docs/cpu.md
-// has the assembly and the numbers).
+// two streams into one 512-bit register with scalar loads and inserts, which was slower. Loops over
+// one stream (penalty gradient, decay, the optimizer steps) also get an x86-64-v4 clone: there 16
+// lanes are 16 consecutive elements, one 512-bit load of float32. docs/cpu.md, "ISA levels", has the
+// assembly and the measurements.
 //
 // Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
 // lanes to SIMD registers of any width, and the result is the same bits on every machine and thread
@@ -91,17 +88,16 @@ inline __attribute__((always_inline)) void for_lanes(int64_t n, Body body, Ahead
 // Lanes of a sum over four streams: each stream's group of lanes fills one 256-bit register of the
 // 32-bit values its elements widen through (8 for 16-bit types), so the loads stay vector loads.
 // With 4 lanes per stream, GCC filled 8-wide registers from two streams with scalar loads and
-// inserts (bfloat16 at 48% of the speed of 8 lanes; docs/cpu.md).
+// inserts, which was slower (docs/cpu.md, "ISA levels").
 template <typename T>
 constexpr int kSumLanes = sizeof(T) == 2 ? 32 : kLanes;
 
 // A for_lanes hook: software prefetch kAheadBytes ahead of each part of some arrays, every line of
 // the step's bytes (a step under 64 bytes prefetches its line more than once, which costs less than a
-// branch; see for_lanes). On a Xeon (AVX-512, AMX) with 4 KB pages the hardware prefetcher alone kept
-// the four-stream float32 sum at 81-87% of torch.dot, where a loop that only loads reached 101-104%,
-// and the penalty gradient at 78-81% of add_; 2 KB ahead took them to 93-97% and 89-93% at one and
-// two threads, and float64 and bfloat16 gained too (docs/cpu.md). always_inline: GCC finds a function
-// whose only statements are prefetches free of side effects and deletes its calls.
+// branch; see for_lanes). With 4 KB pages the hardware prefetcher alone left the loops short of a
+// loop that only loads; 2 KB ahead closed most of the gap (docs/cpu.md, "Software prefetch").
+// always_inline: GCC finds a function whose only statements are prefetches free of side effects and
+// deletes its calls.
 constexpr int64_t kAheadBytes = 2048;
 constexpr int64_t kLineBytes = 64;
 
@@ -135,8 +131,8 @@ template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   LaneSumsOf<kSumLanes<T>> sums;
   // One input: four streams, which keep one core's prefetcher ahead of the loop when each runs long
-  // enough (kChunk / 4 elements; measured on a 2-core AMD EPYC, one thread: 1 stream 91% of torch.dot,
-  // 4 streams 98-101%). Spans too short for the prefetcher to ramp up stay one stream.
+  // enough (kChunk / 4 elements; docs/cpu.md, "Chunk size"). Spans too short for the prefetcher to
+  // ramp up stay one stream.
   const auto add = [&](int64_t i, int lane) { sums.template add<kSq, kAbs>(lane, widen(x[i])); };
   if (n >= kMinSplit)
     for_lanes<4, kSumLanes<T>>(n, add, PrefetchAhead<T, 4, kSumLanes<T>, 1>{{x}});
@@ -152,8 +148,7 @@ L2FAST_CPU_CLONES_V4 Partial grad_span(const T* w, const T* g, T* out, int64_t n
                                        at::opmath_type<T> l1, at::opmath_type<T> scale) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
-  // w and g are already two streams in and one out; splitting them further was slower (measured as
-  // above: 82% of an in-place add_ with one part, 58% with two).
+  // w and g are already two streams in and one out; splitting them further was slower (docs/cpu.md).
   for_lanes<1>(n, [&](int64_t i, int lane) {
     const Op wi = static_cast<Op>(w[i]);
     const Op step = penalty_step(wi, l2, l1, kSq, kAbs);
