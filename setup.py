@@ -80,7 +80,8 @@ def compile_args(cuda: bool, debug: bool) -> dict:
 def extension(torch, cuda: bool):
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = ["csrc/l2fast.cpp"] + sorted(glob.glob("csrc/common/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    layers = ("dispatch", "entry", "cpu")  # math/ is headers only
+    sources = ["csrc/l2fast.cpp"] + [path for layer in layers for path in sorted(glob.glob(f"csrc/{layer}/*.cpp"))]
     options = dict(
         extra_compile_args=compile_args(cuda, env_flag("L2FAST_DEBUG")),
         extra_link_args=["-fopenmp"],

@@ -1,5 +1,5 @@
-// The only place where l2fast's operator schemas are written. Kernels live in
-// cpu/ (TORCH_LIBRARY_IMPL CPU) and cuda/ (TORCH_LIBRARY_IMPL CUDA).
+// The only place where l2fast's operator schemas are written. Kernels live in cpu/ (TORCH_LIBRARY_IMPL
+// CPU), cuda/ (CUDA) and entry/no_pass.cpp (Meta, and calls without a tensor); csrc/README.md has the map.
 //
 // Coefficient lists hold one value per tensor, or a single value for all of them.
 // A tensor whose coefficient(s) are all zero is not read at all.

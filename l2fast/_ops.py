@@ -44,7 +44,7 @@ def backend_reason() -> str:
 
 def _register_autograd() -> None:
     # The reductions' backward is one fused pass of penalty_grad (their Autograd kernels are C++:
-    # csrc/common/reduce_autograd.cpp, as are those of the in-place ops, csrc/common/inplace_autograd.cpp).
+    # csrc/dispatch/reduce_autograd.cpp, as are those of the in-place ops, csrc/dispatch/inplace_autograd.cpp).
     # penalty_grad's own derivative is here, so second derivatives (Hessian-vector products,
     # gradgradcheck) are exact too.
     def penalty_grad_setup(ctx, inputs, output):

@@ -1,4 +1,4 @@
-"""Calls from Python into the ops that take tensor lists boxed (csrc/common/boxed.h): the lists are
+"""Calls from Python into the ops that take tensor lists boxed (csrc/dispatch/boxed.h): the lists are
 borrowed, never leaked or released twice, and the results equal the float64 reference.
 
 A leaked C++ reference shows as one more Python reference to the tensor (torch keeps the Python object

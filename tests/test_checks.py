@@ -1,4 +1,4 @@
-"""The argument checks of the native ops (csrc/common/checks.cpp, optim_step.cpp), run by the CPU
+"""The argument checks of the native ops (csrc/entry/checks.cpp, optim_step.cpp), run by the CPU
 kernels, by the meta kernels (which are the fake kernels of torch.compile) and, in Python, by the
 reference, on the same bad inputs: the same error, word for word."""
 import pytest

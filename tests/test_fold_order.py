@@ -1,4 +1,4 @@
-"""The order in which partial sums are folded (csrc/common/fold.h), checked where the order shows.
+"""The order in which partial sums are folded (csrc/math/fold.h), checked where the order shows.
 
 Partials of 2^53 and 1.0 give different float64 sums in different orders (2^53 + 1 rounds back to
 2^53), so a result equal to the Python mirror below, and unequal to a left-to-right sum, proves the

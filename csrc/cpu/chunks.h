@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "../common/fold.h"
-#include "../common/plan.h"
+#include "../math/fold.h"
+#include "../math/plan.h"
 #include "schedule.h"
 #include "spans.h"
 

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../common/entry_points.h"
-#include "../common/plan.h"
+#include "../entry/entry_points.h"
+#include "../math/plan.h"
 #include "chunks.h"
 #include "spans.h"
 

@@ -5,8 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../common/optim_step.h"
-#include "../common/static_flags.h"
+#include "../entry/optim_step.h"
+#include "../math/static_flags.h"
 #include "chunks.h"
 #include "spans.h"
 

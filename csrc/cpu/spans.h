@@ -17,7 +17,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../common/elementwise.h"
+#include "../math/elementwise.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define L2FAST_CPU_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))

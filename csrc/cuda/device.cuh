@@ -2,10 +2,10 @@
 // kernels that fold the chunk partials. nvcc compiles this file; the host SIMT harness (csrc/emu/)
 // includes it unchanged after defining the CUDA keywords, so nothing here may include ATen-CUDA.
 //
-// Metadata travels as a kernel argument (LaunchTable, up to ~29 KB, CUDA >= 12.1), never through a
+// Metadata travels as a kernel argument (LaunchTable, up to ~32 KB, CUDA >= 12.1), never through a
 // host buffer: a launch captured into a CUDA graph carries its own copy, and replays read the
 // tensors of the capture. Each block owns one chunk and writes one partial; the finish kernels fold
-// partials in the fixed order of csrc/common/fold.h. No floating-point atomics: results are bitwise
+// partials in the fixed order of csrc/math/fold.h. No floating-point atomics: results are bitwise
 // reproducible.
 #pragma once
 #include <ATen/OpMathType.h>
@@ -16,9 +16,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "../common/elementwise.h"
-#include "../common/fold.h"
-#include "../common/weights.h"
+#include "../math/elementwise.h"
+#include "../math/fold.h"
+#include "../math/weights.h"
 
 // A kernel parameter read in place by every thread: on the GPU from the constant bank (no copy per
 // thread even when indexed), in the harness by reference to the launch's one copy.
@@ -42,7 +42,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 enum DType : int32_t { kF32, kF64, kF16, kBF16 };
 
 struct TensorMeta {
-  static constexpr int kPerLaunch = 448;  // tensors per LaunchTable: fits CUDA's parameter limit
   const void* x;    // the tensor read (params)
   void* y;          // the tensor written, when there is one (grads, outputs, x itself for decay)
   int64_t length;   // elements this op visits: numel, or 0 when the tensor takes no part
@@ -54,21 +53,30 @@ struct TensorMeta {
   int32_t pack_head;
 };
 
-// Up to Meta::kPerLaunch consecutive tensors of one op call, with their chunk counts as a prefix
+// CUDA's limit on the bytes of one kernel's parameters (CUDA >= 12.1), and what a launch table leaves
+// of it to the op functor and the kernel's other parameters (run_tables asserts that they fit).
+constexpr size_t kParameterBytes = 32764;
+constexpr size_t kBesideTable = 256;
+
+// Tensors per launch table of Meta: as many as the parameter bytes hold, each taking its Meta and its
+// chunk_end entry, after the table's three counts.
+template <class Meta>
+constexpr int kPerLaunch =
+    static_cast<int>((kParameterBytes - kBesideTable - 3 * sizeof(int64_t)) / (sizeof(Meta) + sizeof(int64_t)));
+
+// Up to kPerLaunch<Meta> consecutive tensors of one op call, with their chunk counts as a prefix
 // sum: block b of the launch works on chunk b - chunk_end[t - 1] of the tensor t with
-// chunk_end[t - 1] <= b < chunk_end[t]. Sized to fit CUDA's 32,764-byte parameter limit. Meta is
-// TensorMeta, or a type derived from it for an op that needs more per tensor (the optimizer step).
+// chunk_end[t - 1] <= b < chunk_end[t]. Meta is TensorMeta, or a type derived from it for an op that
+// needs more per tensor (the optimizer step).
 template <class Meta = TensorMeta>
 struct LaunchTable {
   int64_t first_tensor;   // index of metas[0] in the op's tensor list
   int64_t first_partial;  // index of this launch's first chunk among all chunks of the op call
   int64_t count;          // tensors in this launch
-  int64_t chunk_end[Meta::kPerLaunch];
-  Meta metas[Meta::kPerLaunch];
+  int64_t chunk_end[kPerLaunch<Meta>];
+  Meta metas[kPerLaunch<Meta>];
 };
-constexpr int kTensorsPerLaunch = TensorMeta::kPerLaunch;
-constexpr bool fits_kernel_parameters(size_t table_bytes) { return table_bytes + 64 <= 32764; }
-static_assert(fits_kernel_parameters(sizeof(LaunchTable<>)), "a launch table must fit in the kernel parameters");
+constexpr int kTensorsPerLaunch = kPerLaunch<TensorMeta>;
 
 // The chunk a block owns: tensor t of the table, elements [begin, begin + len).
 struct ChunkSpan {

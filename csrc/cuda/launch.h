@@ -17,8 +17,8 @@
 #include <memory>
 #include <vector>
 
-#include "../common/optim_step.h"
-#include "../common/plan.h"
+#include "../entry/optim_step.h"
+#include "../math/plan.h"
 #include "device.cuh"
 #include "op_functors.cuh"
 
@@ -54,16 +54,16 @@ inline TensorMeta make_meta(const at::Tensor& x, void* y, Weights weights, doubl
           pack_head(xp, x.element_size(), {y})};
 }
 
-// The op's tensors cut into launch tables of at most Meta::kPerLaunch consecutive tensors each.
+// The op's tensors cut into launch tables of at most kPerLaunch<Meta> consecutive tensors each.
 template <class Meta>
 std::vector<LaunchTable<Meta>> plan_launches(const std::vector<Meta>& metas) {
   std::vector<LaunchTable<Meta>> tables;
   int64_t partials = 0;
-  for (size_t first = 0; first < metas.size(); first += Meta::kPerLaunch) {
+  for (size_t first = 0; first < metas.size(); first += kPerLaunch<Meta>) {
     LaunchTable<Meta>& table = tables.emplace_back();
     table.first_tensor = static_cast<int64_t>(first);
     table.first_partial = partials;
-    table.count = std::min<int64_t>(Meta::kPerLaunch, static_cast<int64_t>(metas.size() - first));
+    table.count = std::min<int64_t>(kPerLaunch<Meta>, static_cast<int64_t>(metas.size() - first));
     int64_t chunks = 0;
     for (int64_t t = 0; t < table.count; ++t) {
       table.metas[t] = metas[first + t];
@@ -87,7 +87,8 @@ template <class Device, class Op>
 void run_tables(const Device& device, const Op& op, const std::vector<LaunchTable<typename Op::Meta>>& tables,
                 int64_t n, at::Tensor* result, bool per_tensor) {
   using Table = LaunchTable<typename Op::Meta>;
-  static_assert(sizeof(Op) + sizeof(Table) + sizeof(double2*) <= 32764, "chunk_kernel's parameters exceed CUDA's limit");
+  static_assert(sizeof(Op) + sizeof(Table) + sizeof(double2*) <= kParameterBytes,
+                "chunk_kernel's parameters exceed CUDA's limit");
   TORCH_INTERNAL_ASSERT(Op::kReduces == (result != nullptr));
   const int64_t chunks = tables.empty() ? 0 : tables.back().first_partial + chunks_in(tables.back());
   TORCH_CHECK(chunks <= std::numeric_limits<int32_t>::max(), "l2fast: ", chunks, " chunks exceed one CUDA grid");
@@ -127,7 +128,7 @@ inline std::vector<TensorMeta> metas_of(at::TensorList params, at::TensorList ou
   return metas;
 }
 
-// The Kernels of csrc/common/entry_points.h for any Device.
+// The Kernels of csrc/entry/entry_points.h for any Device.
 template <class Device>
 struct DeviceKernels {
   static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
@@ -218,7 +219,7 @@ void run_step(const StepArgs& args, at::Tensor& result) {
   run_tables(device, op, tables, static_cast<int64_t>(metas.size()), &result, /*per_tensor=*/false);
 }
 
-// The Kernels of StepEntryPoints (csrc/common/optim_step.h) for any Device.
+// The Kernels of StepEntryPoints (csrc/entry/optim_step.h) for any Device.
 template <class Device>
 struct DeviceStepKernels {
   static void adam_step(const StepArgs& args, at::Tensor& result) {

@@ -7,7 +7,7 @@
 #pragma once
 #include <type_traits>
 
-#include "../common/optim_math.h"
+#include "../math/optim_math.h"
 #include "device.cuh"
 
 namespace l2fast::cuda {
@@ -102,14 +102,12 @@ struct ScaleOp : ReadsX {
 // the penalty value of the weights the step starts from), its gradient, its state tensors and its
 // step counter, with its hyperparameters.
 struct StepMeta : TensorMeta {
-  static constexpr int kPerLaunch = 150;  // ~190 bytes each: the table stays under the parameter limit
   void* grad;  // written back unscaled and clipped when StepOp::write_grads
   void* state[3];  // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq; SGD: momentum_buffer
   void* step;      // Adam's step counter on the device (float32 or float64); null for SGD
   int32_t step_is_double;
   StepHyper hyper;
 };
-static_assert(fits_kernel_parameters(sizeof(LaunchTable<StepMeta>)), "a step table must fit in the kernel parameters");
 
 // The three device scalars of a step, as a double[3]: GradScaler's scale (1 without one), found_inf
 // (0 without one) and the clip coefficient (1 without one). Read by every thread; never by the host.

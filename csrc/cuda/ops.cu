@@ -7,8 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../common/entry_points.h"
-#include "../common/optim_step.h"
+#include "../entry/entry_points.h"
+#include "../entry/optim_step.h"
 #include "launch.h"
 
 namespace l2fast::cuda {

@@ -14,8 +14,8 @@ OUT = os.path.join(ROOT, "build", "emu")
 
 extension = CppExtension(
     "l2fast_emu",
-    [os.path.join(ROOT, "csrc", *path) for path in (("emu", "module.cpp"), ("emu", "simt.cpp"), ("common", "checks.cpp"),
-                                                       ("common", "optim_step.cpp"))],
+    [os.path.join(ROOT, "csrc", *path) for path in (("emu", "module.cpp"), ("emu", "simt.cpp"), ("entry", "checks.cpp"),
+                                                       ("entry", "optim_step.cpp"))],
     # -O1 keeps ASan's reports readable and the build short; C++20 for std::barrier.
     # -fno-wrapv undoes the -fwrapv that Python adds, so UBSan reports signed (index) overflow.
     extra_compile_args=["-std=c++20", "-O1", "-g", "-fno-wrapv", "-ffp-contract=off", "-Wno-unknown-pragmas"] + SANITIZE,

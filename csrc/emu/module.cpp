@@ -11,12 +11,13 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "simt.h"
 // simt.h first: it defines the CUDA keywords the device code below is written in.
-#include "../common/entry_points.h"
-#include "../common/optim_step.h"
+#include "../entry/entry_points.h"
+#include "../entry/optim_step.h"
 #include "../cuda/launch.h"
 
 namespace l2fast::emu {
@@ -87,6 +88,28 @@ at::Tensor plan_blocks(const std::vector<int64_t>& lengths) {
   return at::tensor(rows, at::kLong).reshape({n, 5});
 }
 
+// An entry point as pybind11 binds it: each list argument (at::TensorList, c10::ArrayRef<double>)
+// taken as the std::vector pybind11 converts a Python list to, and passed on as the view of it.
+template <typename T>
+struct PythonArg {
+  using type = std::decay_t<T>;
+};
+
+template <typename T>
+struct PythonArg<c10::ArrayRef<T>> {
+  using type = std::vector<T>;
+};
+
+template <auto kEntry, typename Result, typename... Args>
+auto python_callable(Result (*)(Args...)) {
+  return [](const typename PythonArg<Args>::type&... args) { return kEntry(args...); };
+}
+
+template <auto kEntry>
+auto python_callable() {
+  return python_callable<kEntry>(kEntry);
+}
+
 }  // namespace
 }  // namespace l2fast::emu
 
@@ -97,33 +120,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using Doubles = std::vector<double>;
   m.doc() = "l2fast's CUDA ops run by the host SIMT harness on CPU tensors";
   // The ops, through the same entry points as torch.ops.l2fast.
-  m.def("sq_norm", [](const Tensors& xs, const Doubles& c, bool per_tensor) { return Entry::sq_norm(xs, c, per_tensor); });
-  m.def("l1_norm", [](const Tensors& xs, const Doubles& c, bool per_tensor) { return Entry::l1_norm(xs, c, per_tensor); });
-  m.def("penalty", [](const Tensors& ps, const Doubles& l2, const Doubles& l1) { return Entry::penalty(ps, l2, l1); });
-  m.def("penalty_grad", [](const Tensors& ps, const at::Tensor& scale, const Doubles& l2, const Doubles& l1) {
-    return Entry::penalty_grad(ps, scale, l2, l1);
-  });
-  m.def("add_penalty_grad_", [](const Tensors& ps, const Tensors& gs, const Doubles& l2, const Doubles& l1) {
-    return Entry::add_penalty_grad_(ps, gs, l2, l1);
-  });
-  m.def("decay_", [](const Tensors& ps, const Doubles& f, const Doubles& l2) { return Entry::decay_(ps, f, l2); });
-  using Scalar = std::optional<at::Tensor>;
-  m.def("adam_step_", [](const Tensors& ps, const Tensors& gs, const Tensors& m1, const Tensors& m2, const Tensors& m2_max,
-                         const Tensors& steps, const Doubles& lr, const Doubles& beta1, const Doubles& beta2,
-                         const Doubles& eps, const Doubles& l2, const Doubles& l1, const Doubles& decay,
-                         const Doubles& value_l2, bool maximize, const Scalar& grad_scale, const Scalar& found_inf,
-                         const Scalar& clip) {
-    return StepEntry::adam_step_(ps, gs, m1, m2, m2_max, steps, lr, beta1, beta2, eps, l2, l1, decay, value_l2, maximize,
-                                 grad_scale, found_inf, clip);
-  });
-  m.def("sgd_step_", [](const Tensors& ps, const Tensors& gs, const Tensors& bufs, const Doubles& lr,
-                        const Doubles& momentum, const Doubles& dampening, const std::vector<int64_t>& fresh,
-                        const Doubles& l2, const Doubles& l1, const Doubles& decay, const Doubles& value_l2,
-                        bool nesterov, bool maximize, const Scalar& grad_scale, const Scalar& found_inf,
-                        const Scalar& clip) {
-    return StepEntry::sgd_step_(ps, gs, bufs, lr, momentum, dampening, fresh, l2, l1, decay, value_l2, nesterov,
-                                maximize, grad_scale, found_inf, clip);
-  });
+  m.def("sq_norm", python_callable<&Entry::sq_norm>());
+  m.def("l1_norm", python_callable<&Entry::l1_norm>());
+  m.def("penalty", python_callable<&Entry::penalty>());
+  m.def("penalty_grad", python_callable<&Entry::penalty_grad>());
+  m.def("add_penalty_grad_", python_callable<&Entry::add_penalty_grad_>());
+  m.def("decay_", python_callable<&Entry::decay_>());
+  m.def("adam_step_", python_callable<&StepEntry::adam_step_>());
+  m.def("sgd_step_", python_callable<&StepEntry::sgd_step_>());
   // The Kernels alone, into results the caller allocates: the launch path for lists of any length,
   // empty ones included, whatever the entry points do before it.
   m.def("kernels_reduce", [](const Tensors& xs, const Doubles& l2, const Doubles& l1, bool per_tensor, at::Tensor result) {

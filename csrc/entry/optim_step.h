@@ -9,8 +9,9 @@
 #include <vector>
 
 #include "checks.h"
-#include "optim_math.h"
-#include "plan.h"
+#include "coeffs.h"
+#include "../math/optim_math.h"
+#include "../math/plan.h"
 
 namespace l2fast {
 

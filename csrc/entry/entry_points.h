@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "checks.h"
-#include "plan.h"
+#include "coeffs.h"
+#include "../math/plan.h"
 
 namespace l2fast {
 

@@ -18,9 +18,9 @@
 #include <torch/library.h>
 
 #include "boxed.h"
-#include "entry_points.h"
+#include "../entry/entry_points.h"
 #include "op_handle.h"
-#include "optim_step.h"
+#include "../entry/optim_step.h"
 
 #include <memory>
 #include <optional>

@@ -249,13 +249,6 @@ void check_decay_args(at::TensorList params, c10::ArrayRef<double> factors, c10:
   check_no_overlap({{params, "params"}});
 }
 
-std::vector<double> expand_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {
-  TORCH_CHECK(coeffs.size() == 1 || coeffs.size() == n, "l2fast: ", name, " has ", coeffs.size(),
-              " values for ", n, " tensors; give one value, or one per tensor");
-  if (coeffs.size() == n) return coeffs.vec();
-  return std::vector<double>(n, coeffs[0]);
-}
-
 at::ScalarType result_dtype(at::TensorList tensors) {
   for (const at::Tensor& t : tensors)
     if (t.scalar_type() == at::kDouble) return at::kDouble;

@@ -42,9 +42,6 @@ struct NamedTensors {
 // number of tensors.
 void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors read = {});
 
-// A coefficient list of one value (for every tensor) or one value per tensor, expanded to n.
-std::vector<double> expand_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name);
-
 // A dtype as Python users write it: torch.int64.
 std::string dtype_name(at::ScalarType dtype);
 

@@ -5,28 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "checks.h"
-#include "weights.h"
-
 namespace l2fast {
-
-// Weights per tensor from an L2 list (value l2/2 ||w||^2) and an L1 list (value l1 |w|_1).
-inline std::vector<Weights> penalty_weights(c10::ArrayRef<double> l2, c10::ArrayRef<double> l1, size_t n) {
-  const std::vector<double> l2s = expand_coeffs(l2, n, "l2");
-  const std::vector<double> l1s = expand_coeffs(l1, n, "l1");
-  std::vector<Weights> weights(n);
-  for (size_t i = 0; i < n; ++i) weights[i] = {l2s[i], l1s[i]};
-  return weights;
-}
-
-// Weights per tensor for a norm: coeffs_i * ||x_i||^2 (squared: an L2 coefficient of 2 c_i) or
-// coeffs_i * |x_i|_1.
-inline std::vector<Weights> norm_weights(c10::ArrayRef<double> coeffs, size_t n, bool squared) {
-  std::vector<Weights> weights;
-  weights.reserve(n);
-  for (double c : expand_coeffs(coeffs, n, "coeffs")) weights.push_back(squared ? Weights{2.0 * c, 0.0} : Weights{0.0, c});
-  return weights;
-}
 
 // Chunks of a tensor of `length` elements: [k * chunk_size, min((k + 1) * chunk_size, length)).
 inline int64_t chunk_count(int64_t length, int64_t chunk_size) { return (length + chunk_size - 1) / chunk_size; }
