@@ -253,6 +253,31 @@ def test_opcheck_every_op(device, dtype):
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration"))
 
 
+def test_the_arguments_a_schema_marks_written_are_those_whose_versions_move():
+    """The in-place ops' autograd kernels take what they write from the schemas' Tensor(a!) marks."""
+    params, grads = random_tensors([5, 130], torch.float32, "cpu", seed=8), random_tensors([5, 130], torch.float32, "cpu")
+    states = [[torch.zeros_like(p) for p in params] for _ in range(3)]
+    scalars = [torch.tensor(2.0), torch.zeros(()), torch.tensor(0.5)]
+    cases = [
+        (ops.add_penalty_grad_.default, (params, grads, [0.1], [0.2])),
+        (ops.decay_.default, (params, [0.01], [0.0])),
+        (ops.adam_step_.default, (params, grads, *states, [torch.tensor(0.0) for _ in params], [1e-2], [0.9], [0.99],
+                                  [1e-8], [0.1], [0.01], [0.0], [0.1], False, *scalars)),
+        (ops.sgd_step_.default, (params, grads, states[0], [1e-2], [0.9], [0.1], [1], [0.1], [0.0], [0.01], [0.1], True,
+                                 False, *scalars)),
+    ]
+    for op, args in cases:
+        marked = []
+        for argument, value in zip(op._schema.arguments, args):
+            written = argument.alias_info is not None and argument.alias_info.is_write
+            marked += [(written, t) for t in (value if isinstance(value, list) else [value]) if isinstance(t, torch.Tensor)]
+        assert any(written for written, _ in marked)
+        before = [t._version for _, t in marked]
+        with torch.no_grad():
+            op(*args)
+        assert [t._version - v for (_, t), v in zip(marked, before)] == [int(written) for written, _ in marked], op
+
+
 def away_from_zero(*sizes):
     """float64 leaves with |w| >= 0.1: the kink of |w| at 0 stays further away than gradcheck's steps."""
     g = torch.Generator().manual_seed(11)

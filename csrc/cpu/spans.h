@@ -3,8 +3,8 @@
 // x86-64 and x86-64-v3 (AVX2, FMA), which AVX-512 machines run too: in an x86-64-v4 clone GCC packs
 // two streams into one 512-bit register with scalar loads and inserts, which was slower. Loops over
 // one stream (penalty gradient, decay, the optimizer steps) also get an x86-64-v4 clone: there 16
-// lanes are 16 consecutive elements, one 512-bit load of float32. docs/cpu.md, "ISA levels", has the
-// assembly and the measurements.
+// lanes are 16 consecutive elements, one 512-bit load of float32 (docs/cpu.md, "ISA levels"; the
+// measurements are in docs/cpu-experiments.md).
 //
 // Sums run in a fixed number of independent float64 lanes folded in a fixed order: the compiler maps
 // lanes to SIMD registers of any width, and the result is the same bits on every machine and thread

@@ -17,10 +17,10 @@
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
-#include "boxed.h"
 #include "../entry/entry_points.h"
-#include "op_handle.h"
 #include "../entry/optim_step.h"
+#include "boxed.h"
+#include "op_handle.h"
 
 #include <memory>
 #include <optional>
@@ -32,7 +32,8 @@
 namespace l2fast {
 namespace {
 
-// The signature of the entry point kEntry points to, which is the op's signature as registered.
+// The function type of an entry point (given as the type of a pointer to it): the op's signature as
+// registered.
 template <typename EntryPointer>
 using SignatureOf = std::remove_pointer_t<EntryPointer>;
 struct AnyKernels;  // the entry points' signatures do not depend on their kernels

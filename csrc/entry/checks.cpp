@@ -36,7 +36,7 @@ std::string number(double value) {
 }
 
 void check_scale(const at::Tensor& scale, at::TensorList params) {
-  TORCH_CHECK(scale.sym_numel() == 1, "l2fast: scale must hold one value, got shape ", scale.sym_sizes());
+  TORCH_CHECK(numel_of(scale) == 1, "l2fast: scale must hold one value, got shape ", scale.sym_sizes());
   TORCH_CHECK(params.empty() || scale.device() == params[0].device(), "l2fast: scale is on ", scale.device(),
               " but params are on ", params[0].device());
 }
@@ -52,13 +52,16 @@ struct ByteRange {
   size_t index;  // within that list
 };
 
+bool symbolic(const at::Tensor& t) { return t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); }
+
 // A meta tensor of symbolic shape (under torch.compile) is placed by its sizes' current values, which
 // guards the compiled graph on them, as any comparison of them would.
 int64_t concrete(const c10::SymInt& value) { return value.guard_int(__FILE__, __LINE__); }
 
 ByteRange range_of(const at::Tensor& t, bool read, size_t list, size_t index) {
-  const auto bytes = static_cast<uintptr_t>(concrete(t.sym_numel())) * t.element_size();
-  const auto offset = static_cast<uintptr_t>(concrete(t.sym_storage_offset())) * t.element_size();
+  const auto bytes = static_cast<uintptr_t>(numel_of(t)) * t.element_size();
+  const auto offset =
+      static_cast<uintptr_t>(symbolic(t) ? concrete(t.sym_storage_offset()) : t.storage_offset()) * t.element_size();
   const c10::Storage& storage = t.storage();
   if (!t.is_meta()) {
     const auto start = reinterpret_cast<uintptr_t>(storage.data()) + offset;
@@ -124,8 +127,15 @@ void sort_ranges(std::vector<ByteRange>& ranges) {
 
 std::string dtype_name(at::ScalarType dtype) { return "torch." + std::string(c10::getDtypeNames(dtype).first); }
 
+int64_t numel_of(const at::Tensor& t) { return symbolic(t) ? concrete(t.sym_numel()) : t.numel(); }
+
+bool same_sizes(const at::Tensor& a, const at::Tensor& b) {
+  return symbolic(a) || symbolic(b) ? a.sym_sizes() == b.sym_sizes() : a.sizes() == b.sizes();
+}
+
 bool same_layout(const at::Tensor& a, const at::Tensor& b) {
-  return a.sym_strides() == b.sym_strides() || (a.is_contiguous() && b.is_contiguous());
+  const bool same = symbolic(a) || symbolic(b) ? a.sym_strides() == b.sym_strides() : a.strides() == b.strides();
+  return same || (a.is_contiguous() && b.is_contiguous());
 }
 
 void check_tensors(at::TensorList tensors, const char* name) {
@@ -156,7 +166,7 @@ void check_pairs(at::TensorList params, at::TensorList grads) {
                 "] is on ", w.device());
     TORCH_CHECK(g.scalar_type() == w.scalar_type(), "l2fast: grads[", i, "] has dtype ", dtype_name(g.scalar_type()),
                 " but params[", i, "] has dtype ", dtype_name(w.scalar_type()));
-    TORCH_CHECK(g.sym_sizes() == w.sym_sizes(), "l2fast: grads[", i, "] has shape ", g.sym_sizes(), " but params[",
+    TORCH_CHECK(same_sizes(g, w), "l2fast: grads[", i, "] has shape ", g.sym_sizes(), " but params[",
                 i, "] has shape ", w.sym_sizes());
     TORCH_CHECK(same_layout(g, w), "l2fast: grads[", i, "] has strides ", g.sym_strides(), " but params[", i,
                 "] has strides ", w.sym_strides(),
@@ -184,13 +194,13 @@ void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors rea
     const at::TensorList tensors = written[l].tensors;
     if (l == 0) first_written.assign(tensors.size(), -1);
     for (size_t i = 0; i < tensors.size(); ++i) {
-      if (tensors[i].sym_numel() == 0) continue;
+      if (numel_of(tensors[i]) == 0) continue;
       if (l == 0) first_written[i] = static_cast<int64_t>(ranges.size());
       ranges.push_back(range_of(tensors[i], false, l, i));
     }
   }
   for (size_t i = 0; i < read.tensors.size(); ++i) {
-    if (read.tensors[i].sym_numel() == 0) continue;
+    if (numel_of(read.tensors[i]) == 0) continue;
     const ByteRange r = range_of(read.tensors[i], true, written.size(), i);
     if (i < first_written.size() && first_written[i] >= 0) {
       const ByteRange& w = ranges[first_written[i]];  // read in place, element by element: covered by `w`

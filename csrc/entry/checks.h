@@ -26,6 +26,11 @@ void check_pairs(at::TensorList params, at::TensorList grads);
 // One value (for every tensor) or one per tensor; each finite and >= 0.
 void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name);
 
+// numel and shape comparisons for tensors of concrete sizes (torch's plain accessors, cheaper per tensor)
+// or of symbolic ones (meta tensors under torch.compile: the comparison guards the compiled graph).
+int64_t numel_of(const at::Tensor& t);
+bool same_sizes(const at::Tensor& a, const at::Tensor& b);
+
 // grads[i] and params[i] (or a state tensor and its param) are walked by the same flat index: equal
 // strides, or both contiguous (strides of size-1 dimensions do not matter then).
 bool same_layout(const at::Tensor& a, const at::Tensor& b);

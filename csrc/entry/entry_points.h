@@ -8,7 +8,6 @@
 
 #include "checks.h"
 #include "coeffs.h"
-#include "../math/plan.h"
 
 namespace l2fast {
 

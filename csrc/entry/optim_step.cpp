@@ -23,7 +23,7 @@ void check_state(at::TensorList params, at::TensorList states, const char* name)
                 "] is on ", w.device());
     TORCH_CHECK(s.scalar_type() == w.scalar_type(), "l2fast: ", name, "[", i, "] has dtype ", dtype_name(s.scalar_type()),
                 " but params[", i, "] has dtype ", dtype_name(w.scalar_type()), "; optimizer state is kept in the parameter dtype");
-    TORCH_CHECK(s.sym_sizes() == w.sym_sizes(), "l2fast: ", name, "[", i, "] has shape ", s.sym_sizes(),
+    TORCH_CHECK(same_sizes(s, w), "l2fast: ", name, "[", i, "] has shape ", s.sym_sizes(),
                 " but params[", i, "] has shape ", w.sym_sizes());
     TORCH_CHECK(same_layout(s, w), "l2fast: ", name, "[", i, "] has strides ", s.sym_strides(), " but params[", i,
                 "] has strides ", w.sym_strides(),
@@ -37,7 +37,7 @@ std::string label(const char* name, int64_t index) { return index < 0 ? name : c
 // A one-value float tensor: a step counter (index: its position in steps), GradScaler's scale or
 // found_inf, a clip coefficient (index -1).
 void check_scalar(const at::Tensor& t, const char* name, int64_t index, const at::Device& device, bool host_allowed) {
-  TORCH_CHECK(t.sym_numel() == 1, "l2fast: ", label(name, index), " must hold one value, got shape ", t.sym_sizes());
+  TORCH_CHECK(numel_of(t) == 1, "l2fast: ", label(name, index), " must hold one value, got shape ", t.sym_sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "l2fast: ", label(name, index),
               " has dtype ", dtype_name(t.scalar_type()), "; expected float32 or float64");
   TORCH_CHECK(t.device() == device || (host_allowed && t.device().is_cpu()), "l2fast: ", label(name, index), " is on ",

@@ -11,7 +11,6 @@
 #include "checks.h"
 #include "coeffs.h"
 #include "../math/optim_math.h"
-#include "../math/plan.h"
 
 namespace l2fast {
 
