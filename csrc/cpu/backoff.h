@@ -8,8 +8,8 @@
 
 namespace l2fast::cpu {
 
-constexpr int64_t kFirstSpan = 4;
-constexpr int64_t kLongestSpan = 256;
+constexpr int64_t kFirstInterval = 4;
+constexpr int64_t kLongestInterval = 256;
 constexpr std::chrono::seconds kLongestWait{10};
 
 // Shared by every calling thread; the mutex is held only to read or update the policy, never during
@@ -18,7 +18,7 @@ class Backoff {
  public:
   using Clock = std::chrono::steady_clock;
 
-  // Threads for the next call of a `threads`-thread process: all of them, or fewer within a span.
+  // Threads for the next call of a `threads`-thread process: all of them, or fewer between probes.
   int team(int threads, Clock::time_point now) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (left_out_ == 0) return threads;
@@ -34,20 +34,20 @@ class Backoff {
     std::lock_guard<std::mutex> lock(mutex_);
     const bool probe = team == threads;
     if (!late) {
-      if (probe) left_out_ = 0, span_ = kFirstSpan;
+      if (probe) left_out_ = 0, interval_ = kFirstInterval;
       return;
     }
-    if (probe && left_out_ > 0) span_ = std::min(span_ * 2, kLongestSpan);
+    if (probe && left_out_ > 0) interval_ = std::min(interval_ * 2, kLongestInterval);
     left_out_ = std::min(threads - team + 1, threads - 1);
-    calls_left_ = span_;
+    calls_left_ = interval_;
     probe_by_ = now + kLongestWait;
   }
 
  private:
   std::mutex mutex_;
-  int left_out_ = 0;           // threads the calls of this span leave out
+  int left_out_ = 0;           // threads the calls until the next probe leave out
   int64_t calls_left_ = 0;     // calls before the next probe
-  int64_t span_ = kFirstSpan;  // calls between a late probe and the next
+  int64_t interval_ = kFirstInterval;  // calls between a late probe and the next
   Clock::time_point probe_by_;
 };
 

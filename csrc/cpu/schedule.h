@@ -7,12 +7,12 @@
 // scheduler time slice later, when the others have long finished. So each call measures how long its
 // calling thread waited for the team after running out of grabs. A call that waited for more than a
 // quarter of its time (and over 0.2 ms) is late: the calls after it use one thread fewer (down to the
-// calling thread alone), which the scheduler can then place on the free cores. After kFirstSpan
-// calls the full team is tried again (a probe); each late probe doubles the span, up to kLongestSpan
-// calls, and kLongestWait bounds it in time when calls are rare. Spans count calls, not time: a
-// penalty is computed once per training step, and a span in time would probe on most steps. The
-// schedule never changes the bits: every chunk's partial lands at its own index and is folded in a
-// fixed order. The policy itself is backoff.h.
+// calling thread alone), which the scheduler can then place on the free cores. After kFirstInterval
+// calls the full team is tried again (a probe); each late probe doubles the interval, up to
+// kLongestInterval calls, and kLongestWait bounds it in time when calls are rare. Intervals count
+// calls, not time: a penalty is computed once per training step, and an interval in time would probe
+// on most steps. The schedule never changes the bits: every chunk's partial lands at its own index and
+// is folded in a fixed order. The policy itself is backoff.h.
 #pragma once
 #include <cstdint>
 #include <functional>
