@@ -25,7 +25,7 @@ test-cuda-emu: setup
 	L2FAST_EMU_DIR=build/emu LD_PRELOAD=$(ASAN_RUNTIME) \
 	ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:alloc_dealloc_mismatch=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	$(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emu.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/ops/test_cuda_emu.py
 
 bench: setup
 	cd bench && ../$(PY) bench_ops.py

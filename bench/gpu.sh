@@ -38,7 +38,7 @@ STAGES=(
 TOTAL_BUDGET=${L2FAST_GPU_BUDGET:-585}  # seconds; a stage that would start past it is cut short or not run
 
 gpu_arch() { "$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())"; }
-cuda_tests() { echo tests/test_ops.py tests/test_optim_fused.py; }
+cuda_tests() { echo tests/ops/test_ops.py tests/optim/test_optim_fused.py; }
 pytest_q() { "$PY" -m pytest -q -rs -p no:cacheprovider "$@"; }
 sanitize() { # sanitize TOOL: the smoke script under compute-sanitizer, l2fast's kernels only
   command -v compute-sanitizer >/dev/null || { echo "SKIP: compute-sanitizer not found"; return 3; }
@@ -72,11 +72,11 @@ dry_build() { "$PY" bench/kernel_resources.py --help >/dev/null && echo "kernel_
 stage_cuda_tests() { pytest_q $(cuda_tests) -k cuda; }
 dry_cuda_tests() { pytest_q --collect-only $(cuda_tests) -k cuda | tail -1; }
 
-stage_gpu_cases() { pytest_q tests/test_cuda_gpu.py; }
-dry_gpu_cases() { pytest_q --collect-only tests/test_cuda_gpu.py | tail -1; }
+stage_gpu_cases() { pytest_q tests/ops/test_cuda_gpu.py; }
+dry_gpu_cases() { pytest_q --collect-only tests/ops/test_cuda_gpu.py | tail -1; }
 
-stage_graphs() { pytest_q tests/test_cuda_graphs.py; }
-dry_graphs() { pytest_q --collect-only tests/test_cuda_graphs.py | tail -1; }
+stage_graphs() { pytest_q tests/ops/test_cuda_graphs.py; }
+dry_graphs() { pytest_q --collect-only tests/ops/test_cuda_graphs.py | tail -1; }
 
 stage_smoke() { "$PY" bench/gpu_smoke.py --device "$([ "$dry_run" = 1 ] && echo cpu || echo cuda)"; }
 

@@ -2,7 +2,7 @@
 
 Each function has the signature and the meaning of the native op of the same name (see
 csrc/l2fast.cpp), and runs the native op's argument checks with the same messages (the checks at the
-end of this file; tests/test_checks.py holds them to the native ones): coefficient lists hold one
+end of this file; tests/ops/test_checks.py holds them to the native ones): coefficient lists hold one
 value for all tensors or one per tensor, a tensor whose coefficients are all zero is not read (its
 penalty gradient is exactly 0, whatever the scale), sums accumulate in float64, and results are
 float64 when any input is float64, else float32 (float32 on the CPU for empty lists).

@@ -23,7 +23,7 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 "$PY" -c "import torch" 2>/dev/null || pip_install "${L2FAST_TORCH:-torch==2.13.0}"
 pip_install "setuptools>=77" ninja numpy pytest pytest-benchmark "sentencepiece>=0.2" "sacrebleu>=2.4" \
   "matplotlib>=3.7" "tqdm>=4.60"
-# The frameworks tests/test_integrations.py trains in (the versions of pyproject.toml's test extra).
+# The frameworks tests/integrations/test_integrations.py trains in (the versions of pyproject.toml's test extra).
 pip_install transformers==5.25.0 accelerate==1.16.0 lightning==2.6.6
 
 stamp="$VENV/.l2fast-source-hash"

@@ -15,7 +15,7 @@ from l2fast.lm.config import build_config
 from l2fast.lm.data import Documents, token_stream
 from l2fast.lm.evaluate import score_stream
 
-HELPER = Path(__file__).resolve().parent.parent / "bench" / "nanogpt_side_by_side.py"
+HELPER = Path(__file__).resolve().parents[2] / "bench" / "nanogpt_side_by_side.py"
 spec = importlib.util.spec_from_file_location("nanogpt_side_by_side", HELPER)
 side = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(side)

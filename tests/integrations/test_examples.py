@@ -8,7 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # A logged record: the loss and the penalty, as each example prints them.
 RECORD = re.compile(r"""loss'?:? '?(?P<loss>[0-9.]+).*penalty'?:? '?(?P<penalty>[0-9.]+)""")
 

@@ -147,7 +147,7 @@ def test_every_config_the_help_texts_name_exists():
     from l2fast.lm import cli as lm_cli
     from l2fast.nmt import cli as nmt_cli
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     named = re.findall(r"configs/[\w.-]+\.json", lm_cli.DESCRIPTION + nmt_cli.DESCRIPTION)
     assert len(named) >= 3
     assert [name for name in named if not (root / name).is_file()] == []

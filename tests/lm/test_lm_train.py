@@ -24,7 +24,7 @@ from l2fast.trainer.config import ConfigError  # noqa: E402
 from l2fast.trainer.recipe import build_optimizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORY = ["the cat sat on the mat and looked at the moon.", "a dog ran to the river, drank, and ran back home."]
 TINY_MODEL = {"d_model": 32, "heads": 2, "layers": 2, "ff_dim": 64, "context": 16}
 

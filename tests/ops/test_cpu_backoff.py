@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-CSRC_CPU = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cpu"
+CSRC_CPU = pathlib.Path(__file__).resolve().parents[2] / "csrc" / "cpu"
 COMPILER = shutil.which("c++") or shutil.which("g++")
 
 DRIVER = r"""

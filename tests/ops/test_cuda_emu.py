@@ -1,7 +1,7 @@
 """The CUDA ops, device code included, run by the host SIMT harness (csrc/emu/) against l2fast.reference.
 
 `make test-cuda-emu` builds the harness under ASan/UBSan and runs this file; elsewhere it skips. The
-case list follows tests/test_ops.py; sizes are kept small where they would only repeat a block
+case list follows tests/ops/test_ops.py; sizes are kept small where they would only repeat a block
 (every simulated block runs 256 real threads).
 """
 import gc

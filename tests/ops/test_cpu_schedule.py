@@ -89,7 +89,7 @@ def assert_same_bits(got, want, what):
 
 def in_second_process(tmp_path, env, threads):
     out = tmp_path / "results.pt"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, **env, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, os.path.abspath(__file__), str(out), str(threads)], env=env, check=True, cwd=root)
     return torch.load(out)

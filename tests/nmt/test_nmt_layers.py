@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-NMT = Path(__file__).resolve().parent.parent / "l2fast" / "nmt"
+NMT = Path(__file__).resolve().parents[2] / "l2fast" / "nmt"
 # Entry points: what each may be imported by (nothing else may import them).
 UPPER = {"cli": set(), "ablation": {"cli"}, "bench": {"cli"}, "train": {"cli", "ablation"}}
 

@@ -2,7 +2,7 @@
 
 Partials of 2^53 and 1.0 give different float64 sums in different orders (2^53 + 1 rounds back to
 2^53), so a result equal to the Python mirror below, and unequal to a left-to-right sum, proves the
-order. tests/test_cuda_emu.py checks the CUDA finish kernels against the same mirror.
+order. tests/ops/test_cuda_emu.py checks the CUDA finish kernels against the same mirror.
 """
 import torch
 
