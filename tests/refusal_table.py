@@ -1,5 +1,6 @@
 """Machinery for the "Tried and refused" tables of docs/*.md: read a table's rows, and run one row's
 command expecting exit status 2, the documented one-line error and no traceback."""
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -19,6 +20,13 @@ def documented_rows(doc: str) -> list[tuple[str, str, str]]:
     unread = [line for line in rows if not ROW.match(line)]
     assert not unread, f"rows of the table this test cannot read: {unread}"
     return [ROW.match(line).groups() for line in rows]
+
+
+def uncovered_commands(parser: argparse.ArgumentParser, rows, prog: str) -> set[str]:
+    """The CLI's commands no row runs, and the commands rows run that the CLI does not have."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    documented = {shlex.split(command)[len(prog.split())] for command, _, _ in rows}
+    return set(commands) ^ documented
 
 
 def check_refusal(main, prog: str, command: str, excerpt: str, workdir: Path, capsys, may_write: bool = False) -> None:
