@@ -75,12 +75,12 @@ std::vector<Partial> for_each_chunk(const std::vector<Chunk>& chunks, ChunkFn ch
   return partials;
 }
 
-// fold_warp_order of count partials' `field`. One partial (a tensor of one chunk, the common case in
-// long lists of small tensors) skips the 32 lanes: the fold adds it to 0.0 and then only zeros, and
+// fold_block_order of count partials' `field`. One partial (a tensor of one chunk, the common case in
+// long lists of small tensors) skips the 256 threads: the fold adds it to 0.0 and then only zeros, and
 // adding 0.0 to 0.0 + v changes no bits, so 0.0 + v is the same result.
 inline double fold_partials(const Partial* partials, int64_t count, double Partial::*field) {
   if (count == 1) return 0.0 + partials[0].*field;
-  return fold_warp_order(count, [&](int64_t j) { return partials[j].*field; });
+  return fold_block_order(count, [&](int64_t j) { return partials[j].*field; });
 }
 
 // Per-tensor values from their chunk partials, then (unless per_tensor) their sum: both folds in
@@ -98,7 +98,10 @@ inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>&
     values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
     k = end;
   }
-  if (!per_tensor) values.assign(1, fold_block_order(values.data(), static_cast<int64_t>(values.size())));
+  if (!per_tensor) {
+    const double total = fold_block_order(static_cast<int64_t>(values.size()), [&](int64_t k) { return values[k]; });
+    values.assign(1, total);
+  }
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "l2fast_finish", [&] {
     std::copy(values.begin(), values.end(), result.data_ptr<scalar_t>());
   });

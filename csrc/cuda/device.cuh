@@ -168,9 +168,9 @@ __device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const Chu
   walk<T, 1>(op, m, c.begin, c.len - vector_len, sums, head, vector_len);
 }
 
-// Sum over one warp in the tree of fold.h's warp_tree; the result is valid in lane 0.
+// Sum over one warp in the tree of fold.h's warp_tree_steps; the result is valid in lane 0.
 __device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = kWarpLanes / 2; offset > 0; offset /= 2) v += __shfl_down_sync(kFullMask, v, offset);
+  warp_tree_steps([&](int offset) { v += __shfl_down_sync(kFullMask, v, offset); });
   return v;
 }
 
@@ -209,27 +209,51 @@ __global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONS
   }
 }
 
-// One warp per tensor of the table: its chunk partials folded in fold_warp_order, then weighted.
+// The tensors t = blockIdx.x * kWarps + warp of the table: each one's chunk partials folded in
+// fold_block_order, then weighted. A tensor of at most kWarpLanes chunks is folded by its own warp (the
+// same bits: fold.h's one_warp_folds); a longer one by the whole block, so a 100M-element tensor's 6.1k
+// partials take 24 loads per thread rather than 190 per lane of one warp.
 // The value goes to per_tensor_out (cast to the result dtype) when that is given, else to values.
 template <typename Out, class Meta>
 __global__ void __launch_bounds__(kThreads) tensor_values_kernel(L2FAST_GRID_CONST(LaunchTable<Meta>) table,
                                                                  const double2* partials, Out* per_tensor_out,
                                                                  double* values) {
-  const int64_t t = int64_t(blockIdx.x) * kWarps + threadIdx.x / kWarpLanes;
-  if (t >= table.count) return;  // the whole warp: no shuffle below is left half-attended
-  const int lane = threadIdx.x % kWarpLanes;
-  double sq = 0.0, abs = 0.0;
-  for (int64_t k = chunk_begin(table, t) + lane; k < table.chunk_end[t]; k += kWarpLanes) {
-    const double2 p = partials[table.first_partial + k];
-    sq += p.x;
-    abs += p.y;
+  const int64_t first = int64_t(blockIdx.x) * kWarps;
+  const int64_t end = first + kWarps < table.count ? first + kWarps : table.count;
+  const auto put = [&](int64_t t, double sq, double abs) {
+    const double value = table.metas[t].weights.value(sq, abs);
+    if (per_tensor_out != nullptr) per_tensor_out[table.first_tensor + t] = static_cast<Out>(value);
+    else values[table.first_tensor + t] = value;
+  };
+  const auto chunks = [&](int64_t t) { return table.chunk_end[t] - chunk_begin(table, t); };
+  // Partials of tensor t from partial `from` on, every `step`-th.
+  const auto gather = [&](int64_t t, int64_t from, int step, double& sq, double& abs) {
+#pragma unroll 4  // four loads in flight rather than one; the adds stay in order
+    for (int64_t k = chunk_begin(table, t) + from; k < table.chunk_end[t]; k += step) {
+      const double2 p = partials[table.first_partial + k];
+      sq += p.x;
+      abs += p.y;
+    }
+  };
+
+  const int64_t mine = first + threadIdx.x / kWarpLanes;
+  if (mine < end && one_warp_folds(chunks(mine))) {  // the whole warp: no shuffle is left half-attended
+    const int lane = threadIdx.x % kWarpLanes;
+    double sq = 0.0, abs = 0.0;
+    gather(mine, lane, kWarpLanes, sq, abs);
+    sq = warp_sum(sq);
+    abs = warp_sum(abs);
+    if (lane == 0) put(mine, sq, abs);
   }
-  sq = warp_sum(sq);
-  abs = warp_sum(abs);
-  if (lane != 0) return;
-  const double value = table.metas[t].weights.value(sq, abs);
-  if (per_tensor_out != nullptr) per_tensor_out[table.first_tensor + t] = static_cast<Out>(value);
-  else values[table.first_tensor + t] = value;
+  __shared__ double scratch[kWarps];
+  for (int64_t t = first; t < end; ++t) {  // the same tensors, in the same order, for every thread
+    if (one_warp_folds(chunks(t))) continue;
+    double sq = 0.0, abs = 0.0;
+    gather(t, threadIdx.x, kThreads, sq, abs);
+    sq = block_sum(sq, scratch);
+    abs = block_sum(abs, scratch);
+    if (threadIdx.x == 0) put(t, sq, abs);
+  }
 }
 
 // One block: out[0] = the n values folded in fold_block_order (0 for n == 0).

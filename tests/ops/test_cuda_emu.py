@@ -14,7 +14,7 @@ import torch
 
 from l2fast import reference
 from conftest import DTYPES, random_tensors, ulp_tol
-from test_fold_order import BIG, chunk_pattern, fold_block_order, fold_warp_order, left_to_right
+from test_fold_order import BIG, CPU_CHUNK, chunk_pattern, fold_block_order, left_to_right
 
 EMU_DIR = os.environ.get("L2FAST_EMU_DIR")
 if not EMU_DIR:
@@ -54,7 +54,7 @@ def test_norms_match_reference(dtype, sizes, per_tensor):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_large_tensor_folds_many_chunks(dtype):
-    """65 chunks: every lane of the finish kernel's warp folds more than one partial."""
+    """65 chunks: more partials than a warp has lanes, so the finish kernel's whole block folds them."""
     xs = random_tensors([1_048_583], dtype, "cpu", seed=11)
     assert_sums_close(emu.sq_norm(xs, [1.0], True), reference.sq_norm(xs, [1.0], True), dtype)
     assert_sums_close(emu.penalty(xs, [0.3], [0.1]), reference.penalty(xs, [0.3], [0.1]), dtype)
@@ -281,10 +281,25 @@ def test_bitwise_repeatable():
 
 
 def test_finish_kernels_fold_in_the_shared_order():
-    """The warp-per-tensor and block folds add partials in fold.h's order, as the CPU backend does."""
-    x, partials = chunk_pattern(40, CHUNK)
-    assert fold_warp_order(partials) != left_to_right(partials)
-    assert emu.l1_norm([x], [1.0], True).item() == fold_warp_order(partials)
+    """Tensors of 20 chunks (folded by one warp), 65 and 300 (by the whole block; at 300 the first
+    threads add two partials each) in one launch table: each value is fold.h's block order of its
+    partials, bitwise, and equal to the CPU backend's on a tensor with the same partials (a CPU chunk
+    is longer, so that tensor is longer)."""
+    counts = [20, 65, 300]
+    # bfloat16 keeps the CPU tensors small; an empty float64 tensor makes the results float64, in
+    # which the sums 2^53 + k survive.
+    empty64 = torch.zeros(0, dtype=torch.float64)
+    gpu = [chunk_pattern(n, CHUNK, torch.bfloat16)[0] for n in counts] + [empty64]
+    cpu = [chunk_pattern(n, CPU_CHUNK, torch.bfloat16)[0] for n in counts] + [empty64]
+    partials = [[BIG] + [1.0] * (n - 1) for n in counts]
+    want = [fold_block_order(p) for p in partials] + [0.0]
+    assert all(w != left_to_right(p) for w, p in zip(want, partials))  # the cases tell the orders apart
+    per_tensor = emu.l1_norm(gpu, [1.0], True)
+    assert per_tensor.tolist() == want
+    assert torch.equal(per_tensor, torch.ops.l2fast.l1_norm(cpu, [1.0], True))
+    total = emu.l1_norm(gpu, [1.0], False)
+    assert total.item() == fold_block_order(want)
+    assert torch.equal(total, torch.ops.l2fast.l1_norm(cpu, [1.0], False))
     xs = [torch.tensor([BIG], dtype=torch.float64)] + [torch.ones(1, dtype=torch.float64)] * 300
     values = [BIG] + [1.0] * 300
     assert emu.l1_norm(xs, [1.0], False).item() == fold_block_order(values) != left_to_right(values)

@@ -19,14 +19,6 @@ def warp_tree(lanes):
     return lanes[0]
 
 
-def fold_warp_order(values):
-    """Lane j of a warp adds values j, j + 32, ... in order; then the shuffle tree."""
-    lanes = [0.0] * 32
-    for k, v in enumerate(values):
-        lanes[k % 32] += v
-    return warp_tree(lanes)
-
-
 def fold_block_order(values):
     """Thread j of 256 adds values j, j + 256, ...; each warp's tree; warp 0 folds the 8 warp sums."""
     threads = [0.0] * 256
@@ -36,9 +28,10 @@ def fold_block_order(values):
     return warp_tree(warps)
 
 
-def chunk_pattern(chunks, chunk):
-    """A float64 tensor whose chunk k has |x| sum 2^53 (k = 0) or 1.0: one nonzero at each chunk start."""
-    x = torch.zeros(chunks * chunk, dtype=torch.float64)
+def chunk_pattern(chunks, chunk, dtype=torch.float64):
+    """A tensor whose chunk k has |x| sum 2^53 (k = 0) or 1.0: one nonzero at each chunk start (2^53 and
+    1.0 are exact in every floating dtype but float16)."""
+    x = torch.zeros(chunks * chunk, dtype=dtype)
     x[0] = BIG
     x[chunk::chunk] = 1.0
     return x, [BIG] + [1.0] * (chunks - 1)
@@ -51,9 +44,24 @@ def left_to_right(values):
     return total
 
 
-def test_cpu_folds_chunk_partials_in_warp_order():
-    x, partials = chunk_pattern(40, CPU_CHUNK)
-    want = fold_warp_order(partials)
+def test_one_warp_folds_at_most_32_values_alike():
+    """fold.h's one_warp_folds: for n <= 32 the block order is one warp's tree of the n values, which
+    the CUDA finish relies on to fold short tensors with a warp; for n = 65 the orders differ."""
+    gen = torch.Generator().manual_seed(0)
+    for n in range(1, 33):
+        scales = 10.0 ** torch.randint(-8, 9, (n,), generator=gen)  # magnitudes apart, so rounding shows
+        values = (torch.randn(n, generator=gen, dtype=torch.float64) * scales).tolist()
+        assert fold_block_order(values) == warp_tree(values + [0.0] * (32 - n))
+    partials = [BIG] + [1.0] * 64
+    lanes = [0.0] * 32
+    for k, v in enumerate(partials):
+        lanes[k % 32] += v
+    assert fold_block_order(partials) != warp_tree(lanes)
+
+
+def test_cpu_folds_chunk_partials_in_block_order():
+    x, partials = chunk_pattern(65, CPU_CHUNK)
+    want = fold_block_order(partials)
     assert want != left_to_right(partials)  # the case tells the orders apart
     assert torch.ops.l2fast.l1_norm([x], [1.0], True).item() == want
 
