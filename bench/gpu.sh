@@ -13,9 +13,12 @@
 # loads (pytest collects the tests, the scripts run at a tiny size on the CPU); the others run for real.
 set -uo pipefail
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # each stage runs as "$self --stage ..."
+PY=${PYTHON:-python3}
+# A path to the interpreter is made absolute here: some stages run from bench/.
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac
+export PYTHON=$PY  # the stages, run as separate calls of this script, take it from here
 cd "$(dirname "$0")/.."
 repo=$PWD
-PY=${PYTHON:-python3}
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
 export PATH=$PATH:$cuda_home/bin:$cuda_home/compute-sanitizer
 export L2FAST_REQUIRE_NATIVE=1 PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
