@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../math/fold.h"
+#include "../entry/checks.h"
 #include "../math/plan.h"
 #include "schedule.h"
 #include "spans.h"
@@ -31,6 +33,22 @@ T* data_of(const at::Tensor& t) {
 
 #define L2FAST_DISPATCH(dtype, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "l2fast_cpu", __VA_ARGS__)
+
+// Calls f(anchor) with the anchor stream (spans.h) of chunk c of a tensor of dtype T: NoAnchor unless
+// `anchored`, else AnchorOf for the anchor's dtype (T's, or bfloat16) and whether fisher is given.
+template <typename T, typename F>
+decltype(auto) with_anchor(const Anchors& anchors, bool anchored, const Chunk& c, F f) {
+  if (!anchored) return f(NoAnchor{});
+  const auto stream = [&](auto tag) -> decltype(auto) {
+    using A = decltype(tag);
+    const A* a = data_of<A>(anchors.anchors[c.tensor]) + c.begin;
+    if (anchors.fisher.empty()) return f(AnchorOf<A, false>{a, nullptr});
+    return f(AnchorOf<A, true>{a, data_of<A>(anchors.fisher[c.tensor]) + c.begin});
+  };
+  if (!std::is_same_v<T, c10::BFloat16> && anchors.anchors[c.tensor].scalar_type() == at::kBFloat16)
+    return stream(c10::BFloat16{});
+  return stream(T{});
+}
 
 // Consecutive chunks handed out together: at least kChunk elements per grab, so a list of many small
 // tensors costs one shared-counter update per kChunk elements rather than one per tensor.
@@ -93,9 +111,11 @@ inline void finish(const std::vector<Chunk>& chunks, const std::vector<Partial>&
     while (end < chunks.size() && chunks[end].tensor == chunks[k].tensor) ++end;
     const Partial* first = partials.data() + k;
     const auto count = static_cast<int64_t>(end - k);
+    const Weights& w = weights[chunks[k].tensor];
     const double sq = fold_partials(first, count, &Partial::sq);
     const double abs = fold_partials(first, count, &Partial::abs);
-    values[chunks[k].tensor] = weights[chunks[k].tensor].value(sq, abs);
+    const double dev = w.sp != 0.0 ? fold_partials(first, count, &Partial::dev) : 0.0;
+    values[chunks[k].tensor] = w.value(sq, abs, dev);
     k = end;
   }
   if (!per_tensor) {

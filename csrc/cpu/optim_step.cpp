@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../entry/optim_step.h"
 #include "../math/static_flags.h"
 #include "chunks.h"
@@ -40,23 +42,16 @@ double count_step(const at::Tensor& step, bool skip) {
   });
 }
 
-template <typename T>
-L2FAST_CPU_CLONES_V4 Partial sums_span(const T* w, int64_t n) {
-  LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) __attribute__((always_inline)) { sums.add<true, true>(lane, widen(w[i])); },
-               prefetch_each<T>(w));
-  return sums.fold();
-}
-
 // The span loops take the terms' flags as compile-time constants (Flags: AdamFlags or SgdFlags of
 // std::bool_constant, from with_flags), so each is one branch-free loop that vectorizes. Their
 // bodies capture the pointers by value: by reference, GCC left the five-stream amsgrad loop scalar.
 // kWriteGrad: the gradient is written back unscaled and clipped, from the register it was read into
 // (a separate loop over each chunk after the step cost about twice as much: the chunk's four
-// streams no longer fit in the core's cache).
-template <typename T, bool kAmsgrad, bool kWriteGrad, class Flags>
+// streams no longer fit in the core's cache). Anchor: the tensor's anchor stream (spans.h), read in the
+// same pass.
+template <typename T, bool kAmsgrad, bool kWriteGrad, class Flags, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, T* g, T* m, T* v, T* v_max, int64_t n,
-                                    const AdamTerms<at::opmath_type<T>>& t, Flags f) {
+                                    const AdamTerms<at::opmath_type<T>>& t, Flags f, Anchor anchor) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
@@ -64,18 +59,20 @@ L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, T* g, T* m, T* v, T* v_max, int64_t
     const Op gi = static_cast<Op>(g[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    adam_element<Op, kAmsgrad>(wi, gi, mi, vi, max_i, t, f);
+    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
+    adam_element<Op, kAmsgrad>(wi, gi, mi, vi, max_i, t, f, anchor.pull(i, wi));
     if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     m[i] = static_cast<T>(mi);
     v[i] = static_cast<T>(vi);
     if (kAmsgrad) v_max[i] = static_cast<T>(max_i);
-  }, prefetch_each<T>(w, g, m, v, kAmsgrad ? v_max : nullptr));
+  }, ahead_with(anchor, prefetch_each<T>(w, g, m, v, kAmsgrad ? v_max : nullptr)));
   return sums.fold();
 }
 
-template <typename T, bool kMomentum, bool kNesterov, bool kWriteGrad, class Flags>
-L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t, Flags f) {
+template <typename T, bool kMomentum, bool kNesterov, bool kWriteGrad, class Flags, class Anchor>
+L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t, Flags f,
+                                      Anchor anchor) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
@@ -83,23 +80,29 @@ L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, T* g, T* buf, int64_t n, const SgdTe
     const Op gi = static_cast<Op>(g[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
     sums.add<true, true>(lane, static_cast<double>(wi));
-    sgd_element<Op, kMomentum, kNesterov>(wi, gi, bi, t, f);
+    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
+    sgd_element<Op, kMomentum, kNesterov>(wi, gi, bi, t, f, anchor.pull(i, wi));
     if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     if (kMomentum) buf[i] = static_cast<T>(bi);
-  }, prefetch_each<T>(w, g, kMomentum ? buf : nullptr));
+  }, ahead_with(anchor, prefetch_each<T>(w, g, kMomentum ? buf : nullptr)));
   return sums.fold();
 }
 
-// Walks every chunk of every tensor: the penalty sums only when the step is skipped, else span(c).
+// Walks every chunk of every tensor: the penalty sums only when the step is skipped, else span(c, anchor)
+// with the chunk's anchor stream (anchored when the tensor's pull or value weighs its anchor).
 template <typename Span>
 void run_step(const StepArgs& args, const HostScalars& host, at::Tensor& result, Span span) {
   const auto chunks = plan_chunks(args.params, [](size_t) { return true; }, kChunk);
   const auto partials = for_each_chunk(chunks, [&](const Chunk& c) {
     const at::Tensor& w = args.params[c.tensor];
+    const StepHyper& h = args.hyper[c.tensor];
+    const bool anchored = h.sp != 0.0 || h.spf != 0.0 || args.value[c.tensor].sp != 0.0;
     return L2FAST_DISPATCH(w.scalar_type(), [&] {
-      if (host.skip) return sums_span(data_of<scalar_t>(w) + c.begin, c.len);
-      return span(c, scalar_t{});
+      return with_anchor<scalar_t>(args.anchors, anchored, c, [&](auto anchor) {
+        if (host.skip) return penalty_sums_span(data_of<scalar_t>(w) + c.begin, c.len, anchor);
+        return span(c, scalar_t{}, anchor);
+      });
     });
   });
   finish(chunks, partials, args.value, /*per_tensor=*/false, result);
@@ -116,41 +119,54 @@ struct CpuStepKernels {
     std::vector<double> steps(args.params.size());
     for (size_t i = 0; i < steps.size(); ++i) steps[i] = count_step(args.steps[i], host.skip);
     const bool amsgrad = args.states.size() == 3;
-    run_step(args, host, result, [&](const Chunk& c, auto tag) {
+    run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
       using T = decltype(tag);
       using Op = at::opmath_type<T>;
+      using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
       const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
                                         static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
       T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
-      return with_flags(
-          [&](auto ams, auto write, auto... flags) {
-            return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, AdamFlags<decltype(flags)...>{flags...});
-          },
-          amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
+      const auto run = [&](auto ams, auto write, auto l2, auto l1, auto from_start) {
+        const AdamFlags<decltype(l2), decltype(l1), decltype(from_start), Anchored> f{l2, l1, from_start, {}};
+        return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, f, anchor);
+      };
+      // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile.
+      if constexpr (Anchored::value)
+        return with_flags([&](auto ams, auto write, auto from_start) {
+          return run(ams, write, std::true_type{}, std::true_type{}, from_start);
+        }, amsgrad, args.write_grads, terms.flags.lerp_from_start);
+      else
+        return with_flags(run, amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
     });
   }
 
   static void sgd_step(const StepArgs& args, at::Tensor& result) {
     const HostScalars host = read_scalars(args.scalars);
     const bool momentum = !args.states.empty();
-    run_step(args, host, result, [&](const Chunk& c, auto tag) {
+    run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
       using T = decltype(tag);
       using Op = at::opmath_type<T>;
+      using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
       const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
                                        static_cast<Op>(host.clip));
       T* w = data_of<T>(args.params[c.tensor]) + c.begin;
       T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
       T* buf = state_of<T>(args, 0, c);
-      return with_flags(
-          [&](auto write, auto l2, auto l1, auto fresh) {
-            const SgdFlags<decltype(l2), decltype(l1), decltype(fresh)> f{l2, l1, fresh};
-            if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f);
-            return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f)
-                                 : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f);
-          },
-          args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
+      const auto run = [&](auto write, auto l2, auto l1, auto fresh) {
+        const SgdFlags<decltype(l2), decltype(l1), decltype(fresh), Anchored> f{l2, l1, fresh, {}};
+        if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f, anchor);
+        return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f, anchor)
+                             : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f, anchor);
+      };
+      // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile.
+      if constexpr (Anchored::value)
+        return with_flags([&](auto write, auto fresh) {
+          return run(write, std::true_type{}, std::true_type{}, fresh);
+        }, args.write_grads, terms.flags.fresh);
+      else
+        return with_flags(run, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
     });
   }
 };

@@ -33,10 +33,11 @@ namespace l2fast::cpu {
 constexpr int kLanes = 16;
 constexpr int64_t kMinSplit = 1 << 13;  // elements
 
-// Sums of squares and of absolute values of one span, in float64.
+// Sums of squares, of absolute values and of anchored deviations (anchor_deviation) of one span, in float64.
 struct Partial {
   double sq = 0.0;
   double abs = 0.0;
+  double dev = 0.0;
 };
 
 template <typename T>
@@ -52,11 +53,13 @@ class LaneSumsOf {
     if (kSq) sq_[lane] += v * v;
     if (kAbs) abs_[lane] += std::fabs(v);
   }
+  void add_deviation(int lane, double d) { dev_[lane] += d; }
   Partial fold() const {
     Partial p;
     for (int j = 0; j < kN; ++j) {
       p.sq += sq_[j];
       p.abs += abs_[j];
+      p.dev += dev_[j];
     }
     return p;
   }
@@ -64,6 +67,7 @@ class LaneSumsOf {
  private:
   double sq_[kN] = {};
   double abs_[kN] = {};
+  double dev_[kN] = {};
 };
 using LaneSums = LaneSumsOf<kLanes>;
 
@@ -127,6 +131,50 @@ PrefetchAhead<T, 1, kLanes, sizeof...(Arrays)> prefetch_each(Arrays... arrays) {
   return {{arrays...}};
 }
 
+// The anchor stream of a span loop, from the span's first element: a tensor without an anchor
+// (NoAnchor: its loops are the plain ones), or its anchor a (dtype A) and, with kFisher, importances f.
+struct NoAnchor {
+  static constexpr bool kAnchored = false;
+  template <typename Op>
+  Op pull(int64_t, Op) const { return Op(0); }
+  double deviation(int64_t, double) const { return 0.0; }
+  void ahead(int64_t, int64_t) const {}
+};
+
+template <typename A, bool kFisher>
+struct AnchorOf {
+  static constexpr bool kAnchored = true;
+  const A* a;
+  const A* f;  // null without kFisher
+
+  template <typename Op>
+  __attribute__((always_inline)) Op pull(int64_t i, Op w) const {
+    return anchor_pull<kFisher>(w, static_cast<Op>(a[i]), kFisher ? static_cast<Op>(f[i]) : Op(1));
+  }
+  __attribute__((always_inline)) double deviation(int64_t i, double w) const {
+    return anchor_deviation<kFisher>(w, widen(a[i]), kFisher ? widen(f[i]) : 1.0);
+  }
+  __attribute__((always_inline)) void ahead(int64_t i, int64_t part) const {
+    PrefetchAhead<A, 1, kLanes, 2>{{a, kFisher ? f : nullptr}}(i, part);
+  }
+};
+
+// A for_lanes hook that prefetches the arrays of `each` and the anchor's.
+template <typename Each, typename Anchor>
+struct WithAnchorAhead {
+  Each each;
+  Anchor anchor;
+  __attribute__((always_inline)) void operator()(int64_t i, int64_t part) const {
+    each(i, part);
+    anchor.ahead(i, part);
+  }
+};
+
+template <typename Anchor, typename Each>
+WithAnchorAhead<Each, Anchor> ahead_with(const Anchor& anchor, Each each) {
+  return {each, anchor};
+}
+
 template <typename T, bool kSq, bool kAbs>
 L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   LaneSumsOf<kSumLanes<T>> sums;
@@ -141,33 +189,56 @@ L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
   return sums.fold();
 }
 
-// out = base + scale * (l2 * w + l1 * sign(w)), where base is g (kAccumulate) or 0, computed in the
-// op-math type of T like torch.optim does. Also returns the sums of w that the penalty value needs.
-template <typename T, bool kSq, bool kAbs, bool kAccumulate>
+// The sums of w (squares and absolute values) and, anchored, of its deviations from the anchor: what
+// the anchored penalty's value, and a skipped optimizer step's, needs (the plain penalty takes
+// reduce_span's four streams).
+template <typename T, class Anchor>
+L2FAST_CPU_CLONES_V4 Partial penalty_sums_span(const T* w, int64_t n, Anchor anchor) {
+  LaneSums sums;
+  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
+    const double wi = widen(w[i]);
+    sums.add<true, true>(lane, wi);
+    sums.add_deviation(lane, anchor.deviation(i, wi));
+  }, ahead_with(anchor, prefetch_each<T>(w)));
+  return sums.fold();
+}
+
+// out = base + scale * (l2 * w + l1 * sign(w) + sp * pull), where base is g (kAccumulate) or 0, computed
+// in the op-math type of T like torch.optim does. Also returns the sums of w that the penalty value needs.
+template <typename T, bool kSq, bool kAbs, bool kAccumulate, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial grad_span(const T* w, const T* g, T* out, int64_t n, at::opmath_type<T> l2,
-                                       at::opmath_type<T> l1, at::opmath_type<T> scale) {
+                                       at::opmath_type<T> l1, at::opmath_type<T> sp, at::opmath_type<T> scale,
+                                       Anchor anchor) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   // w and g are already two streams in and one out; splitting them further was slower (docs/cpu.md).
   for_lanes<1>(n, [&](int64_t i, int lane) {
     const Op wi = static_cast<Op>(w[i]);
-    const Op step = penalty_step(wi, l2, l1, kSq, kAbs);
+    const Op step = penalty_step(wi, l2, l1, kSq, kAbs, sp, anchor.pull(i, wi), Anchor::kAnchored);
     out[i] = static_cast<T>(kAccumulate ? static_cast<Op>(g[i]) + step : scale * step);
     sums.add<kSq, kAbs>(lane, static_cast<double>(wi));
-  }, prefetch_each<T>(w, kAccumulate ? g : nullptr));
+    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
+  }, ahead_with(anchor, prefetch_each<T>(w, kAccumulate ? g : nullptr)));
   return sums.fold();
 }
 
-// x *= factor, in the op-math type of T; returns the sum of squares of x before the update (kSq).
-template <typename T, bool kSq>
-L2FAST_CPU_CLONES_V4 Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor) {
+// x = x * factor + neg_spf * pull, in the op-math type of T; returns the sum of squares of x before the
+// update (kSq) and, anchored, of its deviations.
+template <typename T, bool kSq, class Anchor>
+L2FAST_CPU_CLONES_V4 Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor, at::opmath_type<T> neg_spf,
+                                        Anchor anchor) {
   using Op = at::opmath_type<T>;
   LaneSums sums;
   for_lanes<1>(n, [&](int64_t i, int lane) {
     const Op xi = static_cast<Op>(x[i]);
     sums.add<kSq, false>(lane, static_cast<double>(xi));
-    x[i] = static_cast<T>(xi * factor);
-  }, prefetch_each<T>(x));
+    Op out = xi * factor;
+    if (Anchor::kAnchored) {
+      sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(xi)));
+      out = std::fma(neg_spf, anchor.pull(i, xi), out);
+    }
+    x[i] = static_cast<T>(out);
+  }, ahead_with(anchor, prefetch_each<T>(x)));
   return sums.fold();
 }
 

@@ -83,6 +83,18 @@ struct StackArg<const at::Tensor&> {
   const at::Tensor& tensor;
 };
 
+// An optional list (Tensor[]?): borrowed like a list when given.
+template <>
+struct StackArg<const std::optional<at::TensorList>&> {
+  explicit StackArg(const c10::IValue& v) {
+    if (!v.isNone()) tensors.emplace(v);
+  }
+  std::optional<at::TensorList> get() const {
+    return tensors ? std::optional<at::TensorList>(tensors->get()) : std::nullopt;
+  }
+  std::optional<BorrowedTensors> tensors;
+};
+
 template <>
 struct StackArg<const std::optional<at::Tensor>&> {
   explicit StackArg(const c10::IValue& v) : tensor(v.toOptional<at::Tensor>()) {}

@@ -76,6 +76,11 @@ void for_each_tensor(const std::optional<at::Tensor>& tensor, const Fn& fn) {
   if (tensor && tensor->defined()) fn(*tensor);
 }
 
+template <typename Fn>
+void for_each_tensor(const std::optional<at::TensorList>& tensors, const Fn& fn) {
+  if (tensors) for_each_tensor(*tensors, fn);
+}
+
 template <typename NotTensors, typename Fn>
 void for_each_tensor(const NotTensors&, const Fn&) {}
 

@@ -182,9 +182,11 @@ void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name) {
                 " is invalid; coefficients must be finite and >= 0");
 }
 
-void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors read) {
+void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors read, const Anchors& anchors) {
   std::vector<NamedTensors> lists = written;
   lists.push_back(read);
+  lists.push_back({anchors.anchors, "anchors"});
+  lists.push_back({anchors.fisher, "fisher"});
   // Written ranges, then read ones, each in list and index order: the order sort_ranges expects.
   std::vector<ByteRange> ranges;
   // first_written[i]: where written[0][i] sits in ranges, or -1 when it is empty (an empty tensor
@@ -208,6 +210,10 @@ void check_no_overlap(const std::vector<NamedTensors>& written, NamedTensors rea
     }
     ranges.push_back(r);
   }
+  // The anchors are read beside the update, never in its place: no exception for them.
+  for (size_t l = written.size() + 1; l < lists.size(); ++l)
+    for (size_t i = 0; i < lists[l].tensors.size(); ++i)
+      if (numel_of(lists[l].tensors[i]) != 0) ranges.push_back(range_of(lists[l].tensors[i], true, l, i));
   sort_ranges(ranges);
   // Sweep in start order: a range overlaps an earlier one exactly when it starts before the furthest
   // end reached so far, so keeping the furthest-reaching written and read range is enough.
@@ -228,35 +234,98 @@ void check_norm_args(at::TensorList tensors, c10::ArrayRef<double> coeffs) {
   check_coeffs(coeffs, tensors.size(), "coeffs");
 }
 
-void check_penalty_args(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1) {
+void check_penalty_args(at::TensorList params, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1,
+                        const Anchors& anchors, c10::ArrayRef<double> l2_sp) {
   check_tensors(params, "params");
   check_coeffs(l2, params.size(), "l2");
   check_coeffs(l1, params.size(), "l1");
+  check_anchors(params, anchors, {{l2_sp, "l2_sp"}});
 }
 
 void check_penalty_grad_args(at::TensorList params, const at::Tensor& scale, c10::ArrayRef<double> l2,
-                             c10::ArrayRef<double> l1) {
+                             c10::ArrayRef<double> l1, const Anchors& anchors, c10::ArrayRef<double> l2_sp) {
   check_tensors(params, "params");
   check_scale(scale, params);
   check_coeffs(l2, params.size(), "l2");
   check_coeffs(l1, params.size(), "l1");
+  check_anchors(params, anchors, {{l2_sp, "l2_sp"}});
 }
 
 void check_add_penalty_grad_args(at::TensorList params, at::TensorList grads, c10::ArrayRef<double> l2,
-                                 c10::ArrayRef<double> l1) {
+                                 c10::ArrayRef<double> l1, const Anchors& anchors, c10::ArrayRef<double> l2_sp) {
   check_tensors(params, "params");
   check_tensors(grads, "grads");  // before the pairing, so a sparse grad is named as sparse
   check_pairs(params, grads);
   check_coeffs(l2, params.size(), "l2");
   check_coeffs(l1, params.size(), "l1");
-  check_no_overlap({{grads, "grads"}}, {params, "params"});
+  check_anchors(params, anchors, {{l2_sp, "l2_sp"}});
+  check_no_overlap({{grads, "grads"}}, {params, "params"}, anchors);
 }
 
-void check_decay_args(at::TensorList params, c10::ArrayRef<double> factors, c10::ArrayRef<double> l2) {
+void check_decay_args(at::TensorList params, c10::ArrayRef<double> factors, c10::ArrayRef<double> l2,
+                      const Anchors& anchors, c10::ArrayRef<double> sp_factors, c10::ArrayRef<double> l2_sp) {
   check_tensors(params, "params");
   check_coeffs(factors, params.size(), "factors");
   check_coeffs(l2, params.size(), "l2");
-  check_no_overlap({{params, "params"}});
+  check_anchors(params, anchors, {{sp_factors, "sp_factors"}, {l2_sp, "l2_sp"}});
+  check_no_overlap({{params, "params"}}, {}, anchors);
+}
+
+namespace {
+
+// One anchors list (anchors or fisher) against params: length, then per tensor device, dtype (against
+// `dtype_of`, with the rule `dtype_rule` names), shape, layout.
+template <class DtypeOk>
+void check_anchor_list(at::TensorList params, at::TensorList list, const char* name, const DtypeOk& dtype_ok,
+                       const char* dtype_peer, at::TensorList peers, const char* dtype_rule) {
+  check_tensors(list, name);
+  TORCH_CHECK(list.size() == params.size(), "l2fast: got ", params.size(), " params but ", list.size(), " ", name);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor &a = list[i], &w = params[i];
+    TORCH_CHECK(a.device() == w.device(), "l2fast: ", name, "[", i, "] is on ", a.device(), " but params[", i,
+                "] is on ", w.device());
+    TORCH_CHECK(dtype_ok(a.scalar_type(), i), "l2fast: ", name, "[", i, "] has dtype ", dtype_name(a.scalar_type()),
+                " but ", dtype_peer, "[", i, "] has dtype ", dtype_name(peers[i].scalar_type()), "; ", dtype_rule);
+    TORCH_CHECK(same_sizes(a, w), "l2fast: ", name, "[", i, "] has shape ", a.sym_sizes(), " but params[", i,
+                "] has shape ", w.sym_sizes());
+    TORCH_CHECK(same_layout(a, w), "l2fast: ", name, "[", i, "] has strides ", a.sym_strides(), " but params[", i,
+                "] has strides ", w.sym_strides(), "; they must share one memory layout");
+  }
+}
+
+bool share_memory(const at::Tensor& a, const at::Tensor& b) {
+  if (numel_of(a) == 0 || numel_of(b) == 0) return false;
+  const ByteRange x = range_of(a, true, 0, 0), y = range_of(b, true, 0, 0);
+  return x.base == y.base && x.start < y.end && y.start < x.end;
+}
+
+}  // namespace
+
+void check_anchors(at::TensorList params, const Anchors& anchors, const std::vector<NamedCoeffs>& coeffs) {
+  TORCH_CHECK(anchors.given() || anchors.fisher.empty(),
+              "l2fast: fisher needs anchors (the importance of each weight's pull toward its anchor)");
+  if (anchors.given()) {
+    check_anchor_list(
+        params, anchors.anchors, "anchors",
+        [&](at::ScalarType t, size_t i) { return t == params[i].scalar_type() || t == at::kBFloat16; }, "params",
+        params, "an anchor is stored in its parameter's dtype or in bfloat16");
+    if (!anchors.fisher.empty())
+      check_anchor_list(
+          params, anchors.fisher, "fisher",
+          [&](at::ScalarType t, size_t i) { return t == anchors.anchors[i].scalar_type(); }, "anchors",
+          anchors.anchors, "fisher is stored in its anchor's dtype");
+  }
+  for (const auto& [list, name] : coeffs) {
+    check_coeffs(list, params.size(), name);
+    TORCH_CHECK(anchors.given() || std::all_of(list.begin(), list.end(), [](double c) { return c == 0.0; }),
+                "l2fast: ", name, " is nonzero but no anchors were given; pass anchors (the weights to pull toward)");
+  }
+  for (size_t i = 0; i < anchors.anchors.size(); ++i) {
+    TORCH_CHECK(!share_memory(anchors.anchors[i], params[i]), "l2fast: anchors[", i, "] shares memory with params[", i,
+                "]; the pull toward it would always be zero (anchor a copy: p.detach().clone())");
+    TORCH_CHECK(anchors.fisher.empty() || !share_memory(anchors.fisher[i], params[i]), "l2fast: fisher[", i,
+                "] shares memory with params[", i, "]; pass a tensor of its own");
+  }
 }
 
 at::ScalarType result_dtype(at::TensorList tensors) {

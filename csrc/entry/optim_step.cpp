@@ -46,11 +46,12 @@ void check_scalar(const at::Tensor& t, const char* name, int64_t index, const at
 
 }  // namespace
 
-void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names) {
+void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names, c10::ArrayRef<double> l2_sp) {
   check_tensors(args.params, "params");
   check_tensors(args.grads, "grads");  // before the pairing, so a sparse grad is named as sparse
   check_pairs(args.params, args.grads);
   for (size_t k = 0; k < args.states.size(); ++k) check_state(args.params, args.states[k], state_names[k]);
+  check_anchors(args.params, args.anchors, {{l2_sp, "l2_sp"}});
   if (args.params.empty()) return;
   const at::Device device = args.params[0].device();
   for (size_t i = 0; i < args.steps.size(); ++i)
@@ -65,7 +66,7 @@ void check_step_args(const StepArgs& args, const std::vector<const char*>& state
   std::vector<NamedTensors> written{{args.params, "params"}, {args.grads, "grads"}};
   for (size_t k = 0; k < args.states.size(); ++k) written.push_back({args.states[k], state_names[k]});
   written.push_back({args.steps, "steps"});
-  check_no_overlap(written);
+  check_no_overlap(written, {}, args.anchors);
 }
 
 }  // namespace l2fast

@@ -27,6 +27,7 @@ struct StepArgs {
   at::TensorList steps;  // Adam: the state's step counters, incremented by the op
   std::vector<StepHyper> hyper;
   std::vector<Weights> value;  // penalty value weights of the weights the step starts from
+  Anchors anchors;             // the anchored tensors' anchors (StepHyper::sp, spf weigh their pull)
   bool maximize = false, nesterov = false;
   StepScalars scalars;
   // grads are left unscaled and clipped (GradTerms::unscaled) unless the step is skipped; without a
@@ -34,7 +35,7 @@ struct StepArgs {
   bool write_grads = false;
 };
 
-void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names);
+void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names, c10::ArrayRef<double> l2_sp);
 
 // Kernels provides: void adam_step(const StepArgs&, at::Tensor& result) and
 // void sgd_step(const StepArgs&, at::Tensor& result); result is the penalty value (a scalar).
@@ -55,6 +56,19 @@ struct StepEntryPoints {
     return hyper;
   }
 
+  // The anchored tensors' pull: l2_sp into the gradient, or (decoupled) lr * l2_sp into the decayed weight;
+  // and into the value weights either way.
+  static void add_anchors(StepArgs& args, c10::ArrayRef<double> l2_sp, bool decoupled_sp) {
+    const auto sps = expand_coeffs(l2_sp, args.params.size(), "l2_sp");
+    for (size_t i = 0; i < sps.size(); ++i) {
+      StepHyper& h = args.hyper[i];
+      (decoupled_sp ? h.spf : h.sp) = decoupled_sp ? h.lr * sps[i] : sps[i];
+      args.value[i].sp = sps[i];
+    }
+  }
+
+  using TensorLists = std::optional<at::TensorList>;
+
   static at::Tensor new_result(at::TensorList params) {
     // No params: an empty sum, zero, float32 on the CPU (where torch.zeros puts it).
     if (params.empty()) return at::zeros({}, at::kFloat);
@@ -67,14 +81,16 @@ struct StepEntryPoints {
                                c10::ArrayRef<double> eps, c10::ArrayRef<double> l2, c10::ArrayRef<double> l1,
                                c10::ArrayRef<double> decay, c10::ArrayRef<double> value_l2, bool maximize,
                                const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                               const std::optional<at::Tensor>& clip) {
+                               const std::optional<at::Tensor>& clip, const TensorLists& anchors,
+                               const TensorLists& fisher, c10::ArrayRef<double> l2_sp, bool decoupled_sp) {
     const size_t n = params.size();
     StepArgs args{params, grads, {exp_avgs, exp_avg_sqs}, steps};
+    args.anchors = anchors_of(anchors, fisher);
     if (!max_exp_avg_sqs.empty()) args.states.push_back(max_exp_avg_sqs);
     args.maximize = maximize;
     args.scalars = {grad_scale, found_inf, clip};
     args.write_grads = grad_scale.has_value() || clip.has_value();
-    check_step_args(args, {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"});
+    check_step_args(args, {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"}, l2_sp);
     TORCH_CHECK(steps.size() == n, "l2fast: got ", n, " params but ", steps.size(), " steps");
     for (auto [list, name] : {std::pair{beta1, "beta1"}, {beta2, "beta2"}, {eps, "eps"}}) check_coeffs(list, n, name);
     args.hyper = base_hyper(n, lr, l2, l1, decay);
@@ -87,6 +103,7 @@ struct StepEntryPoints {
     }
     check_coeffs(value_l2, n, "value_l2");
     args.value = penalty_weights(value_l2, l1, n);
+    add_anchors(args, l2_sp, decoupled_sp);
     at::Tensor result = new_result(params);
     Kernels::adam_step(args, result);
     return result;
@@ -97,15 +114,18 @@ struct StepEntryPoints {
                               c10::ArrayRef<double> dampening, c10::ArrayRef<int64_t> fresh, c10::ArrayRef<double> l2,
                               c10::ArrayRef<double> l1, c10::ArrayRef<double> decay, c10::ArrayRef<double> value_l2,
                               bool nesterov, bool maximize, const std::optional<at::Tensor>& grad_scale,
-                              const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip) {
+                              const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& clip,
+                              const TensorLists& anchors, const TensorLists& fisher, c10::ArrayRef<double> l2_sp,
+                              bool decoupled_sp) {
     const size_t n = params.size();
     StepArgs args{params, grads, {}, {}};
+    args.anchors = anchors_of(anchors, fisher);
     if (!momentum_buffers.empty()) args.states.push_back(momentum_buffers);
     args.maximize = maximize;
     args.nesterov = nesterov;
     args.scalars = {grad_scale, found_inf, clip};
     args.write_grads = grad_scale.has_value() || clip.has_value();
-    check_step_args(args, {"momentum_buffers"});
+    check_step_args(args, {"momentum_buffers"}, l2_sp);
     for (auto [list, name] : {std::pair{momentum, "momentum"}, {dampening, "dampening"}}) check_coeffs(list, n, name);
     TORCH_CHECK(fresh.size() == 1 || fresh.size() == n, "l2fast: fresh has ", fresh.size(), " values for ", n,
                 " tensors; give one value, or one per tensor");
@@ -118,6 +138,7 @@ struct StepEntryPoints {
     }
     check_coeffs(value_l2, n, "value_l2");
     args.value = penalty_weights(value_l2, l1, n);
+    add_anchors(args, l2_sp, decoupled_sp);
     at::Tensor result = new_result(params);
     Kernels::sgd_step(args, result);
     return result;
