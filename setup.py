@@ -69,8 +69,11 @@ def compile_args(cuda: bool, debug: bool) -> dict:
     # unchanged), so loops that take a square root (the Adam step) can be vectorized. -fno-trapping-math:
     # nothing here reads floating-point exception flags, so a comparison may be evaluated on both sides
     # of a select; without it GCC keeps the step loops' comparisons (sign, NaN-propagating max) as
-    # branches and leaves those loops scalar. Results are the same bits.
-    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-g" if debug else "-g0"]
+    # branches and leaves those loops scalar. Results are the same bits. vect-max-version-for-alias-checks:
+    # the step loops over many arrays (Adam with amsgrad, an anchor and its Fisher: seven) need more
+    # run-time overlap checks than GCC's default allows before it vectorizes a loop.
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+           "--param=vect-max-version-for-alias-checks=64", "-g" if debug else "-g0"]
     args = {"cxx": cxx}
     if cuda:
         args["nvcc"] = ["-O3"] + (["-lineinfo"] if debug else [])

@@ -21,15 +21,22 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump"),
 ]
 
-# Parts of the demangled names of the span loops' float32 instances (sums; penalty gradient; decay;
-# Adam and SGD with momentum).
+# Parts ("..." between parts that must all appear) of the demangled names of the span loops' float32 instances (sums; penalty gradient; decay;
+# Adam and SGD with momentum), plain and with a bfloat16 anchor and fisher (its own prefetched streams).
+BF16_ANCHOR = "l2fast::cpu::AnchorOf<c10::BFloat16, true> >("
 LOOPS = [
     "cpu::reduce_span<float, true, false>(",
-    "cpu::grad_span<float, true, false, true>(",
-    "cpu::scale_span<float, true>(",
+    "cpu::grad_span<float, true, false, true, l2fast::cpu::NoAnchor>(",
+    "cpu::scale_span<float, true, l2fast::cpu::NoAnchor>(",
     "cpu::(anonymous namespace)::adam_span<float, false,",
     "cpu::(anonymous namespace)::sgd_span<float, true, false,",
+    f"cpu::penalty_sums_span<float, {BF16_ANCHOR}",
+    f"cpu::grad_span<float, true, true, true, {BF16_ANCHOR}",
+    f"cpu::scale_span<float, true, {BF16_ANCHOR}",
+    f"cpu::(anonymous namespace)::adam_span<float, false,...{BF16_ANCHOR}",
+    f"cpu::(anonymous namespace)::sgd_span<float, true, false,...{BF16_ANCHOR}",
 ]
+
 
 
 def function_bodies(library: Path) -> dict[str, str]:
@@ -54,7 +61,8 @@ def bodies():
 def test_every_clone_of_a_span_loop_prefetches(bodies, loop):
     # The ISA clones; not the resolver that picks one, nor a clone's cold (rarely run) part.
     clones = {name: body for name, body in bodies.items()
-              if loop in name and "[clone ." in name and "resolver" not in name and ".cold" not in name}
+              if all(part in name for part in loop.split("...")) and "[clone ." in name and "resolver" not in name and ".cold" not in name}
     assert clones, f"no clones of {loop} in the library"
     missing = [name for name, body in clones.items() if "prefetch" not in body]
     assert not missing, f"clones without a prefetch instruction: {missing}"
+
