@@ -48,32 +48,50 @@ def _register_autograd() -> None:
     # penalty_grad's own derivative is here, so second derivatives (Hessian-vector products,
     # gradgradcheck) are exact too.
     def penalty_grad_setup(ctx, inputs, output):
-        params, scale, l2, l1 = inputs
-        ctx.save_for_backward(scale, *params)
-        ctx.l2, ctx.l1 = l2, l1
+        params, scale, l2, l1, anchors, fisher, l2_sp = inputs
+        anchors, fisher = list(anchors or []), list(fisher or [])
+        reference.check_constant_anchors(anchors, fisher)  # runs only when autograd records the call
+        ctx.save_for_backward(scale, *params, *anchors, *fisher)
+        ctx.counts = len(params), len(anchors)
+        ctx.l2, ctx.l1, ctx.l2_sp = l2, l1, l2_sp
 
     def penalty_grad_backward(ctx, grad_outs):
-        # out_i = scale * (l2_i w_i + l1_i sign(w_i)). d out_i / d w_i = scale * l2_i, elementwise (sign is
-        # flat almost everywhere); d out_i / d scale = l2_i w_i + l1_i sign(w_i), the step at scale 1. A
-        # tensor with zero coefficients is not read: its gradients are exactly 0, as its output is.
-        scale, *params = ctx.saved_tensors
-        l2s = reference.expand_coeffs(ctx.l2, len(params))
+        # out_i = scale * (l2_i w_i + l1_i sign(w_i) + sp_i F_i (w_i - a_i)). d out_i / d w_i =
+        # scale * (l2_i + sp_i F_i), elementwise (sign is flat almost everywhere); d out_i / d scale is
+        # the step at scale 1. A tensor with zero coefficients is not read: its gradients are exactly 0,
+        # as its output is. Anchors and fisher are constants: they get no gradient.
+        n, n_anchors = ctx.counts
+        scale, *tensors = ctx.saved_tensors
+        params, anchors, fisher = tensors[:n], tensors[n : n + n_anchors], tensors[n + n_anchors :]
+        l2s, sps = reference.expand_coeffs(ctx.l2, n), reference.expand_coeffs(ctx.l2_sp, n)
         grad_params = None
         if any(ctx.needs_input_grad[0]):
             s = scale.reshape(())
-            grad_params = [
-                (g * (s * a)).to(w.dtype) if a != 0.0 else torch.zeros_like(w) for g, w, a in zip(grad_outs, params, l2s)
-            ]
+            grad_params = [_penalty_grad_of_w(g, w, s, l2s[i], sps[i], fisher[i] if fisher else None)
+                           for i, (g, w) in enumerate(zip(grad_outs, params))]
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            steps = torch.ops.l2fast.penalty_grad(params, torch.ones_like(scale), ctx.l2, ctx.l1)
+            steps = torch.ops.l2fast.penalty_grad(params, torch.ones_like(scale), ctx.l2, ctx.l1, anchors or None,
+                                                  fisher or None, ctx.l2_sp)
             total = scale.new_zeros((), dtype=torch.float64)
             for g, step in zip(grad_outs, steps):
                 total = total + (g.double() * step.double()).sum()
             grad_scale = total.to(scale.dtype).reshape(scale.shape)
-        return grad_params, grad_scale, None, None
+        # The rest get no gradient, in the structure of the arguments as called (needs_input_grad's: the
+        # dispatcher leaves out trailing ones at their defaults): a list of Nones for a tensor list.
+        rest = [[None] * len(x) if isinstance(x, (list, tuple)) else None for x in ctx.needs_input_grad[2:]]
+        return grad_params, grad_scale, *rest
 
     torch.library.register_autograd("l2fast::penalty_grad", penalty_grad_backward, setup_context=penalty_grad_setup)
+
+
+def _penalty_grad_of_w(grad_out, w, s, l2, sp, fisher):
+    """grad_out * d out / d w for one tensor: grad_out * s * (l2 + sp * F), F = 1 without fisher."""
+    if l2 == 0.0 and sp == 0.0:
+        return torch.zeros_like(w)
+    if sp == 0.0 or fisher is None:
+        return (grad_out * (s * (l2 + sp))).to(w.dtype)
+    return (grad_out * (s * (l2 + sp * fisher.to(reference.opmath_dtype(w.dtype))))).to(w.dtype)
 
 
 if BACKEND == "native":

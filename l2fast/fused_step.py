@@ -1,8 +1,8 @@
 """The one-pass step of ``l2fast.Penalized`` over torch's Adam, AdamW and SGD: per bucket of tensors
 (one device, one set of per-call flags, one set of process groups), one call of the native
 ``adam_step_`` / ``sgd_step_`` reads w, g and the optimizer state once and writes them once, with the
-GradScaler unscaling, the clip coefficient, the penalty gradient, the decoupled decay and the penalty
-value of the weights the step started from in the same pass.
+GradScaler unscaling, the clip coefficient, the penalty gradient, the decoupled decay, the pull toward
+anchors (L2-SP / EWC) and the penalty value of the weights the step started from in the same pass.
 
 The optimizer state stays in the inner optimizer's ``state``, created exactly as torch creates it, so
 state dicts move between this path, the two-pass path and plain torch at any step.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
@@ -19,6 +20,14 @@ from . import _ops, functional, sharding
 
 FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class Coefficients(NamedTuple):
+    """A group's penalty coefficients for one step, schedule applied (l2_sp: the pull toward anchors)."""
+
+    l2: float
+    l1: float
+    l2_sp: float = 0.0
 
 
 def unsupported(optimizer: torch.optim.Optimizer) -> str | None:
@@ -155,10 +164,12 @@ def _inv_scale(grad_scale: torch.Tensor) -> torch.Tensor:
 
 
 class _Call:
-    """The arguments of one native call: tensor lists and per-tensor hyperparameters."""
+    """The arguments of one native call: tensor lists and per-tensor hyperparameters (and, for a call
+    of anchored tensors, whether their pull is decoupled)."""
 
-    def __init__(self):
+    def __init__(self, decoupled_sp: bool):
         self.lists: dict[str, list] = {}
+        self.decoupled_sp = decoupled_sp
 
     def extend(self, count: int, lists: dict, scalars: dict) -> None:
         """Appends `count` tensors: `lists` hold one entry per tensor, `scalars` one value for all."""
@@ -192,14 +203,17 @@ def _locals(tensors: list, dtensor: type | None) -> list:
     return [sharding.local(t, dtensor) for t in tensors]
 
 
-def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[dict, list]:
+def gather(optimizer, coefficients, decoupled: bool, shard_group=None, anchors=None) -> tuple[dict, list]:
     """The native calls of one step of every group that has gradients, and the SGD momentum buffers
-    they would create, as (calls, fresh_buffers) for run(). Writes nothing but the lazy state a torch
-    optimizer would create; raises LayoutMismatch for a tensor the kernels cannot take."""
+    they would create, as (calls, fresh_buffers) for run(). ``coefficients``: (l2, l1[, l2_sp]) per
+    group; ``anchors`` (``l2fast.anchors.Anchors``): what pulls each parameter of a group whose l2_sp is
+    not zero. Writes nothing but the lazy state a torch optimizer would create; raises LayoutMismatch
+    for a tensor the kernels cannot take."""
     adam = isinstance(optimizer, torch.optim.Adam)
     calls: dict[tuple, _Call] = {}
     fresh_buffers = []
-    for i, (group, (l2, l1)) in enumerate(zip(optimizer.param_groups, coefficients)):
+    for i, (group, given) in enumerate(zip(optimizer.param_groups, coefficients)):
+        l2, l1, l2_sp = Coefficients(*given)
         lr = float(group["lr"])
         wd = float(group["weight_decay"])
         adamw = adam and group.get("decoupled_weight_decay", False)
@@ -210,19 +224,33 @@ def gather(optimizer, coefficients, decoupled: bool, shard_group=None) -> tuple[
         coeffs = dict(lr=lr, l2=grad_l2, l1=l1, decay=decay, value_l2=l2)
         with_grads = [p for p in group["params"] if p.grad is not None]
         dtensor = sharding.dtensor_in(with_grads)
-        for (device, reduce_over), params in _by_placement(with_grads, shard_group, dtensor).items():
-            states = [optimizer.state[p] for p in params]
-            grads = [p.grad for p in params]
-            if adam:
-                key, lists, per_group = _adam_arguments(group, device, maximize, params, states)
-            else:
-                key, lists, per_group = _sgd_arguments(group, device, maximize, states, grads, fresh_buffers)
-            lists = {name: _locals(tensors, dtensor) for name, tensors in dict(grads=grads, **lists).items()}
-            local_params = _locals(params, dtensor)
-            _check_layouts(i, group, params, local_params, lists)
-            calls.setdefault((reduce_over, key), _Call()).extend(len(params), dict(params=local_params, **lists),
-                                                                 dict(coeffs, **per_group))
+        pulled = l2_sp != 0.0 and anchors is not None and anchors.pulls_any(with_grads)
+        for (device, reduce_over), placed in _by_placement(with_grads, shard_group, dtensor).items():
+            for kind, params in (_by_kind(placed, anchors) if pulled else {None: placed}).items():
+                states = [optimizer.state[p] for p in params]
+                grads = [p.grad for p in params]
+                if adam:
+                    key, lists, per_group = _adam_arguments(group, device, maximize, params, states)
+                else:
+                    key, lists, per_group = _sgd_arguments(group, device, maximize, states, grads, fresh_buffers)
+                if kind is not None:  # the other calls are the ones of a build without anchors
+                    lists.update(anchors.arguments(params, kind))
+                    per_group["l2_sp"] = l2_sp
+                lists = {name: _locals(tensors, dtensor) for name, tensors in dict(grads=grads, **lists).items()}
+                local_params = _locals(params, dtensor)
+                _check_layouts(i, group, params, local_params, lists)
+                call = calls.setdefault((reduce_over, key, kind), _Call(decoupled))
+                call.extend(len(params), dict(params=local_params, **lists), dict(coeffs, **per_group))
     return calls, fresh_buffers
+
+
+def _by_kind(params: list, anchors) -> dict:
+    """params by what pulls them (anchors.kind): a call's tensors are all plain, all anchored, or all
+    anchored with an importance."""
+    kinds: dict = {}
+    for p in params:
+        kinds.setdefault(anchors.kind(p), []).append(p)
+    return kinds
 
 
 def run(calls: dict, fresh_buffers: list, scalars: dict) -> list:
@@ -236,13 +264,16 @@ def run(calls: dict, fresh_buffers: list, scalars: dict) -> list:
     impl = _ops.impl
     values = []
     per_device: dict[torch.device, dict] = {}
-    for (reduce_over, key), call in calls.items():
+    for (reduce_over, key, kind), call in calls.items():
         a = call.lists
         device = key[0]
         if device not in per_device:
             per_device[device] = _on_device(scalars, device)
         common = dict(l2=a["l2"], l1=a["l1"], decay=a["decay"], value_l2=a["value_l2"], maximize=key[2],
                       **per_device[device])
+        if kind is not None:
+            common.update(anchors=a["anchors"], fisher=a.get("fisher"), l2_sp=a["l2_sp"],
+                          decoupled_sp=call.decoupled_sp)
         if key[1] == "adam":
             value = impl.adam_step_(a["params"], a["grads"], a["exp_avgs"], a["exp_avg_sqs"],
                                     a.get("max_exp_avg_sqs", []), a["steps"], a["lr"], a["beta1"], a["beta2"],

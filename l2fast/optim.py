@@ -13,6 +13,11 @@ penalised group only for a coefficient you pass it (its exempt group always carr
 ``Penalized(Adam(l2fast.param_groups(model)), l2=1e-2, l1=1e-3)`` penalises the first group with both
 and exempts the second. An argument that no group uses (every group carries that key, with another
 value) draws a warning. A schedule multiplies the coefficients step by step (see ``l2fast.schedules``).
+
+Anchored penalties (L2-SP, EWC): ``l2_sp`` pulls each anchored weight toward its anchor ``w0``, with the
+gradient ``l2_sp * F * (w - w0)`` (``F``: EWC's importance, 1 without ``fisher``) and the value
+``l2_sp/2 * sum(F * (w - w0)**2)``, beside l2 and l1 in the same fused pass. The anchors (and ``F``)
+are resolved, checked and carried in state dicts by ``l2fast.anchors``.
 """
 from __future__ import annotations
 
@@ -29,10 +34,11 @@ from numbers import Real
 import torch
 import torch.distributed as dist
 
-from . import fused_step, functional, inner_step, sharding
+from . import anchors, fused_step, functional, inner_step, sharding
+from .fused_step import Coefficients
 from .schedules import Clock, Schedule, as_schedule
 
-PENALTY_KEYS = ("l2", "l1")
+PENALTY_KEYS = ("l2", "l1", "l2_sp")
 # Group keys written by torch itself (named parameters, LR schedulers, SWA) or read by common tools
 # (a group's "name"): allowed beside the inner optimizer's own keys.
 TORCH_GROUP_KEYS = frozenset(
@@ -73,17 +79,32 @@ def _warn_unused_arguments(groups: list[dict], defaults: dict) -> None:
 
 class _Bucket:
     """Tensors penalised in one fused call: one device, one maximize setting, one set of process groups
-    to sum the value over. Coefficients are kept once per param group, as runs, so the per-tensor
-    Python loop of every step stays short."""
+    to sum the value over, one kind of pull (none, toward anchors, toward anchors weighted by F: the ops
+    take anchors for all tensors of a call or for none). Coefficients are kept once per param group, as
+    runs, so the per-tensor Python loop of every step stays short."""
 
     def __init__(self, maximize: bool, measure_only: bool = False):
         self.maximize = maximize
         self.measure_only = measure_only  # the inner step applies the penalty gradient as weight_decay
         self.params, self.grads, self.runs = [], [], []
+        self.pulls: dict[str, list] = {}  # the ops' anchors= / fisher= lists, in a bucket of anchored tensors
         self.covered = 0
 
+    def add(self, param: torch.Tensor, grad: torch.Tensor, pull: dict) -> None:
+        self.params.append(param)
+        self.grads.append(grad)
+        for name, tensors in pull.items():
+            self.pulls.setdefault(name, []).extend(tensors)
+
+    def pull_arguments(self, decoupled: bool) -> dict:
+        """The ops' arguments of the pull toward anchors ({} in a bucket of unanchored tensors)."""
+        if not self.pulls:
+            return {}
+        factors = {"sp_factors": self.per_tensor("sp_factor")} if decoupled else {}
+        return dict(self.pulls, l2_sp=self.per_tensor("l2_sp"), **factors)
+
     def end_group(self, **coefficients: float) -> None:
-        """Gives the tensors added since the last call these coefficients (l2, l1, decay)."""
+        """Gives the tensors added since the last call these coefficients (l2, l1, decay, l2_sp, sp_factor)."""
         count = len(self.params) - self.covered
         if count:
             self.runs.append((count, coefficients))
@@ -94,14 +115,15 @@ class _Bucket:
 
 
 def _add_penalty_grads(bucket: _Bucket) -> torch.Tensor:
-    """grad += l2 * w + l1 * sign(w) over the bucket; returns the penalty value."""
-    l2s, l1s = bucket.per_tensor("l2"), bucket.per_tensor("l1")
+    """grad += l2 * w + l1 * sign(w) (+ l2_sp * F * (w - w0) toward anchors) over the bucket; returns the
+    penalty value."""
+    l2s, l1s, pull = bucket.per_tensor("l2"), bucket.per_tensor("l1"), bucket.pull_arguments(decoupled=False)
     if not bucket.maximize:
-        return functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
+        return functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s, **pull)
     # The inner step negates a maximize group's gradient, so the penalty gradient is subtracted here
-    # to come out as a pull towards zero. Negation is exact: -((-g) + step) is g - step, bit for bit.
+    # to come out as a pull towards zero (or the anchors). Negation is exact: -((-g) + step) is g - step.
     torch._foreach_neg_(bucket.grads)
-    value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s)
+    value = functional.add_penalty_grad_(bucket.params, bucket.grads, l2s, l1s, **pull)
     torch._foreach_neg_(bucket.grads)
     return value
 
@@ -214,7 +236,29 @@ class Penalized(torch.optim.Optimizer):
         decoupled: apply L2 as AdamW applies ``weight_decay``: ``w *= 1 - lr * l2`` before the inner
             step, with the group's current ``lr``. L2 only (a decoupled L1 is not defined by torch).
         schedule: an ``l2fast.schedules.Schedule`` (or a function of the step count) that multiplies
-            every group's coefficients; it advances once per applied step, or per ``end_epoch()``.
+            every group's coefficients (``l2_sp`` too); it advances once per applied step, or per
+            ``end_epoch()``.
+        l2_sp: default coefficient of the pull toward anchors (L2-SP; EWC with ``fisher``) for groups
+            without their own ``"l2_sp"`` (a group's key wins, as for ``l2``). Coupled, the gradient gains
+            ``l2_sp * F * (w - w0)``; decoupled, ``w -= lr * l2_sp * F * (w - w0)`` before the inner step,
+            from the same old weights as the decay. The value adds ``l2_sp/2 * sum(F * (w - w0)**2)``.
+            A group with ``l2_sp > 0`` needs anchors (refused at the step otherwise).
+        anchor: the weights ``w0`` to pull toward: ``None`` (no pull); ``"current"`` (a snapshot of every
+            parameter now); ``{param: tensor}``; ``{name: tensor}`` (a state dict) or an ``nn.Module``
+            (its ``named_parameters()``), matched with the groups' ``"param_names"`` (build the inner
+            optimizer from ``model.named_parameters()``, or ``l2fast.param_groups(model,
+            with_names=True)``). Copied (the given tensors are not kept), in the parameter's memory
+            layout on its device. A parameter without an anchor gets no pull and costs nothing;
+            parameters added later by ``add_param_group`` have none. A name that matches no parameter,
+            or a name-keyed map without a parameter of a group with ``l2_sp > 0``, is refused; so are
+            the parameter itself and tensors of another shape. A DTensor parameter's anchor is a
+            DTensor with its placements (``"current"`` makes one).
+        fisher: the importance ``F`` of each anchored weight (EWC's diagonal Fisher), in the same forms
+            (``l2fast.diagonal_fisher``'s ``{name: F}`` fits), stored in its anchor's dtype; needs
+            ``anchor``. Anchored parameters without one get ``F = 1``. Negative or non-finite values are
+            refused (one min/max pass per tensor, at construction).
+        anchor_dtype: the dtype the anchors (and ``F``) are stored in: ``None`` (each parameter's own) or
+            ``torch.bfloat16`` (half the memory of float32 anchors; the pull is computed in float32).
         shard_group: for parameters sharded without DTensor (FSDP1 flat parameters, ZeRO-style
             shards): the process group over which each shard's penalty value is summed. DTensor
             parameters (FSDP2's ``fully_shard``) are found and reduced over their mesh by themselves.
@@ -260,6 +304,11 @@ class Penalized(torch.optim.Optimizer):
     subtracted, which costs two extra passes over that group's gradients). A tensor learning rate on
     an accelerator makes decoupled decay read it back to the host.
 
+    ``state_dict()`` carries each parameter's anchor and ``F`` in its ``state[index]`` under
+    ``"l2fast_anchor"`` / ``"l2fast_fisher"``, in their own dtype; ``load_state_dict`` restores them (a
+    Penalized built with ``anchor=None`` resumes an anchored run), and keeps the current anchors when the
+    state dict has none.
+
     Attributes:
         optimizer: the inner optimizer.
         last_penalty: the penalty value of the last applied step, at the weights it started from (a
@@ -274,7 +323,7 @@ class Penalized(torch.optim.Optimizer):
     _late_skip = None  # fused_step.LateSkip of the last step GradScaler handed over, until the clock reads it
     _PICKLED = (
         "optimizer", "decoupled", "schedule", "shard_group", "extra_group_keys", "_clock", "last_penalty",
-        "_fused_mode", "max_grad_norm", "last_grad_norm",
+        "_fused_mode", "max_grad_norm", "last_grad_norm", "_anchors",
     )
 
     def __init__(
@@ -285,6 +334,10 @@ class Penalized(torch.optim.Optimizer):
         decoupled: bool = False,
         schedule: Schedule | Callable[[int], float] | None = None,
         *,
+        l2_sp: float = 0.0,
+        anchor=None,
+        fisher=None,
+        anchor_dtype: torch.dtype | None = None,
         shard_group: "dist.ProcessGroup | None" = None,
         extra_group_keys: Iterable[str] = (),
         fused: bool | str = "auto",
@@ -298,7 +351,7 @@ class Penalized(torch.optim.Optimizer):
             )
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"l2fast.Penalized: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        defaults = {"l2": _coefficient(l2, "l2"), "l1": _coefficient(l1, "l1")}
+        defaults = {"l2": _coefficient(l2, "l2"), "l1": _coefficient(l1, "l1"), "l2_sp": _coefficient(l2_sp, "l2_sp")}
         # Optimizer.__init__ would register the parameters a second time; __setstate__ builds only the
         # step/state-dict hook registries and the profiling wrapper of step(), which is all a wrapper needs.
         super().__setstate__({"optimizer": optimizer})
@@ -320,12 +373,12 @@ class Penalized(torch.optim.Optimizer):
         if fused is True:
             self._require_fusable()
         # Check everything (a schedule that fails at step 0 fails here) before changing the inner optimizer.
-        for i, group in enumerate(optimizer.param_groups):
-            self._check_group(group, i, defaults)
+        base = [self._check_group(group, i, defaults) for i, group in enumerate(optimizer.param_groups)]
         self._multipliers(len(optimizer.param_groups))
         _check_listed_once(optimizer.param_groups)
+        self._anchors = anchors.resolve(optimizer.param_groups, anchor, fisher, anchor_dtype, [c.l2_sp for c in base])
         _warn_unused_arguments(optimizer.param_groups, defaults)
-        optimizer.defaults.update(defaults)  # so every group, present or added later, carries l2 and l1
+        optimizer.defaults.update(defaults)  # so every group, present or added later, carries the coefficients
         for group in optimizer.param_groups:
             for key in PENALTY_KEYS:
                 group.setdefault(key, defaults[key])
@@ -417,14 +470,19 @@ class Penalized(torch.optim.Optimizer):
         self._clock = self.clock._replace(epoch=self._clock.epoch + 1)
 
     def coefficients(self) -> list[tuple[float, float]]:
-        """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers."""
+        """(l2, l1) per group for the next step: base coefficients times the schedule's multipliers
+        (which multiply each group's ``"l2_sp"`` alike)."""
+        return [(c.l2, c.l1) for c in self._coefficients()]
+
+    def _coefficients(self) -> list[Coefficients]:
+        """(l2, l1, l2_sp) per group for the next step."""
         groups = self.param_groups
         multipliers = self._multipliers(len(groups))
         result = []
         for i, (group, multiplier) in enumerate(zip(groups, multipliers)):
             self._check_keys(group, i)
-            l2, l1 = self._group_coefficients(group, i, self.defaults)
-            result.append((l2 * multiplier, l1 * multiplier))
+            base = self._group_coefficients(group, i, self.defaults)
+            result.append(Coefficients(*(c * multiplier for c in base)))
         return result
 
     def _multipliers(self, num_groups: int) -> list[float]:
@@ -439,8 +497,8 @@ class Penalized(torch.optim.Optimizer):
                 )
         return multipliers
 
-    def _group_coefficients(self, group: dict, i: int, defaults: dict) -> tuple[float, float]:
-        l2, l1 = (_coefficient(group.get(k, defaults[k]), f"param_groups[{i}]['{k}']") for k in PENALTY_KEYS)
+    def _group_coefficients(self, group: dict, i: int, defaults: dict) -> Coefficients:
+        l2, l1, l2_sp = (_coefficient(group.get(k, defaults[k]), f"param_groups[{i}]['{k}']") for k in PENALTY_KEYS)
         if l2 != 0.0 and group.get("weight_decay", 0.0) != 0.0:
             raise ValueError(
                 f"l2fast.Penalized: param_groups[{i}] has weight_decay={group['weight_decay']} and l2={l2}, which would "
@@ -451,13 +509,13 @@ class Penalized(torch.optim.Optimizer):
                 f"l2fast.Penalized: param_groups[{i}] has l1={l1}, but decoupled=True applies L2 only; "
                 "use decoupled=False for an L1 penalty"
             )
-        return l2, l1
+        return Coefficients(l2, l1, l2_sp)
 
-    def _check_group(self, group: dict, i: int, defaults: dict) -> None:
+    def _check_group(self, group: dict, i: int, defaults: dict) -> Coefficients:
         if not isinstance(group, dict):
             raise TypeError(f"l2fast.Penalized: param_groups[{i}] must be a dict, got {type(group).__name__}")
         self._check_keys(group, i)
-        self._group_coefficients(group, i, defaults)
+        return self._group_coefficients(group, i, defaults)
 
     def _check_keys(self, group: dict, i: int) -> None:
         """One rule for group keys, whenever they appear (construction, add_param_group, or added to
@@ -508,7 +566,8 @@ class Penalized(torch.optim.Optimizer):
                 "coefficients and SGD's first-step flags are host values passed with each launch, so every "
                 "replay would repeat this step's values. Run the step eagerly, outside the captured region"
             )
-        coefficients = self.coefficients()
+        coefficients = self._coefficients()
+        self._check_anchored(coefficients)
         # Set by GradScaler.step when _step_supports_amp_scaling (the one-pass path) is on. The kernels
         # skip the step on the device; the clock reads found_inf one step late (no sync here).
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
@@ -522,6 +581,19 @@ class Penalized(torch.optim.Optimizer):
         else:
             self._late_skip = fused_step.LateSkip(found_inf)
         return loss
+
+    def _check_anchored(self, coefficients: list[Coefficients]) -> None:
+        """Refuses a pull with nothing to pull toward: l2_sp without any anchor. (At the step, not at
+        construction: a Penalized built without anchors takes them from a state dict.)"""
+        if self._anchors:
+            return
+        for i, c in enumerate(coefficients):
+            if c.l2_sp != 0.0:
+                raise ValueError(
+                    f"l2fast.Penalized: param_groups[{i}] has l2_sp={c.l2_sp}, but no parameter has an anchor to pull "
+                    "toward; pass anchor= ('current', a state dict, a module or {param: tensor}), or load a state dict "
+                    "that carries anchors"
+                )
 
     def _settle(self) -> None:
         """Counts the last step GradScaler handed over, unless its found_inf skipped it."""
@@ -569,7 +641,8 @@ class Penalized(torch.optim.Optimizer):
     def _fused_step(self, coefficients, grad_scale, found_inf) -> None:
         """The one-pass step; raises fused_step.LayoutMismatch before any write or collective."""
         with torch.no_grad():
-            calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled, self.shard_group)
+            calls, fresh_buffers = fused_step.gather(self.optimizer, coefficients, self.decoupled, self.shard_group,
+                                                     self._anchors)
         scalars = {"grad_scale": grad_scale, "found_inf": found_inf, "clip": None}
         if self.max_grad_norm is not None:
             norm = fused_step.grad_norm(self.optimizer, grad_scale, self.shard_group)
@@ -618,12 +691,12 @@ class Penalized(torch.optim.Optimizer):
         return penalized_closure
 
     @contextlib.contextmanager
-    def _penalty_applied(self, coefficients: list[tuple[float, float]]):
+    def _penalty_applied(self, coefficients: list[Coefficients]):
         """The two-pass penalty around the inner step, leaving ``p.grad`` as torch's ``weight_decay``
-        leaves it (the caller's gradient): the decoupled decay is applied to the weights; a coupled
-        L2 penalty of torch's Adam or SGD becomes the group's own ``weight_decay`` for the step (its
-        value measured here, in one read of the weights); any other coupled penalty is added to
-        copies of the gradients that stand in for them during the step."""
+        leaves it (the caller's gradient): the decoupled decay and pull are applied to the weights; a
+        coupled L2 penalty of torch's Adam or SGD becomes the group's own ``weight_decay`` for the step
+        (its value measured here, in one read of the weights); any other coupled penalty (L1, a pull
+        toward anchors) is added to copies of the gradients that stand in for them during the step."""
         overrides = _StepOverrides()
         try:
             self.last_penalty = self._apply_penalty(coefficients, overrides)
@@ -631,7 +704,7 @@ class Penalized(torch.optim.Optimizer):
         finally:
             overrides.undo()
 
-    def _apply_penalty(self, coefficients: list[tuple[float, float]], overrides: "_StepOverrides | None" = None):
+    def _apply_penalty(self, coefficients: list[Coefficients], overrides: "_StepOverrides | None" = None):
         """Adds every group's penalty gradient (or applies its decoupled decay), one fused call per
         bucket; returns the penalty value, summed over shards where parameters are sharded. Without
         ``overrides`` the penalty goes into the gradients themselves (the closure path)."""
@@ -662,34 +735,36 @@ class Penalized(torch.optim.Optimizer):
                     required.setdefault(sharding.reduce_groups(p, None, dtensor), None)
         return list(required) + [key for key in sums if key not in required]
 
-    def _buckets(self, coefficients: list[tuple[float, float]], overrides) -> dict[tuple, _Bucket]:
+    def _buckets(self, coefficients: list[Coefficients], overrides) -> dict[tuple, _Bucket]:
         """Every penalised tensor that has a gradient, by (device, maximize, process groups to sum over,
-        whether the inner step applies the penalty gradient itself)."""
+        whether the inner step applies the penalty gradient itself, what pulls it toward an anchor)."""
         buckets: dict[tuple, _Bucket] = {}
         dtensor = sharding.dtensor_type()
-        for i, (group, (l2, l1)) in enumerate(zip(self.param_groups, coefficients)):
-            if l2 == 0.0 and l1 == 0.0:
+        for i, (group, (l2, l1, l2_sp)) in enumerate(zip(self.param_groups, coefficients)):
+            pulled = l2_sp != 0.0 and self._anchors.pulls_any(group["params"])
+            if l2 == 0.0 and l1 == 0.0 and not pulled:
                 continue
             coupled = overrides is not None and not self.decoupled
-            as_weight_decay = coupled and l1 == 0.0 and _applies_weight_decay(self.optimizer, group)
+            # torch's weight_decay stands in for l2 * w only: not for l1, nor for a pull toward anchors.
+            as_weight_decay = coupled and l1 == 0.0 and not pulled and _applies_weight_decay(self.optimizer, group)
             if as_weight_decay:
                 overrides.set_weight_decay(group, l2)
             maximize = bool(group.get("maximize", False)) and not self.decoupled and not as_weight_decay
-            decay = self._lr(group, i) * l2 if self.decoupled else 0.0  # the decay fraction, AdamW's lr * wd
+            lr = self._lr(group, i) if self.decoupled else 0.0  # decay fractions are AdamW's lr * wd
             for p in group["params"]:
-                if p.grad is None:
+                kind = self._anchors.kind(p) if pulled else None
+                if p.grad is None or (kind is None and l2 == 0.0 and l1 == 0.0):
                     continue
                 if coupled and not as_weight_decay:
                     overrides.replace_grad(p, _grad_copy(p, dtensor))
                 param, grad, reduce_over = self._local(p, dtensor)
-                key = (param.device, maximize, reduce_over, as_weight_decay)
+                key = (param.device, maximize, reduce_over, as_weight_decay, kind)
                 bucket = buckets.get(key)
                 if bucket is None:
                     bucket = buckets[key] = _Bucket(maximize, measure_only=as_weight_decay)
-                bucket.params.append(param)
-                bucket.grads.append(grad)
+                bucket.add(param, grad, self._anchors.arguments([p], kind, dtensor))
             for bucket in buckets.values():
-                bucket.end_group(l2=l2, l1=l1, decay=decay)
+                bucket.end_group(l2=l2, l1=l1, decay=lr * l2, l2_sp=l2_sp, sp_factor=lr * l2_sp)
         return buckets
 
     def _local(self, p: torch.Tensor, dtensor: type | None) -> tuple[torch.Tensor, torch.Tensor, tuple]:
@@ -699,13 +774,15 @@ class Penalized(torch.optim.Optimizer):
         return sharding.local(p, dtensor), sharding.local(p.grad, dtensor), reduce_over
 
     def _penalise(self, bucket: _Bucket) -> torch.Tensor:
-        """The bucket's decoupled decay or coupled penalty gradient, in one fused call; its penalty value."""
-        if bucket.measure_only:
+        """The bucket's decoupled decay (and pull) or coupled penalty gradient, in one fused call; its
+        penalty value."""
+        if bucket.measure_only:  # never anchored: weight_decay cannot stand in for a pull
             with torch.no_grad():
                 return functional.penalty(bucket.params, bucket.per_tensor("l2"), 0.0)
         if self.decoupled:
-            # One pass: the value of the weights before the decay, and the decay itself.
-            return functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"))
+            # One pass: the value of the weights before the update, and the decay and pull themselves.
+            return functional.decay_(bucket.params, bucket.per_tensor("decay"), l2=bucket.per_tensor("l2"),
+                                     **bucket.pull_arguments(decoupled=True))
         return _add_penalty_grads(bucket)
 
     @staticmethod
@@ -722,10 +799,13 @@ class Penalized(torch.optim.Optimizer):
     # hooks registered on the inner optimizer run in its own state_dict / load_state_dict.
     @torch._disable_dynamo
     def state_dict(self) -> dict:
-        """The inner optimizer's state dict (whose groups carry l2 / l1), plus the clock and the schedule."""
+        """The inner optimizer's state dict (whose groups carry l2 / l1 / l2_sp), plus the clock and the
+        schedule, and each anchored parameter's anchor and F in its ``state[index]``."""
         for hook in list(self._optimizer_state_dict_pre_hooks.values()):
             hook(self)
         state = self.optimizer.state_dict()
+        if self._anchors:
+            self._anchors.pack(state, anchors.indexed_params(state["param_groups"], self.param_groups))
         ours = {"clock": self.clock._asdict(), "decoupled": self.decoupled, "schedule": self.schedule.state_dict()}
         # In every group: torch.distributed.checkpoint keeps only `state` and `param_groups` (with all
         # their keys), and may hand back any subset of groups for a shard of the model.
@@ -740,9 +820,11 @@ class Penalized(torch.optim.Optimizer):
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads a state dict from ``state_dict()``, or from the plain inner optimizer (clock and schedule
-        then stay as they are, and groups without l2 / l1 get the defaults). A state dict of torch's own
-        optimizer with ``weight_decay`` goes through ``load_torch_state_dict``. Everything is checked
-        before anything is changed."""
+        then stay as they are, and groups without l2 / l1 / l2_sp get the defaults). A state dict of
+        torch's own optimizer with ``weight_decay`` goes through ``load_torch_state_dict``. Anchors
+        and F come back in their saved dtype on their parameter's device (in place of the current
+        ones: a state dict without anchors keeps these). Everything is checked before anything is
+        changed."""
         self._settle()
         state_dict = dict(state_dict)
         for hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
@@ -766,10 +848,13 @@ class Penalized(torch.optim.Optimizer):
             schedule.load_state_dict(ours["schedule"])
         for i, saved in enumerate(groups):
             self._group_coefficients({**self.defaults, **saved}, i, self.defaults)
+        state_dict, loaded = anchors.unpack(state_dict, self.param_groups)
         self.optimizer.load_state_dict(state_dict)
         for group in self.param_groups:
             for key in PENALTY_KEYS:
                 group.setdefault(key, self.defaults[key])
+        if loaded is not None:
+            self._anchors = loaded
         if ours is not None:
             self.schedule = schedule
             self._clock = Clock(**ours["clock"])
@@ -782,12 +867,16 @@ class Penalized(torch.optim.Optimizer):
         ``decoupled_weight_decay=True`` for decoupled decay, which is what ``torch.optim.AdamW``
         saves), and the l2fast keys go. Loads into ``torch.optim.Adam`` / ``AdamW`` / ``SGD`` (or the
         inner optimizer's type) over the same parameters. torch has no L1 penalty and no decoupled
-        SGD decay: those are refused. The schedule is not kept: torch's decay stays at this value."""
+        SGD decay and no pull toward anchors: those are refused. The schedule is not kept: torch's decay
+        stays at this value."""
         state = self.optimizer.state_dict()
-        for i, (group, (l2, l1)) in enumerate(zip(state["param_groups"], self.coefficients())):
+        for i, (group, (l2, l1, l2_sp)) in enumerate(zip(state["param_groups"], self._coefficients())):
             if l1 != 0.0:
                 raise ValueError(f"l2fast.Penalized.torch_state_dict: param_groups[{i}] has l1={l1}; torch's "
                                  "optimizers have no L1 penalty to carry it")
+            if l2_sp != 0.0:
+                raise ValueError(f"l2fast.Penalized.torch_state_dict: param_groups[{i}] has l2_sp={l2_sp}; torch's "
+                                 "optimizers have no pull toward anchors (L2-SP, EWC) to carry it")
             if self.decoupled and l2 != 0.0 and "decoupled_weight_decay" not in group:
                 raise ValueError(f"l2fast.Penalized.torch_state_dict: param_groups[{i}] has decoupled l2={l2}, but "
                                  f"{type(self.optimizer).__name__} has no decoupled weight_decay in torch")
@@ -830,6 +919,7 @@ class Penalized(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return (
-            f"Penalized(l2={self.defaults['l2']}, l1={self.defaults['l1']}, decoupled={self.decoupled}, "
+            f"Penalized(l2={self.defaults['l2']}, l1={self.defaults['l1']}, l2_sp={self.defaults['l2_sp']}, "
+            f"decoupled={self.decoupled}, "
             f"schedule={self.schedule!r}, fused={self.fused}) wrapping {self.optimizer!r}"
         )

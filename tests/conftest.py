@@ -60,3 +60,14 @@ def run_on_gloo(job, world: int, out_dir, *args) -> list:
     process returned, by rank."""
     mp.spawn(_gloo_process, args=(world, free_port(), str(out_dir), job, args), nprocs=world)
     return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(world)]
+
+
+def native_without_anchors() -> str | None:
+    """Why torch.ops.l2fast cannot take the anchored calls (L2-SP, EWC), or None when it can."""
+    from l2fast import _ops
+
+    if _ops.BACKEND != "native":
+        return f"the native library is not loaded ({_ops.REASON})"
+    if "anchors" not in str(torch.ops.l2fast.penalty.default._schema):
+        return "the native library was built before anchors; rebuild it"
+    return None

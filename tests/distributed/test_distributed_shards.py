@@ -28,6 +28,18 @@ def full_grads():
     return [torch.randn(s, generator=g, dtype=torch.float64).float() for s in SHAPES]
 
 
+SP = [0.5, 0.0, 1.5]  # the pull toward anchors (L2-SP, EWC); the second tensor's anchor is NaN, never read
+PULLED = [0, 2]
+
+
+def full_anchors():
+    """(anchors, fisher) of the full tensors."""
+    g = torch.Generator().manual_seed(2)
+    anchors = [w + 0.3 * torch.randn(s, generator=g) for w, s in zip(full_tensors(), SHAPES)]
+    anchors[1] = torch.full(SHAPES[1], float("nan"))
+    return anchors, [2 * torch.rand(s, generator=g) for s in SHAPES]
+
+
 def dtensor_ops(rank):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -56,6 +68,26 @@ def dtensor_ops(rank):
     params = sharded(full_tensors(), full_grads())
     results["clip_norm"] = l2fast.clip_grad_norm_(params, 0.5)
     results["clipped"] = [p.grad.full_tensor() for p in params]
+    results.update(anchored_dtensor_ops(sharded, *([distribute_tensor(t, mesh, [Shard(0)]) for t in ts]
+                                                   for ts in full_anchors())))
+    return results
+
+
+def anchored_dtensor_ops(sharded, anchors, fisher):
+    """penalty, add_penalty_grad_ and decay_ with DTensor anchors and fisher sharded like the params."""
+    results = {}
+    params = sharded(full_tensors())
+    value = l2fast.penalty(params, l2=L2, anchors=anchors, fisher=fisher, l2_sp=SP)
+    value.backward()
+    results["anchored_penalty"] = value.detach()
+    results["anchored_penalty_grads"] = [p.grad.full_tensor() for p in params]
+    params = sharded(full_tensors(), full_grads())
+    results["anchored_add_penalty_grad_"] = l2fast.add_penalty_grad_(params, l2=L2, anchors=anchors, fisher=fisher,
+                                                                     l2_sp=SP)
+    results["anchored_grads"] = [p.grad.full_tensor() for p in params]
+    results["anchored_decay_"] = l2fast.decay_(params, 0.1, l2=L2, anchors=anchors, fisher=fisher,
+                                               sp_factors=[0.1 * s for s in SP], l2_sp=SP)
+    results["anchored_decayed"] = [p.detach().full_tensor() for p in params]
     return results
 
 
@@ -69,6 +101,12 @@ def plain_shard_ops(rank):
     results = {"sq_norm": l2fast.sq_norm(shards, group=world), "penalty": l2fast.penalty(shards, L2, L1, group=world)}
     clipped = shards if rank < WORLD - 1 else [torch.zeros(3, requires_grad=True)]
     results["clip_norm"] = l2fast.clip_grad_norm_(clipped, 0.5, group=world)
+    anchors, fisher = ([t[rank::WORLD].clone() for t in ts] for ts in full_anchors())
+    results["anchored_penalty"] = l2fast.penalty(shards, L2, L1, group=world, anchors=anchors, fisher=fisher, l2_sp=SP)
+    # The last rank holds nothing to pull: an empty list, and no anchors for it.
+    pulled = PULLED if rank < WORLD - 1 else []
+    results["anchored_idle"] = l2fast.penalty([shards[i] for i in pulled], group=world,
+                                              anchors=[anchors[i] for i in pulled], l2_sp=0.5)
     return results
 
 
@@ -139,6 +177,48 @@ def test_plain_shards_with_group_give_the_whole_value_on_every_rank(ranks):
         close(rank["plain"]["sq_norm"], sum((t**2).sum() for t in w))
         close(rank["plain"]["penalty"], sum(L2 / 2 * (t**2).sum() + L1 * t.abs().sum() for t in w))
         close(rank["plain"]["clip_norm"], sum((t**2).sum() for t in held).sqrt())
+
+
+def anchored_by_hand(l1=0.0):
+    """(value, gradients) of the anchored penalty of the full tensors, in float64."""
+    anchors, importances = full_anchors()
+    value, grads = 0.0, []
+    for w, a, f, s in zip((t.double() for t in full_tensors()), anchors, importances, SP):
+        value = value + L2 / 2 * (w**2).sum() + l1 * w.abs().sum()
+        grad = L2 * w + l1 * w.sign()
+        if s:  # the NaN anchor of an unpulled tensor is not read
+            value = value + s / 2 * (f.double() * (w - a.double()) ** 2).sum()
+            grad = grad + s * f.double() * (w - a.double())
+        grads.append(grad)
+    return value, grads
+
+
+def test_anchored_ops_on_dtensors_with_dtensor_anchors_give_the_unsharded_values(ranks):
+    value, grads = anchored_by_hand()
+    raw = [t.double() for t in full_grads()]
+    anchors, importances = full_anchors()
+    decayed = [0.9 * w.double() - (0.1 * s * f.double() * (w.double() - a.double()) if s else 0.0)
+               for w, a, f, s in zip(full_tensors(), anchors, importances, SP)]
+    for rank in ranks:
+        got = rank["dtensor"]
+        close(got["anchored_penalty"], value)
+        close(got["anchored_add_penalty_grad_"], value)
+        close(got["anchored_decay_"], value)
+        for grad, added, want, r in zip(got["anchored_penalty_grads"], got["anchored_grads"], grads, raw):
+            close(grad, want, rel=1e-6)
+            close(added, r + want, rel=1e-6)
+        for got_w, want_w in zip(got["anchored_decayed"], decayed):
+            close(got_w, want_w, rel=1e-6)
+
+
+def test_anchored_plain_shards_with_group_give_the_whole_value_and_an_idle_rank_agrees(ranks):
+    value, _ = anchored_by_hand(l1=L1)
+    anchors, _ = full_anchors()
+    w, a = [t.double() for t in full_tensors()], [t.double() for t in anchors]
+    idle = sum((0.25 * (w[i][r::WORLD] - a[i][r::WORLD]) ** 2).sum() for i in PULLED for r in range(WORLD - 1))
+    for rank in ranks:
+        close(rank["plain"]["anchored_penalty"], value)
+        close(rank["plain"]["anchored_idle"], idle)
 
 
 def test_a_rank_with_nothing_to_penalise_takes_part_and_all_agree(ranks):

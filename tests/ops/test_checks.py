@@ -6,6 +6,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from l2fast import reference
+from conftest import native_without_anchors
 
 ops = torch.ops.l2fast
 
@@ -26,7 +27,8 @@ def bad_calls():
     grads = [other[3 * k : 3 * k + 3] for k in order]
     grads_reading = list(grads)
     grads_reading[17] = base[3 * order[2500] : 3 * order[2500] + 3]  # grads[17] is params[2500]
-    return {**penalty_calls(w, x, g, half, one, views, shifted, grads, grads_reading), **step_calls()}
+    return {**penalty_calls(w, x, g, half, one, views, shifted, grads, grads_reading), **step_calls(),
+            **anchored_calls()}
 
 
 def penalty_calls(w, x, g, half, one, views, shifted, grads, grads_reading):
@@ -107,6 +109,48 @@ def step_calls():
     }
 
 
+def anchored_calls():
+    """The anchored penalty's arguments (L2-SP, EWC): anchors and fisher lists, l2_sp / sp_factors. Some
+    calls hold two faults, to pin which is reported first: each coefficient list is checked whole (valid,
+    then zero without anchors) before the next; anchors[i] and fisher[i] share no memory with params[i],
+    tensor by tensor; a step checks its anchors with its tensors, before its coefficients."""
+    w, x = torch.randn(6), torch.randn(2, 3)
+    ps, anchors, fisher = [w, x], [torch.randn(6), torch.randn(2, 3)], [torch.rand(6), torch.rand(2, 3)]
+    bf16 = [a.bfloat16() for a in anchors]
+    grads = [torch.randn(6), torch.randn(2, 3)]
+    base = torch.randn(9)
+
+    def penalty(anchors=anchors, fisher=None, l2_sp=(0.5,), params=ps):
+        return "penalty", (params, [0.1], [0.0], anchors, fisher, list(l2_sp))
+
+    name, adam_args = adam(ps)
+    _, bad_beta = adam(ps, beta1=(-0.1,))
+    return {
+        "anchored-fisher-without-anchors": penalty(anchors=None, fisher=fisher),
+        "anchored-anchors-not-dense": penalty(anchors=[torch.randn(12)[::2], anchors[1]]),
+        "anchored-anchors-count": penalty(anchors=anchors[:1]),
+        "anchored-anchors-device": penalty(anchors=[a.to("meta") for a in anchors]),
+        "anchored-anchors-dtype": penalty(anchors=[anchors[0], anchors[1].half()]),
+        "anchored-anchors-shape": penalty(anchors=[anchors[0], torch.randn(3, 2)]),
+        "anchored-anchors-strides": penalty(anchors=[anchors[0], torch.randn(3, 2).t()]),
+        "anchored-fisher-count": penalty(fisher=fisher[:1]),
+        "anchored-fisher-dtype": penalty(anchors=bf16, fisher=fisher),
+        "anchored-fisher-shape": penalty(anchors=bf16, fisher=[torch.rand(2, 3).bfloat16(), fisher[1].bfloat16()]),
+        "anchored-l2-sp-negative": ("penalty_grad", (ps, torch.ones(()), [0.1], [0.0], anchors, None, [0.5, -1.0])),
+        "anchored-l2-sp-without-anchors": ("add_penalty_grad_", (ps, grads, [0.1], [0.0], [], None, [0.5])),
+        "anchored-sp-factors-without-anchors": ("decay_", (ps, [0.1], [0.0], None, None, [0.01], [-1.0])),
+        "anchored-anchor-is-its-param": penalty(anchors=[w, anchors[1]], l2_sp=(0.0,)),
+        "anchored-fisher-overlaps-its-param": penalty(params=[base[:6], x], anchors=[anchors[0], x],
+                                                      fisher=[base[3:], fisher[1]]),
+        "anchored-anchor-is-a-grad": ("add_penalty_grad_", (ps, grads, [0.1], [0.0], [anchors[0], grads[1]], None,
+                                                            [0.5])),
+        "anchored-anchor-is-another-param": ("decay_", ([base[:6], x], [0.1], [0.0],
+                                                        [base[:6].clone(), base[3:].view(2, 3)], None, [0.1], [0.0])),
+        "anchored-fisher-in-a-state": (name, (*adam_args, anchors, [adam_args[3][1].view(6), fisher[1]], [0.5], True)),
+        "anchored-step-before-its-coefficients": (name, (*bad_beta, None, None, [0.5], False)),
+    }
+
+
 def message(call):
     with pytest.raises(RuntimeError) as error:
         call()
@@ -115,11 +159,13 @@ def message(call):
 
 # Within a fake kernel every tensor is on the meta device, so a device mismatch is reported by torch's
 # fake tensors instead (after the kernel, when they place its results).
-ON_TWO_DEVICES = ("step-steps-device", "step-clip-device")
+ON_TWO_DEVICES = ("step-steps-device", "step-clip-device", "anchored-anchors-device")
 
 
 @pytest.mark.parametrize("case", list(bad_calls()))
 def test_native_fake_and_reference_checks_agree(case):
+    if case.startswith("anchored-") and native_without_anchors() is not None:
+        pytest.skip(native_without_anchors())
     name, args = bad_calls()[case]
     native = message(lambda: getattr(ops, name)(*args))
     assert native.startswith("l2fast: ")
