@@ -150,9 +150,10 @@ def finetune(args, ablation: Ablation, options: dict, domains: dict) -> None:
 
 def title(config: dict) -> str:
     d, m, t = config["data"], config["model"], config["train"]
-    return (f"Fine-tuning a language model pre-trained on domain A ({d['test']}) on domain B ({d['train']}) from "
-            f"{t['init_from']}: perplexity ({d['tokenizer']} tokens) on B's validation text (learned) and on A's "
-            f"(kept); {m['layers']} layers of width {m['d_model']}, context {m['context']}; coupled penalties; lr {t['lr']}")
+    return (f"Fine-tuning a language model pre-trained on domain A ({config['penalty']['fisher_data']}) on domain B "
+            f"({d['train']}) from {t['init_from']}: perplexity ({d['tokenizer']} tokens) on B's validation text "
+            f"(learned) and on A's (kept); {m['layers']} layers of width {m['d_model']}, context {m['context']}; "
+            f"coupled penalties; lr {t['lr']}")
 
 
 def summary(ablation: Ablation, rows: list[dict], pretrained: dict) -> dict:
