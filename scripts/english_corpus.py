@@ -14,7 +14,10 @@ paragraphs, and makes each page one document: its paragraphs one per line, docum
 blank line (``--documents paragraphs``). Pages are shuffled with a fixed seed and dealt into test and
 valid (about 300 KB of text each) and train. The same package versions give byte-identical files;
 a version the archive no longer has stops the script with apt's message (update PACKAGES, and say so
-beside any numbers).
+beside any numbers). With ``--sources`` it also writes ``{train,valid,test}.sources``: the package each
+document of the split comes from, one name per line in the order of the documents (the text files
+are the same with or without it), so that the corpus can be cut into domains by source
+(``scripts/domain_adaptation.py``).
 
     python scripts/english_corpus.py data/english
     l2fast lm train --config configs/lm-english.json     # reads data/english/{train,valid,test}.txt
@@ -105,9 +108,10 @@ def pages(deb: Path, pattern: str) -> list[tuple[str, str]]:
             return [(m.name, archive.extractfile(m).read().decode("utf-8")) for m in members]
 
 
-def documents(debs: Path) -> list[str]:
-    """One document per page with paragraphs left (paragraphs one per line), each paragraph kept at its
-    first appearance only (navigation notes and licence boilerplate repeat on every page)."""
+def documents(debs: Path) -> list[tuple[str, str]]:
+    """(package, document): one document per page with paragraphs left (paragraphs one per line), each
+    paragraph kept at its first appearance only (navigation notes and licence boilerplate repeat on
+    every page)."""
     seen: set[str] = set()
     docs = []
     for package, (version, pattern, _) in PACKAGES.items():
@@ -115,13 +119,15 @@ def documents(debs: Path) -> list[str]:
         for _, html in pages(deb, pattern):
             kept = [p for p in page_paragraphs(html) if not (p in seen or seen.add(p))]
             if kept:
-                docs.append("\n".join(kept))
+                docs.append((package, "\n".join(kept)))
     return docs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output directory")
+    parser.add_argument("--sources", action="store_true", help="also write SPLIT.sources: the package of each "
+                                                               "document of SPLIT.txt, one per line")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,11 +139,14 @@ def main() -> None:
     for name, size in HELD_OUT:
         end, total = start, 0
         while total < size:
-            total += len(docs[end].encode("utf-8")) + 2
+            total += len(docs[end][1].encode("utf-8")) + 2
             end += 1
         splits[name], start = docs[start:end], end
     splits["train"] = docs[start:]
-    for name, part in splits.items():
+    for name, labelled in splits.items():
+        part = [doc for _, doc in labelled]
+        if args.sources:
+            (args.out / f"{name}.sources").write_text("".join(package + "\n" for package, _ in labelled), encoding="utf-8")
         data = "".join(doc + "\n\n" for doc in part).encode("utf-8")
         (args.out / f"{name}.txt").write_bytes(data)
         print(f"{name}.txt: {len(part):,} documents, {sum(d.count(chr(10)) + 1 for d in part):,} paragraphs, "

@@ -10,7 +10,7 @@ from ..trainer.cli import (NOT_NEGATIVE, NOT_NEGATIVE_FLOAT, POSITIVE, SEED, Tra
                            add_checkpoint_flags, add_train_command, check_output, command_parser)
 from ..trainer.config import ConfigError
 from ..trainer.text import DataError
-from .ablation import SETTING_NAMES, make
+from .ablation import FINETUNE_SETTING_NAMES, SETTING_NAMES, make
 from .config import DOCUMENTS, Config, build_config
 
 PROG = "l2fast lm"
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ablation_command(commands, "Trains the language model (default: the demo model on the demo text) per penalty "
                                    "setting (none, coupled L2 at three strengths, decoupled, cosine-decayed, "
                                    "alternating) and seed, and tabulates validation and test bits per byte.",
-                         SETTING_NAMES, "runs/lm-ablation")
+                         SETTING_NAMES, FINETUNE_SETTING_NAMES, "runs/lm-ablation")
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from ..trainer import config as plumbing
 from ..trainer.config import ConfigError, check_finite, check_train_and_penalty, check_ranges, common, opt
+from ..trainer.finetune import check_same_weights
 from ..trainer.kinds import LANGUAGE_MODEL, TrainerKind
 from ..trainer.rundir import check_fixed
 
@@ -68,6 +69,7 @@ class TrainConfig:
     run_dir: str = common("runs/lm-demo")
     resume: bool = common(True)
     overwrite: bool = common(False)
+    init_from: str = common("")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class PenaltyConfig:
     decay_norms_and_biases: bool = common(False)
     decay_embeddings: bool = opt(True, "penalise the token (and learned position) embeddings; the output layer "
                                  "shares the token embedding's matrix")
+    l2_sp: float = common(0.0)
+    fisher_batches: int = common(0)
+    fisher_data: str = common("")
+    anchor_dtype: str = common("float32")
 
 
 @dataclass(frozen=True)
@@ -129,11 +135,18 @@ def check(config: Config) -> None:
         raise ConfigError("give data.train and data.valid together (or neither, for the demo text)")
 
 
-# What a resumed run cannot change (besides the penalty options the shared recipe fixes): the tokenizer
-# and the shapes of the saved weights. Dropout rates are not shapes, so a resumed run may change them.
-FIXED_ON_RESUME = (("data", "tokenizer"), ("data", "vocab_size"), ("data", "subword_type")) + tuple(
+# What the weights and tokenizer of a checkpoint fix, so that a run resumed from it or fine-tuned from it
+# (--init-from) keeps them: the tokenizer and the shapes of the weights. Dropout rates are not shapes,
+# so either may change them.
+WEIGHT_OPTIONS = (("data", "tokenizer"), ("data", "vocab_size"), ("data", "subword_type")) + tuple(
     ("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout"))
+# What a resumed run cannot change, besides the options the shared recipe and run directory fix.
+FIXED_ON_RESUME = WEIGHT_OPTIONS
 
 
 def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
     check_fixed(saved_config, cfg, where, FIXED_ON_RESUME)
+
+
+def check_init_from(saved_config: dict, cfg: Config, where: Path) -> None:
+    check_same_weights(saved_config, cfg, where, WEIGHT_OPTIONS)

@@ -2,8 +2,10 @@
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (the shared recipe of
 ``l2fast.trainer.recipe``), gradient clipping inside the optimizer step (``max_grad_norm``). A run
-directory holds everything a run makes: ``tokenizer.model`` (sentencepiece), ``latest.pt`` / ``best.pt``,
-``metrics.jsonl``, ``metrics.png``, ``train.log``, ``config.json`` and ``results.json``.
+fine-tuned from another's checkpoint (``--init-from``) starts from its weights and tokenizer
+(``l2fast.trainer.finetune``). A run directory holds everything a run makes: ``tokenizer.model``
+(sentencepiece), ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``train.log``,
+``config.json`` and ``results.json``.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..trainer import checkpoint
+from ..trainer.finetune import InitFrom
 from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
 from ..trainer.plot import plot_panels
-from ..trainer.recipe import build_optimizer, learning_rate
+from ..trainer.recipe import learning_rate
 from ..trainer.runtime import Environment, RunLog
-from .config import Config, check_resumable
+from ..trainer.text import DataError
+from .config import Config, check_init_from, check_resumable
 from .data import (Documents, block_count, check_trainable, collate_blocks, eval_windows, read_documents, token_stream,
                    train_batches)
 from .demo_text import write_demo_text
@@ -73,15 +77,21 @@ def data_paths(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[str, 
     return str(paths["train"]), str(paths["valid"]), str(paths["test"])
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path, train: Documents, env: Environment, log, saved: dict | None) -> Tokenizer:
-    """Bytes; or the run's sentencepiece model: from the checkpoint when resuming, else trained (on the main
-    process) and saved as RUN_DIR/tokenizer.model."""
+def prepare_tokenizer(cfg: Config, run_dir: Path, train: Documents, env: Environment, log, saved: dict | None,
+                      init: InitFrom | None) -> Tokenizer:
+    """Bytes; or the run's sentencepiece model: from the checkpoint when resuming, else that of the
+    checkpoint a fine-tuning run starts from or one trained (on the main process), saved as
+    RUN_DIR/tokenizer.model."""
     if cfg.data.tokenizer == "bytes":
         return ByteTokenizer()
     if saved is not None:
         return from_state_dict(saved["tokenizer"])
     path = run_dir / "tokenizer.model"
-    if env.is_main:
+    if env.is_main and init is not None:
+        tokenizer = from_state_dict(init.tokenizer)
+        path.write_bytes(tokenizer.model)
+        log(f"tokenizer: sentencepiece, vocab {tokenizer.vocab_size}, from {init.path}")
+    elif env.is_main:
         start = time.perf_counter()
         tokenizer = SentencePieceTokenizer.train(train.texts, cfg.data.vocab_size, cfg.data.subword_type)
         path.write_bytes(tokenizer.model)
@@ -95,13 +105,13 @@ class Trainer(TrainerLoop):
     WINDOW_KEYS = ("loss_sum", "count")
 
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
-                 train: torch.Tensor, valid: Split, amp_dtype: torch.dtype | None):
+                 train: torch.Tensor, valid: Split, amp_dtype: torch.dtype | None, init: InitFrom | None = None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
         self.tokenizer, self.train_stream, self.valid = tokenizer, train, valid
         torch.manual_seed(cfg.train.seed)
         self.model = DecoderLM(cfg.model, tokenizer.vocab_size).to(env.device)
+        self.setup_optimizer(init)
         self.setup_update(LossModule(self.model), amp_dtype)
-        self.optimizer = build_optimizer(self.model, cfg)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_loss = math.inf
         self.elapsed = 0.0  # training wall time over all sessions of this run
@@ -137,6 +147,24 @@ class Trainer(TrainerLoop):
     def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         inputs, targets = (t.to(self.env.device) for t in batch)
         return self.loss_module(inputs, targets), {}
+
+    def fisher_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first penalty.fisher_batches batches of penalty.fisher_data's blocks in the order training
+        would draw them at epoch 0, read with the run's tokenizer (the init-from checkpoint's)."""
+        p, t, context = self.cfg.penalty, self.cfg.train, self.cfg.model.context
+        docs = read_documents(p.fisher_data, self.cfg.data.documents)
+        stream = token_stream(self.tokenizer, docs)
+        check_trainable(stream, context, t.batch_size, 1, docs.name)
+        batches = train_batches(block_count(stream, context), t.batch_size, t.seed, 0)[:p.fisher_batches]
+        if len(batches) < p.fisher_batches:
+            raise DataError(f"{docs.name}: {block_count(stream, context)} blocks of model.context = {context} make "
+                            f"{len(batches)} batches of train.batch_size = {t.batch_size}, fewer than "
+                            f"penalty.fisher_batches = {p.fisher_batches}")
+        return [collate_blocks(stream, indices, context) for indices in batches]
+
+    def fisher_loss(self, model: DecoderLM, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = (t.to(self.env.device) for t in batch)
+        return LossModule(model)(inputs, targets) / targets.numel()
 
     def log_training(self, window: dict, last: dict) -> None:
         loss_sum, tokens = self.window_sums(window, self.WINDOW_KEYS)
@@ -225,14 +253,14 @@ def run_training(cfg: Config) -> dict | None:
     """Trains (or resumes) the run described by cfg and scores the test text; returns the results (on
     the main process; None on the others).
     Everything that can be checked without data is checked before any data is read."""
-    with training_session(cfg, check_resumable) as session:
-        env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
+    with training_session(cfg, check_resumable, check_init_from) as session:
+        env, run_dir, saved, log, init = session.env, session.run.path, session.run.saved, session.log, session.init
         started = time.perf_counter()
         train_path, valid_path, test_path = data_paths(cfg, run_dir, env, log)
         train_docs = read_documents(train_path, cfg.data.documents)
         valid_docs = read_documents(valid_path, cfg.data.documents)
         test_docs = read_documents(test_path, cfg.data.documents) if test_path else None
-        tokenizer = prepare_tokenizer(cfg, run_dir, train_docs, env, log, saved)
+        tokenizer = prepare_tokenizer(cfg, run_dir, train_docs, env, log, saved, init)
         train = token_stream(tokenizer, train_docs)
         check_trainable(train, cfg.model.context, cfg.train.batch_size, env.world_size, train_docs.name)
         valid = Split(valid_docs, token_stream(tokenizer, valid_docs))
@@ -243,7 +271,7 @@ def run_training(cfg: Config) -> dict | None:
             + (f"; test {test.stream.numel():,} tokens" if test else ""))
         amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
                                      lambda: probe_loss(cfg, env, tokenizer.vocab_size, train))
-        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype)
+        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, amp_dtype, init)
         session.begin(trainer)
         trainer.train()
         results = trainer.finish(test)

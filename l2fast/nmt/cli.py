@@ -10,7 +10,7 @@ from pathlib import Path
 from ..trainer.cli import (FINITE, NOT_NEGATIVE, POSITIVE, TrainerCommands, add_ablation_command, add_checkpoint_flags,
                            add_train_command, check_output, command_parser)
 from ..trainer.text import DataError
-from .ablation import SETTING_NAMES, make
+from .ablation import FINETUNE_SETTING_NAMES, SETTING_NAMES, make
 from .config import Config, build_config
 
 DESCRIPTION = """\
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ablation_command(commands, "Trains the translation model (default: the demo model on the demo corpus) per "
                                    "penalty setting (none, coupled L2 at three strengths, cosine-decayed, alternating) "
-                                   "and seed, and tabulates test BLEU and chrF.", SETTING_NAMES, "runs/ablation")
+                                   "and seed, and tabulates test BLEU and chrF.", SETTING_NAMES, FINETUNE_SETTING_NAMES,
+                         "runs/ablation")
     return parser
 
 

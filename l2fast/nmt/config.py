@@ -11,11 +11,12 @@ from typing import Any, ClassVar
 
 from ..trainer import config as plumbing
 from ..trainer.config import ConfigError, check_finite, check_train_and_penalty, check_ranges, common, merge, opt
+from ..trainer.finetune import check_same_weights
 from ..trainer.kinds import TRANSLATION, TrainerKind
 from ..trainer.rundir import FRESH_RUN, check_fixed
 
-__all__ = ["Config", "ConfigError", "FIXED_ON_RESUME", "build_config", "check", "check_resumable", "merge",
-           "read_config_file", "section_fields", "with_overrides"]
+__all__ = ["Config", "ConfigError", "FIXED_ON_RESUME", "WEIGHT_OPTIONS", "build_config", "check", "check_init_from",
+           "check_resumable", "merge", "read_config_file", "section_fields", "with_overrides"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class TrainConfig:
     run_dir: str = common("runs/demo")
     resume: bool = common(True)
     overwrite: bool = common(False)
+    init_from: str = common("")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class PenaltyConfig:
                           "so --l1 with --decoupled is an error")
     penalty_schedule: str = common("")
     decay_norms_and_biases: bool = common(False)
+    l2_sp: float = common(0.0)
+    fisher_batches: int = common(0)
+    fisher_data: str = common("")
+    anchor_dtype: str = common("float32")
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,9 @@ def check(config: Config) -> None:
     check_train_and_penalty(t, p)
     if bool(d.train) != bool(d.valid):
         raise ConfigError("give data.train and data.valid together (or neither, for the demo corpus)")
+    if t.init_from and d.tokenizer:
+        raise ConfigError(f"a run fine-tuned from train.init_from uses that checkpoint's tokenizer, so data.tokenizer "
+                          f"({d.tokenizer}) would go unused: leave it out")
 
 
 def with_overrides(config: Config, section: str, **values) -> Config:
@@ -170,12 +179,15 @@ def with_overrides(config: Config, section: str, **values) -> Config:
 
 
 
-# What a resumed run cannot change (besides the penalty options the shared recipe fixes): the tokenizer
-# (RUN_DIR/tokenizer is reused, so options that would make another one would be recorded but not used)
-# and the shapes of the saved weights. Dropout rates are not shapes, so a resumed run may change them.
-FIXED_ON_RESUME = tuple(("data", name) for name in ("tokenizer", "vocab_size", "joint_vocab", "subword_type",
-                                                    "character_coverage")) + tuple(
-    ("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout"))
+# What the weights and tokenizer of a checkpoint fix, so that a run resumed from it or fine-tuned from it
+# (--init-from) keeps them: the options that made the tokenizer (a tokenizer that is reused, so options
+# that would make another one would be recorded but not used) and the shapes of the weights. Dropout
+# rates are not shapes, so either may change them.
+WEIGHT_OPTIONS = tuple(("data", name) for name in ("vocab_size", "joint_vocab", "subword_type", "character_coverage")) + \
+    tuple(("model", f.name) for f in fields(ModelConfig) if f.name not in ("dropout", "attention_dropout"))
+# What a resumed run cannot change, besides the options the shared recipe and run directory fix: also
+# where its tokenizer came from (RUN_DIR/tokenizer is reused).
+FIXED_ON_RESUME = (("data", "tokenizer"),) + WEIGHT_OPTIONS
 
 
 def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
@@ -184,3 +196,7 @@ def check_resumable(saved_config: dict, cfg: Config, where: Path) -> None:
         raise ConfigError(f"{where} was trained with train.average_decay = {saved_config['train']['average_decay']!r}; "
                           f"a resumed run cannot switch the weight average {'on' if cfg.train.average_decay else 'off'}: "
                           f"keep it, or {FRESH_RUN}")
+
+
+def check_init_from(saved_config: dict, cfg: Config, where: Path) -> None:
+    check_same_weights(saved_config, cfg, where, WEIGHT_OPTIONS)

@@ -1,8 +1,9 @@
 """Training: data and tokenizer preparation, the update step, validation, checkpoints, final test.
 
 The penalty goes through ``l2fast.Penalized`` over ``l2fast.param_groups`` (biases and norm weights
-exempt), gradient clipping inside the optimizer step (``max_grad_norm``). A run directory holds
-everything a run makes:
+exempt), gradient clipping inside the optimizer step (``max_grad_norm``). A run fine-tuned from
+another's checkpoint (``--init-from``) starts from its weights and tokenizer
+(``l2fast.trainer.finetune``). A run directory holds everything a run makes:
 tokenizer, ``latest.pt`` / ``best.pt``, ``metrics.jsonl``, ``metrics.png``, ``train.log``,
 ``results.json`` and the test translations.
 """
@@ -19,7 +20,7 @@ import torch.distributed as dist
 
 from ..trainer import checkpoint
 from .averaging import WeightAverage
-from .config import Config, DataConfig, check_resumable
+from .config import Config, DataConfig, check_init_from, check_resumable
 from .data import (TokenizedPairs, collate, drop_empty, eval_batches, filter_long, fit_positions, read_parallel,
                    train_batches)
 from .demo_corpus import write_demo_corpus
@@ -28,9 +29,11 @@ from .loss import LossModule
 from .metrics import Scores, score
 from .model import Transformer
 from .plot import plot_metrics
+from ..trainer.finetune import InitFrom
 from ..trainer.loop import TrainerLoop, choose_amp_dtype, training_session
-from ..trainer.recipe import build_optimizer, learning_rate
+from ..trainer.recipe import learning_rate
 from ..trainer.runtime import Environment, RunLog
+from ..trainer.text import DataError
 from .search import translate_ids
 from .tokenizer import Tokenizer
 
@@ -63,7 +66,10 @@ def train_tokenizer(d: DataConfig, train_text) -> Tokenizer:
     return Tokenizer.train(train_text.src, train_text.tgt, d.vocab_size, d.joint_vocab, d.subword_type, d.character_coverage)
 
 
-def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tokenizer, TokenizedPairs, Split, Split | None]:
+def prepare_data(cfg: Config, run_dir: Path, env: Environment, log,
+                 init: InitFrom | None = None) -> tuple[Tokenizer, TokenizedPairs, Split, Split | None]:
+    """The tokenizer (RUN_DIR/tokenizer: kept from an earlier session of the run, else the init-from
+    checkpoint's, a copy of data.tokenizer, or trained on the training text) and the tokenized splits."""
     d = cfg.data
     if d.train:
         train_spec, valid_spec, test_spec = d.train, d.valid, d.test
@@ -79,7 +85,10 @@ def prepare_data(cfg: Config, run_dir: Path, env: Environment, log) -> tuple[Tok
     test_text = drop_empty(read_parallel(test_spec, *suffixes), log) if test_spec else None
 
     tokenizer_dir = run_dir / "tokenizer"
-    if env.is_main and d.tokenizer and not any(tokenizer_dir.glob("*.model")):
+    if env.is_main and init is not None and not any(tokenizer_dir.glob("*.model")):
+        Tokenizer.from_state_dict(init.tokenizer).save(tokenizer_dir)
+        log(f"tokenizer: from {init.path}")
+    elif env.is_main and d.tokenizer and not any(tokenizer_dir.glob("*.model")):
         Tokenizer.load(d.tokenizer).save(tokenizer_dir)
         log(f"tokenizer: copied from {d.tokenizer}")
     elif env.is_main and not any(tokenizer_dir.glob("*.model")):
@@ -112,13 +121,14 @@ class Trainer(TrainerLoop):
     WINDOW_KEYS = ("loss_sum", "nll_sum", "src_tokens", "count")
 
     def __init__(self, cfg: Config, env: Environment, run_dir: Path, log: RunLog, tokenizer: Tokenizer,
-                 train: TokenizedPairs, valid: Split, test: Split | None, amp_dtype: torch.dtype | None):
+                 train: TokenizedPairs, valid: Split, test: Split | None, amp_dtype: torch.dtype | None,
+                 init: InitFrom | None = None):
         self.cfg, self.env, self.run_dir, self.log = cfg, env, run_dir, log
         self.tokenizer, self.train_pairs, self.valid, self.test = tokenizer, train, valid, test
         torch.manual_seed(cfg.train.seed)
         self.model = build_model(cfg, tokenizer).to(env.device)
+        self.setup_optimizer(init)  # before the weight average, which starts from the weights loaded there
         self.setup_update(LossModule(self.model, cfg.train.label_smoothing), amp_dtype)
-        self.optimizer = build_optimizer(self.model, cfg)
         self.average = WeightAverage(self.model, cfg.train.average_decay) if cfg.train.average_decay else None
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_bleu, self.bad_validations = -1.0, 0
@@ -146,6 +156,25 @@ class Trainer(TrainerLoop):
         batch = batch.to(self.env.device)
         loss, nll = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out)
         return loss, {"nll_sum": nll.detach(), "src_tokens": batch.src_tokens}
+
+    def fisher_batches(self) -> list:
+        """The first penalty.fisher_batches batches of penalty.fisher_data's pairs in the order training
+        would draw them at epoch 0, read with the run's tokenizer (the init-from checkpoint's)."""
+        d, p, t = self.cfg.data, self.cfg.penalty, self.cfg.train
+        text = drop_empty(read_parallel(p.fisher_data, d.src_suffix, d.tgt_suffix), self.log)
+        pairs = filter_long(TokenizedPairs(self.tokenizer.encode_src(text.src), self.tokenizer.encode_tgt(text.tgt)),
+                            d.max_len, text.name, self.log)
+        batches = train_batches(pairs, t.max_tokens, t.seed, 0)[:p.fisher_batches]
+        if len(batches) < p.fisher_batches:
+            raise DataError(f"{text.name}: its pairs make {len(batches)} batches of train.max_tokens = {t.max_tokens}, "
+                            f"fewer than penalty.fisher_batches = {p.fisher_batches}")
+        return [collate(pairs, indices) for indices in batches]
+
+    def fisher_loss(self, model: Transformer, batch) -> torch.Tensor:
+        """The NLL per target token, without label smoothing: the Fisher of the model's own likelihood."""
+        batch = batch.to(self.env.device)
+        _, nll = LossModule(model, smoothing=0.0)(batch.src, batch.tgt_in, batch.tgt_out)
+        return nll / batch.tgt_tokens
 
     def update(self, batches) -> dict:
         """The shared update, then the moving average of the weights."""
@@ -284,13 +313,13 @@ def run_training(cfg: Config) -> dict | None:
     """Trains (or resumes) the run described by cfg and scores the test set; returns the results (on the
     main process, and None without a test set; None on the others).
     Everything that can be checked without data is checked before any data is read."""
-    with training_session(cfg, check_resumable) as session:
-        env, run_dir, saved, log = session.env, session.run.path, session.run.saved, session.log
+    with training_session(cfg, check_resumable, check_init_from) as session:
+        env, run_dir, saved, log, init = session.env, session.run.path, session.run.saved, session.log, session.init
         started = time.perf_counter()
-        tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log)
+        tokenizer, train, valid, test = prepare_data(cfg, run_dir, env, log, init)
         amp_dtype = choose_amp_dtype(cfg, env, log, saved["counters"].get("precision") if saved else None,
                                      lambda: probe_loss(cfg, env, tokenizer, train))
-        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype)
+        trainer = Trainer(cfg, env, run_dir, log, tokenizer, train, valid, test, amp_dtype, init)
         session.begin(trainer)
         log(f"data: {len(train.src)} training pairs, {len(valid.src)} valid, {len(test.src) if test else 0} test")
         trainer.train()

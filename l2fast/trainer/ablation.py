@@ -31,7 +31,9 @@ RESULTS = "results.jsonl"
 TABLE = "ablation.md"
 # A setting names the penalty options it turns on; these are off unless it names them, so the
 # settings do not inherit the base configuration's penalty.
-PENALTY_OFF = {"l1": 0.0, "decoupled": False, "penalty_schedule": ""}
+PENALTY_OFF = {"l1": 0.0, "decoupled": False, "penalty_schedule": "", "l2_sp": 0.0, "fisher_batches": 0}
+# Batches of the original task's text an EWC setting estimates its Fisher on.
+FISHER_BATCHES = 8
 # Options that say where and how a run executes, not what it computes: runs differing in them compare.
 PLACEMENT = {"train": ("run_dir", "threads", "resume", "overwrite")}
 
@@ -84,6 +86,24 @@ def penalty_settings(strengths: tuple[float, float, float], max_steps: int, ever
                             {"l2": middle, "penalty_schedule": json.dumps({"type": "Cosine", "total": max_steps})}))
     settings.append(Setting("alternating", f"L2 {_short(middle)}, alternating on/off every {every} steps",
                             {"l2": middle, "penalty_schedule": json.dumps({"type": "Alternating", "every": every})}))
+    return tuple(settings)
+
+
+def finetune_settings(strengths: tuple[float, float, float] = (1e-2, 1e-1, 1.0), ewc: tuple[float, ...] = (1e-1, 1.0),
+                      fisher_batches: int = 0) -> tuple[Setting, ...]:
+    """The settings of a fine-tuning ablation (runs with train.init_from): plain fine-tuning; L2 toward
+    zero at the middle strength; L2-SP (toward the init-from weights) at the three strengths; and, with
+    fisher_batches, EWC (L2-SP weighted by a Fisher of that many batches, scaled to mean 1) at the
+    strengths of ewc. All coupled, so that every strength is in the gradient's units (it gains l2 * w,
+    or l2_sp * F * (w - w0)); decoupled, a weight whose F * l2_sp * lr exceeds 1 would be thrown past
+    its anchor, where Adam bounds a coupled pull's step by the learning rate."""
+    middle = strengths[1]
+    settings = [Setting("none", "plain fine-tuning", {"l2": 0.0}),
+                Setting(f"l2-{_short(middle)}", f"L2 {_short(middle)} toward zero", {"l2": middle})]
+    settings += [Setting(f"l2sp-{_short(s)}", f"L2-SP {_short(s)}", {"l2": 0.0, "l2_sp": s}) for s in strengths]
+    if fisher_batches:
+        settings += [Setting(f"ewc-{_short(s)}", f"EWC {_short(s)} (Fisher of {fisher_batches} batches)",
+                             {"l2": 0.0, "l2_sp": s, "fisher_batches": fisher_batches}) for s in ewc]
     return tuple(settings)
 
 

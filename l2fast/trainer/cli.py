@@ -127,21 +127,25 @@ def run_command(prog: str, command: str, action: Callable[[], None]) -> int:
     return 0
 
 
-def add_ablation_command(commands, description: str, settings: list[str], run_dir: str) -> argparse.ArgumentParser:
-    """The ablation command of a trainer: settings are the names --only accepts."""
+def add_ablation_command(commands, description: str, settings: list[str], finetune_settings: list[str],
+                         run_dir: str) -> argparse.ArgumentParser:
+    """The ablation command of a trainer: settings / finetune_settings are the names --only accepts for a
+    configuration that trains from scratch / fine-tunes (train.init_from)."""
     ablation = commands.add_parser("ablation", help="the penalty ablation at several seeds (markdown table)",
                                    description=description + " Every (setting, seed) run is trained once: finished runs "
                                    "are in RUN_DIR/results.jsonl and are skipped when the command is run again, a run "
                                    "cut off midway resumes from its latest.pt, and several processes started with "
                                    "the same command share the runs out (one --threads 1 process per core, say). "
                                    "The table (mean ± sample standard deviation per setting) is rewritten to "
-                                   "RUN_DIR/ablation.md after every run.")
+                                   "RUN_DIR/ablation.md after every run. A configuration with train.init_from makes "
+                                   "it a fine-tuning ablation: plain fine-tuning, L2 toward zero, L2-SP at three "
+                                   "strengths and, where it names penalty.fisher_data, EWC at two.")
     ablation.add_argument("--config", help="JSON or TOML file of the configuration all runs share (default: the trainer's defaults)")
     ablation.add_argument("--seeds", type=POSITIVE, default=3, help="seeds 1..N per setting (default: 3)")
     ablation.add_argument("--max-steps", type=POSITIVE, help="updates per run (default: the configuration's)")
     ablation.add_argument("--threads", type=NOT_NEGATIVE, help="CPU threads per run (0 = all cores; default: the configuration's)")
-    ablation.add_argument("--only", nargs="+", metavar="SETTING", help=f"run only these settings: {', '.join(settings)} "
-                                                                       "(default: all)")
+    ablation.add_argument("--only", nargs="+", metavar="SETTING", help=f"run only these settings: {', '.join(settings)}; "
+                          f"fine-tuning: {', '.join(finetune_settings)} (default: all)")
     ablation.add_argument("--run-dir", default=run_dir, help=f"directory of the results, table and runs (default: {run_dir})")
     ablation.add_argument("--table", action="store_true", help="only rewrite and print the table of the finished runs")
     return ablation

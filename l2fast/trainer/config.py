@@ -56,6 +56,10 @@ COMMON_OPTIONS = {
     "seed": ("random seed (data order, dropout, initialisation)", None),
     "log_every": ("log training loss, throughput and penalty every N updates", None),
     "run_dir": ("directory for checkpoints, tokenizer, metrics, plot and results", None),
+    "init_from": ("fine-tune: a fresh run starts from this checkpoint's weights (its weight average where it kept "
+                  "one) and tokenizer, with a new optimizer, step count and schedule; the run's model shape and "
+                  "tokenizer options must be the checkpoint's (--config CHECKPOINT_DIR/config.json gives them). A "
+                  "resumed run continues from RUN_DIR/latest.pt and does not read it again", None),
     "resume": ("continue from RUN_DIR/latest.pt if it exists", None),
     "overwrite": ("start afresh even where RUN_DIR holds an earlier run: the earlier run is moved aside to "
                   "RUN_DIR.old-TIMESTAMP, nothing is deleted (without it, such a RUN_DIR is refused unless it "
@@ -64,6 +68,17 @@ COMMON_OPTIONS = {
                          "naming a class of l2fast.schedules, e.g. {\"type\": \"Alternating\", \"every\": 100}; "
                          "nested objects with \"type\" are schedules too; empty = constant", None),
     "decay_norms_and_biases": ("also penalise biases and layer-norm weights (exempt otherwise)", None),
+    "l2_sp": ("L2-SP: pull toward the --init-from weights w0: the gradient gains l2_sp * F * (w - w0), or with "
+              "--decoupled w -= lr * l2_sp * F * (w - w0); F = 1, or the Fisher with --fisher-batches (EWC). The "
+              "parameters --l2 exempts are not pulled; --penalty-schedule scales it as it scales --l2", None),
+    "fisher_batches": ("EWC: weigh the L2-SP pull by the diagonal empirical Fisher of the --init-from weights, "
+                       "estimated on this many batches of --fisher-data at the start (per batch: the squared "
+                       "gradient of each batch's mean loss, averaged over the batches), scaled to mean 1 over all "
+                       "weights so that --l2-sp keeps its average strength (0 = plain L2-SP)", None),
+    "fisher_data": ("text of the task the --init-from checkpoint was trained on, in the form --train takes, for "
+                    "--fisher-batches (read with the checkpoint's tokenizer)", None),
+    "anchor_dtype": ("dtype in which the L2-SP anchors and the Fisher are kept (bfloat16 halves their memory)",
+                     ("float32", "bfloat16")),
 }
 
 
@@ -221,8 +236,11 @@ def check_seed(value: int, name: str) -> None:
 
 def check_train_and_penalty(train, penalty) -> None:
     """The checks of the train and penalty sections both trainers have: some stop condition, a cosine
-    schedule's end, the seed's range, L1 with decoupled decay, the schedule's JSON."""
+    schedule's end, the seed's range, L1 with decoupled decay, the schedule's JSON, and what the pull
+    toward the init-from weights needs."""
     t, p = train, penalty
+    check_ranges(positive={}, not_negative={"penalty.l2_sp": p.l2_sp, "penalty.fisher_batches": p.fisher_batches},
+                 fractions={})
     if t.max_steps == 0 and getattr(t, "max_epochs", 0) == 0 and t.max_minutes == 0:
         raise ConfigError("set at least one of " + ", ".join(
             f"train.{name}" for name in ("max_steps", "max_epochs", "max_minutes") if hasattr(t, name)))
@@ -236,6 +254,21 @@ def check_train_and_penalty(train, penalty) -> None:
         spec = parse_schedule(p.penalty_schedule)
         if not isinstance(spec, dict) or "type" not in spec:
             raise ConfigError('penalty.penalty_schedule must be a JSON object with a "type" key')
+    check_anchored(t, p)
+
+
+def check_anchored(train, penalty) -> None:
+    """L2-SP pulls toward the init-from weights, EWC weighs that pull by a Fisher estimated on the
+    original task's text: each needs the one before it."""
+    if penalty.l2_sp and not train.init_from:
+        raise ConfigError(f"penalty.l2_sp = {penalty.l2_sp} pulls the weights toward those the run starts from, "
+                          "which must be a trained model's: give its checkpoint with --init-from")
+    if penalty.fisher_batches and not penalty.l2_sp:
+        raise ConfigError(f"penalty.fisher_batches = {penalty.fisher_batches} weighs the L2-SP pull by the Fisher "
+                          "(EWC), but penalty.l2_sp = 0: give its strength with --l2-sp")
+    if penalty.fisher_batches and not penalty.fisher_data:
+        raise ConfigError(f"penalty.fisher_batches = {penalty.fisher_batches} estimates the Fisher on the text of the "
+                          "task the --init-from model learned: give it with --fisher-data")
 
 
 def parse_schedule(text: str):

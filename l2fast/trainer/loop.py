@@ -5,10 +5,11 @@ precision probe, and the session a train command runs in (``training_session``: 
 and what a failure or Ctrl-C leaves behind).
 
 A trainer subclasses ``TrainerLoop``, sets in its constructor the attributes named in the class
-docstring (``setup_update`` sets those of the update), and supplies ``epoch_batches()``,
-``collate(indices)``, its objective (``count(batch)`` and ``loss(batch)``, see ``update``),
-``log_training(window, last)`` and ``validate_and_save()``, and, where it keeps more than the
-shared state, ``extra_state()`` / ``extra_counters()`` / ``load_extra(state)``.
+docstring (``setup_optimizer`` and ``setup_update`` set those of the update), and supplies
+``epoch_batches()``, ``collate(indices)``, its objective (``count(batch)`` and ``loss(batch)``, see
+``update``), the Fisher's data and loss for EWC (``fisher_batches()`` and ``fisher_loss(model,
+batch)``, see ``setup_optimizer``), ``log_training(window, last)`` and ``validate_and_save()``, and,
+where it keeps more than the shared state, ``extra_state()`` / ``extra_counters()`` / ``load_extra(state)``.
 """
 from __future__ import annotations
 
@@ -25,15 +26,17 @@ import l2fast
 
 from . import checkpoint
 from .precision import DTYPES, autocast_dtype, autocast_factory, check_precision, faster_cpu_dtype
-from .recipe import check_recipe, learning_rate
+from .recipe import ANCHOR_DTYPES, build_optimizer, check_recipe, learning_rate
 from .config import ConfigError
-from .rundir import RunDir, discard_fresh_start, open_run_dir
+from .finetune import InitFrom, estimate_fisher, load_weights, read_init_from
+from .rundir import RunDir, discard_fresh_start, open_run_dir, resumes
 from .runtime import Environment, RunLog, setup_environment
 
 
 class TrainerLoop:
-    """Shared attributes: cfg, env, run_dir, log, tokenizer, model, optimizer (l2fast.Penalized), step,
-    epoch, batch_in_epoch, elapsed (training wall time over all sessions of the run), and from
+    """Shared attributes: cfg, env, run_dir, log, tokenizer, model, step, epoch, batch_in_epoch, elapsed
+    (training wall time over all sessions of the run), from ``setup_optimizer``: optimizer
+    (l2fast.Penalized) and init_from (where a fine-tuning run started, None for others), from
     ``setup_update``: loss_module, amp_dtype, autocast, scaler; ``Session.begin`` adds checkpoint_step
     (the step latest.pt holds, None before the first).
     ``WINDOW_KEYS``: the entries of each update's result summed between two log lines."""
@@ -69,6 +72,7 @@ class TrainerLoop:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "init_from": self.init_from,
             **self.extra_state(),
             "counters": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "elapsed": self.elapsed, **self.extra_counters(),
@@ -85,6 +89,7 @@ class TrainerLoop:
         for group, settings in zip(self.optimizer.param_groups, configured):
             group.update(settings)
         self.scaler.load_state_dict(state["scaler"])
+        self.init_from = state.get("init_from")  # absent from checkpoints older than fine-tuning
         c = state["counters"]
         self.step, self.epoch, self.batch_in_epoch, self.elapsed = c["step"], c["epoch"], c["batch_in_epoch"], c["elapsed"]
         self.load_extra(state)
@@ -105,6 +110,35 @@ class TrainerLoop:
         self.checkpoint_step = self.step  # the step latest.pt holds (Session.where_it_stands)
 
     # ---- training ----------------------------------------------------------------------------
+
+    def setup_optimizer(self, init: InitFrom | None) -> None:
+        """The optimizer, built once the model holds the weights the run starts from, since its L2-SP
+        anchors are a copy of them: a fresh fine-tuning run loads init's weights here and, for EWC,
+        estimates the Fisher on them over ``fisher_batches()`` (the trainer's batches of
+        penalty.fisher_data) with ``fisher_loss(model, batch)`` (the mean loss of a batch). A resumed
+        run's anchors and Fisher come from latest.pt (``Session.begin``), so here they only have the
+        shapes and dtype to load into."""
+        p = self.cfg.penalty
+        self.init_from = None if init is None else init.record()
+        if init is not None:
+            load_weights(self.model, init)
+            self.log(f"fine-tuning from {init.path} (step {init.step}): its weights and tokenizer; optimizer, step "
+                     "count and schedules start afresh")
+        fisher = None
+        if p.fisher_batches:
+            dtype = ANCHOR_DTYPES[p.anchor_dtype]
+            if init is None:
+                fisher = {param: torch.zeros_like(param, dtype=dtype) for param in self.model.parameters()}
+            else:
+                estimate = estimate_fisher(self.model, self.fisher_batches(), self.fisher_loss, self.env, dtype)
+                fisher = estimate.weights
+                self.log(f"EWC: Fisher of {p.fisher_batches} batches of {p.fisher_data} (per batch), mean "
+                         f"{estimate.mean:.3g} scaled to 1 (largest {estimate.peak:.3g}), kept in {p.anchor_dtype}")
+        self.optimizer = build_optimizer(self.model, self.cfg, fisher)
+        if p.l2_sp:
+            self.log(f"L2-SP: the weights --l2 does not exempt are pulled toward those of {self.cfg.train.init_from}, "
+                     f"strength {p.l2_sp} ({'decoupled' if p.decoupled else 'coupled'})"
+                     f"{', weighted by the Fisher (EWC)' if p.fisher_batches else ''}; anchors in {p.anchor_dtype}")
 
     def setup_update(self, loss_module: nn.Module, amp_dtype: torch.dtype | None) -> None:
         """The module ``loss(batch)`` runs (wrapped in DistributedDataParallel under several processes: it
@@ -279,18 +313,22 @@ def choose_amp_dtype(cfg, env: Environment, log, saved_precision: str | None,
     return autocast_dtype(cfg.train.precision, env.device, probe=probe)
 
 
-def start_run(cfg, check_resumable) -> tuple[Environment, RunDir, RunLog]:
-    """The environment, the run directory (resumed or fresh) and its log; the precision and the penalty
-    recipe are checked first, before anything is written.
-    check_resumable: the trainer's refusal of options a resumed run cannot change."""
+def start_run(cfg, check_resumable, check_init_from) -> tuple[Environment, RunDir, RunLog, InitFrom | None]:
+    """The environment, the run directory (resumed or fresh), its log, and for a fresh fine-tuning run
+    the checkpoint it starts from; the precision, the penalty recipe and that checkpoint are checked
+    first, before anything is written.
+    check_resumable / check_init_from: the trainer's refusal of options a resumed run cannot change /
+    of a checkpoint whose model or tokenizer options are not the run's."""
     env = setup_environment(cfg.train.threads)
     check_precision(cfg.train.precision, env.device)
     check_recipe(cfg)
+    # Read before the run directory is opened: --overwrite may move aside the directory it lies in.
+    init = read_init_from(cfg, env.device, check_init_from) if cfg.train.init_from and not resumes(cfg) else None
     run = open_run_dir(cfg, env, check_resumable)
     log = RunLog(run.path, env.is_main)
     if run.moved_to:
         log(f"the earlier run in {run.path} was moved to {run.moved_to} (--overwrite)")
-    return env, run, log
+    return env, run, log, init
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -302,8 +340,9 @@ class Session:
     runs it is handed over with ``begin``; until then, and until its first step, the run has done no
     work that a failure could lose."""
 
-    def __init__(self, cfg, env: Environment, run: RunDir, log: RunLog):
+    def __init__(self, cfg, env: Environment, run: RunDir, log: RunLog, init: InitFrom | None):
         self.cfg, self.env, self.run, self.log = cfg, env, run, log
+        self.init = init  # the checkpoint a fresh fine-tuning run starts from
         self.trainer: TrainerLoop | None = None
 
     def begin(self, trainer: TrainerLoop) -> None:
@@ -349,12 +388,12 @@ class Session:
 
 
 @contextlib.contextmanager
-def training_session(cfg, check_resumable) -> Iterator[Session]:
+def training_session(cfg, check_resumable, check_init_from) -> Iterator[Session]:
     """start_run, then the body that prepares data, builds the trainer (``Session.begin``) and trains.
     Where the body fails or is interrupted before a fresh run's first step, the run directory is left as
     it was found (a run that took no step must not block its own directory); Ctrl-C becomes one line
     saying where the run can be resumed from, and a failed allocation one naming the options to shrink."""
-    session = Session(cfg, *start_run(cfg, check_resumable))
+    session = Session(cfg, *start_run(cfg, check_resumable, check_init_from))
     try:
         yield session
     except BaseException as e:

@@ -41,9 +41,12 @@ def build_schedule(spec, level: int = 1):
 
 # Penalty options the optimizer's saved state depends on, so a resumed run cannot change them: the kind
 # of decay, the schedule (a checkpoint's schedule state loads only into a schedule of the same shape,
-# and would overwrite a changed one's settings), and the no-decay rules (which parameters form each
-# group, and so which group each saved Adam moment belongs to).
-PENALTY_FIXED_ON_RESUME = ("decoupled", "penalty_schedule", "decay_norms_and_biases", "decay_embeddings")
+# and would overwrite a changed one's settings), the no-decay rules (which parameters form each group,
+# and so which group each saved Adam moment belongs to), and how the saved anchors and Fisher were made
+# (a resumed run takes them from its checkpoint, so other options would be recorded but not used).
+PENALTY_FIXED_ON_RESUME = ("decoupled", "penalty_schedule", "decay_norms_and_biases", "decay_embeddings",
+                           "fisher_batches", "fisher_data", "anchor_dtype")
+ANCHOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def no_decay_rules(p) -> tuple[str, ...]:
@@ -53,19 +56,25 @@ def no_decay_rules(p) -> tuple[str, ...]:
     return rules + (() if getattr(p, "decay_embeddings", True) else ("embedding",))
 
 
-def build_optimizer(model: nn.Module, cfg: Config):
+def build_optimizer(model: nn.Module, cfg: Config, fisher: dict | None = None):
     """Adam over the two parameter groups of l2fast.param_groups, wrapped by l2fast.Penalized.
 
     The coefficients are written in one place only, the decayed group (the exempt one carries 0): a
-    group's own "l2" / "l1" override the wrapper's arguments, so passing them to both could let one
-    silently defeat the other."""
+    group's own "l2" / "l1" / "l2_sp" override the wrapper's arguments, so passing them to both could
+    let one silently defeat the other. With penalty.l2_sp the weights are pulled toward a copy of those
+    the model holds now (build it right after loading the init-from weights), weighted by fisher
+    ({parameter: F}) where given."""
     t, p = cfg.train, cfg.penalty
     groups = l2fast.param_groups(model, l2=p.l2, l1=p.l1, no_decay=no_decay_rules(p))
+    anchored = {}
+    if p.l2_sp:  # else the arguments are left out: a run without L2-SP builds the optimizer it always did
+        groups[0]["l2_sp"], groups[1]["l2_sp"] = p.l2_sp, 0.0  # the no-decay rules say who is pulled, as for l2
+        anchored = {"anchor": "current", "fisher": fisher, "anchor_dtype": ANCHOR_DTYPES[p.anchor_dtype]}
     adam = torch.optim.Adam(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     schedule = build_schedule(parse_schedule(p.penalty_schedule)) if p.penalty_schedule else None
     # Clipping goes into the step: one norm pass, the clip factor applied inside the one-pass update.
     return l2fast.Penalized(adam, decoupled=p.decoupled, schedule=schedule,
-                            max_grad_norm=t.clip_norm if t.clip_norm > 0 else None)
+                            max_grad_norm=t.clip_norm if t.clip_norm > 0 else None, **anchored)
 
 
 def check_recipe(cfg: Config) -> None:

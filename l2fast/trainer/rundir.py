@@ -44,16 +44,23 @@ def _check_can_be_directory(path: Path) -> None:
 
 
 def check_fixed(saved_config: dict, cfg, where: Path, fixed: tuple[tuple[str, str], ...]) -> None:
-    """Refuses to resume when an option in fixed ((section, name) pairs), or one the optimizer's saved
-    state depends on (recipe.PENALTY_FIXED_ON_RESUME), differs from the saved run's. Called before the
-    run directory is touched, so a refused attempt writes nothing."""
+    """Refuses to resume where an option in fixed ((section, name) pairs), one the optimizer's saved
+    state depends on (recipe.PENALTY_FIXED_ON_RESUME) or the checkpoint the run was fine-tuned from
+    differs from the saved run's, or where the pull toward that checkpoint's weights would be switched
+    on or off. Called before the run directory is touched, so a refused attempt writes nothing."""
     new, defaults = cfg.to_dict(), type(cfg)().to_dict()
     recipe = tuple(("penalty", name) for name in PENALTY_FIXED_ON_RESUME if name in new["penalty"])
-    for section, name in fixed + recipe:
+    for section, name in fixed + recipe + (("train", "init_from"),):
         old = saved_config.get(section, {}).get(name, defaults[section][name])  # a checkpoint older than the option
         if _comparable(name, old) != _comparable(name, new[section][name]):
             raise ConfigError(f"{where} was trained with {section}.{name} = {old!r}, but this run asks for "
                               f"{new[section][name]!r}, which a resumed run cannot change: keep {old!r}, or {FRESH_RUN}")
+    old_sp = saved_config.get("penalty", {}).get("l2_sp", 0.0)
+    if bool(old_sp) != bool(cfg.penalty.l2_sp):
+        # Its anchors are saved in the optimizer state only while it is on: a resumed run could not find them.
+        raise ConfigError(f"{where} was trained with penalty.l2_sp = {old_sp!r}, and a resumed run cannot switch the "
+                          f"pull toward the init-from weights {'off' if old_sp else 'on'} (it may change its strength): "
+                          f"keep penalty.l2_sp {'> 0' if old_sp else '= 0'}, or {FRESH_RUN}")
 
 
 def _comparable(name: str, value):
@@ -83,6 +90,11 @@ def _aside(path: Path) -> Path:
     return candidate
 
 
+def resumes(cfg) -> bool:
+    """Whether the run of cfg continues from RUN_DIR/latest.pt (else it starts afresh)."""
+    return cfg.train.resume and not cfg.train.overwrite and (Path(cfg.train.run_dir) / checkpoint.LATEST).exists()
+
+
 def open_run_dir(cfg, env: Environment, check_resumable: Callable[[dict, object, Path], None]) -> RunDir:
     """Decides, on every process alike, whether the run resumes or starts afresh, and readies the directory.
     Every refusal happens on every process before any of them changes anything. ``check_resumable(saved
@@ -90,7 +102,7 @@ def open_run_dir(cfg, env: Environment, check_resumable: Callable[[dict, object,
     path = Path(cfg.train.run_dir)
     _check_can_be_directory(path)
     latest = path / checkpoint.LATEST
-    if cfg.train.resume and not cfg.train.overwrite and latest.exists():
+    if resumes(cfg):
         try:
             saved = checkpoint.load(latest, env.device, require=RUN_STATE_KEYS)
         except checkpoint.CheckpointError as e:

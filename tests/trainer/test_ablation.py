@@ -24,9 +24,10 @@ from l2fast.lm.tokenizer import ByteTokenizer  # noqa: E402
 from l2fast.lm.train import Split, Trainer  # noqa: E402
 from l2fast.nmt.data import TokenizedPairs, train_batches as nmt_batches  # noqa: E402
 from l2fast.nmt.demo_corpus import generate  # noqa: E402
+from l2fast.lm import ablation as lm_ablation  # noqa: E402
 from l2fast.trainer.ablation import (RESULTS, Ablation, Metric, Setting, Stats, beyond_spread, choose,  # noqa: E402
-                                     penalty_settings, run_ablation, summarize, table)
-from l2fast.trainer.config import ConfigError  # noqa: E402
+                                     finetune_settings, penalty_settings, run_ablation, summarize, table)
+from l2fast.trainer.config import ConfigError, merge  # noqa: E402
 from l2fast.trainer.runtime import Environment, RunLog  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,12 +83,29 @@ def test_table_lines_against_a_hand_worked_example():
 def test_penalty_settings_and_bad_names():
     settings = penalty_settings((1e-5, 1e-4, 1e-3), 300, 100, decoupled=0.1)
     assert [s.name for s in settings] == ["none", "l2-1e-5", "l2-1e-4", "l2-1e-3", "decoupled", "decayed", "alternating"]
-    assert settings[5].penalty_options() == {"l1": 0.0, "decoupled": False, "l2": 1e-4,
+    assert settings[5].penalty_options() == {"l1": 0.0, "decoupled": False, "l2": 1e-4, "l2_sp": 0.0, "fisher_batches": 0,
                                              "penalty_schedule": '{"type": "Cosine", "total": 300}'}
     assert settings[4].penalty_options()["decoupled"] is True
     assert [s.name for s in choose(settings, ["decayed", "none"])] == ["none", "decayed"]  # the ablation's order
     with pytest.raises(ConfigError, match="unknown ablation setting 'l2-5'; choose from none, l2-1e-5, l2-1e-4"):
         choose(settings, ["none", "l2-5"])
+
+
+def test_a_fine_tuning_configuration_gets_the_fine_tuning_settings():
+    """Plain, L2 toward zero at the middle strength, L2-SP at three, EWC at two where there is text to
+    estimate the Fisher on; all coupled."""
+    settings = finetune_settings((1e-2, 1e-1, 1.0), (1e-1, 1.0), fisher_batches=8)
+    assert [s.name for s in settings] == ["none", "l2-1e-1", "l2sp-1e-2", "l2sp-1e-1", "l2sp-1e0", "ewc-1e-1", "ewc-1e0"]
+    assert settings[1].penalty_options()["l2"] == 0.1 and settings[3].penalty_options()["l2"] == 0.0
+    assert settings[5].penalty_options() == {"l1": 0.0, "decoupled": False, "penalty_schedule": "", "l2": 0.0,
+                                             "l2_sp": 0.1, "fisher_batches": 8}
+    base = {**TINY_LM, "train": {**TINY_LM["train"], "init_from": "pre.pt"}}
+    assert [s.name for s in lm_ablation.make(build_config(base)).settings] == [s.name for s in settings[:5]]
+    with_fisher = build_config(merge(base, {"penalty": {"fisher_data": "a.txt"}}))
+    assert [s.name for s in lm_ablation.make(with_fisher).settings] == lm_ablation.FINETUNE_SETTING_NAMES
+    assert lm_ablation.make(with_fisher).title(with_fisher.to_dict()).startswith(
+        "Fine-tuning ablation of the language model from pre.pt on the demo text")
+    assert [s.name for s in lm_ablation.make(build_config(TINY_LM)).settings] == lm_ablation.SETTING_NAMES
 
 
 def test_resume_runs_only_what_is_missing(tmp_path):
