@@ -113,63 +113,69 @@ T* state_of(const StepArgs& args, size_t kind, const Chunk& c) {
   return kind < args.states.size() ? data_of<T>(args.states[kind][c.tensor]) + c.begin : nullptr;
 }
 
+// The Kernels of StepEntryPoints: one step<Step> per op of L2FAST_STEP_OPS, below.
 struct CpuStepKernels {
-  static void adam_step(const StepArgs& args, at::Tensor& result) {
-    const HostScalars host = read_scalars(args.scalars);
-    std::vector<double> steps(args.params.size());
-    for (size_t i = 0; i < steps.size(); ++i) steps[i] = count_step(args.steps[i], host.skip);
-    const bool amsgrad = args.states.size() == 3;
-    run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
-      using T = decltype(tag);
-      using Op = at::opmath_type<T>;
-      using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
-      const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
-                                        static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
-      T* w = data_of<T>(args.params[c.tensor]) + c.begin;
-      T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
-      T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
-      const auto run = [&](auto ams, auto write, auto l2, auto l1, auto from_start) {
-        const AdamFlags<decltype(l2), decltype(l1), decltype(from_start), Anchored> f{l2, l1, from_start, {}};
-        return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, f, anchor);
-      };
-      // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile.
-      if constexpr (Anchored::value)
-        return with_flags([&](auto ams, auto write, auto from_start) {
-          return run(ams, write, std::true_type{}, std::true_type{}, from_start);
-        }, amsgrad, args.write_grads, terms.flags.lerp_from_start);
-      else
-        return with_flags(run, amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
-    });
-  }
-
-  static void sgd_step(const StepArgs& args, at::Tensor& result) {
-    const HostScalars host = read_scalars(args.scalars);
-    const bool momentum = !args.states.empty();
-    run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
-      using T = decltype(tag);
-      using Op = at::opmath_type<T>;
-      using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
-      const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
-                                       static_cast<Op>(host.clip));
-      T* w = data_of<T>(args.params[c.tensor]) + c.begin;
-      T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
-      T* buf = state_of<T>(args, 0, c);
-      const auto run = [&](auto write, auto l2, auto l1, auto fresh) {
-        const SgdFlags<decltype(l2), decltype(l1), decltype(fresh), Anchored> f{l2, l1, fresh, {}};
-        if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f, anchor);
-        return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f, anchor)
-                             : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f, anchor);
-      };
-      // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile.
-      if constexpr (Anchored::value)
-        return with_flags([&](auto write, auto fresh) {
-          return run(write, std::true_type{}, std::true_type{}, fresh);
-        }, args.write_grads, terms.flags.fresh);
-      else
-        return with_flags(run, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
-    });
-  }
+  template <class Step>
+  static void step(const StepArgs& args, at::Tensor& result);
 };
+
+template <>
+void CpuStepKernels::step<AdamStep>(const StepArgs& args, at::Tensor& result) {
+  const HostScalars host = read_scalars(args.scalars);
+  std::vector<double> steps(args.params.size());
+  for (size_t i = 0; i < steps.size(); ++i) steps[i] = count_step(args.steps[i], host.skip);
+  const bool amsgrad = args.states.size() == 3;
+  run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
+    using T = decltype(tag);
+    using Op = at::opmath_type<T>;
+    using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
+    const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
+                                      static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
+    T* w = data_of<T>(args.params[c.tensor]) + c.begin;
+    T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+    T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
+    const auto run = [&](auto ams, auto write, auto l2, auto l1, auto from_start) {
+      const AdamFlags<decltype(l2), decltype(l1), decltype(from_start), Anchored> f{l2, l1, from_start, {}};
+      return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, f, anchor);
+    };
+    // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile.
+    if constexpr (Anchored::value)
+      return with_flags([&](auto ams, auto write, auto from_start) {
+        return run(ams, write, std::true_type{}, std::true_type{}, from_start);
+      }, amsgrad, args.write_grads, terms.flags.lerp_from_start);
+    else
+      return with_flags(run, amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
+  });
+}
+
+template <>
+void CpuStepKernels::step<SgdStep>(const StepArgs& args, at::Tensor& result) {
+  const HostScalars host = read_scalars(args.scalars);
+  const bool momentum = !args.states.empty();
+  run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
+    using T = decltype(tag);
+    using Op = at::opmath_type<T>;
+    using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
+    const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
+                                     static_cast<Op>(host.clip));
+    T* w = data_of<T>(args.params[c.tensor]) + c.begin;
+    T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
+    T* buf = state_of<T>(args, 0, c);
+    const auto run = [&](auto write, auto l2, auto l1, auto fresh) {
+      const SgdFlags<decltype(l2), decltype(l1), decltype(fresh), Anchored> f{l2, l1, fresh, {}};
+      if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f, anchor);
+      return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f, anchor)
+                           : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f, anchor);
+    };
+    // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile.
+    if constexpr (Anchored::value)
+      return with_flags([&](auto write, auto fresh) {
+        return run(write, std::true_type{}, std::true_type{}, fresh);
+      }, args.write_grads, terms.flags.fresh);
+    else
+      return with_flags(run, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
+  });
+}
 
 }  // namespace
 

@@ -7,7 +7,7 @@
 //    error; when some argument requires grad, the written tensors and the returned value get a grad_fn
 //    whose backward raises "derivative for l2fast::... is not implemented" (the ops have no derivative).
 // Under torch.no_grad(), as optimizers call them, only the version counters change. One mechanism for
-// all four ops: each is named with its entry point's signature (entry_points.h, optim_step.h); which
+// all of them: each is named with its entry point's signature (entry_points.h, optim_step.h); which
 // arguments it writes is read from its schema's alias annotations (Tensor(a!)), every other tensor
 // argument is read. The Autograd kernels are registered boxed (boxed.h): a Python call arrives boxed,
 // and they drop its lists under one hold of the GIL; the ADInplaceOrView and backend kernels are
@@ -48,15 +48,15 @@ struct DecayOp {
   using Signature = SignatureOf<decltype(&EntryPoints<AnyKernels>::decay_)>;
 };
 
-struct AdamStepOp {
-  static constexpr const char* kName = "l2fast::adam_step_";
-  using Signature = SignatureOf<decltype(&StepEntryPoints<AnyKernels>::adam_step_)>;
-};
-
-struct SgdStepOp {
-  static constexpr const char* kName = "l2fast::sgd_step_";
-  using Signature = SignatureOf<decltype(&StepEntryPoints<AnyKernels>::sgd_step_)>;
-};
+// One per fused optimizer step of L2FAST_STEP_OPS (optim_step.h): adam_step_Op, sgd_step_Op, ...
+#define L2FAST_STEP_OP(op, Step)                                                     \
+  struct op##Op {                                                                    \
+    static constexpr const char* kName = "l2fast::" #op;                             \
+    using Signature = SignatureOf<decltype(&StepEntryPoints<AnyKernels>::op)>;       \
+  };
+L2FAST_STEP_OPS(L2FAST_STEP_OP)
+#undef L2FAST_STEP_OP
+#define L2FAST_STEP_OP_TYPE(op, Step) , op##Op
 
 // written[i]: the schema marks argument i as written in place (Tensor(a!) or Tensor(a!)[]).
 std::vector<bool> written_arguments(const c10::FunctionSchema& schema) {
@@ -190,8 +190,12 @@ void register_inplace(torch::Library& m) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(l2fast, ADInplaceOrView, m) { register_inplace<AddPenaltyGradOp, DecayOp, AdamStepOp, SgdStepOp>(m); }
+TORCH_LIBRARY_IMPL(l2fast, ADInplaceOrView, m) {
+  register_inplace<AddPenaltyGradOp, DecayOp L2FAST_STEP_OPS(L2FAST_STEP_OP_TYPE)>(m);
+}
 
-TORCH_LIBRARY_IMPL(l2fast, Autograd, m) { register_autograd<AddPenaltyGradOp, DecayOp, AdamStepOp, SgdStepOp>(m); }
+TORCH_LIBRARY_IMPL(l2fast, Autograd, m) {
+  register_autograd<AddPenaltyGradOp, DecayOp L2FAST_STEP_OPS(L2FAST_STEP_OP_TYPE)>(m);
+}
 
 }  // namespace l2fast

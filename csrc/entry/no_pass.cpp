@@ -28,8 +28,8 @@ struct NoPass {
   static void penalty_grad(at::TensorList params, const Rest&...) { pass(params); }
   template <class... Rest>
   static void decay(at::TensorList params, const Rest&...) { pass(params); }
-  static void adam_step(const StepArgs& args, at::Tensor&) { pass(args.params); }
-  static void sgd_step(const StepArgs& args, at::Tensor&) { pass(args.params); }
+  template <class Step>
+  static void step(const StepArgs& args, at::Tensor&) { pass(args.params); }
 };
 
 template <class Kernels>

@@ -37,8 +37,15 @@ struct StepArgs {
 
 void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names, c10::ArrayRef<double> l2_sp);
 
-// Kernels provides: void adam_step(const StepArgs&, at::Tensor& result) and
-// void sgd_step(const StepArgs&, at::Tensor& result); result is the penalty value (a scalar).
+// The fused optimizer steps, each named once: X(op, Step), where op is its entry point (and schema name)
+// and Step the tag its kernels are picked by. The registrations that name the ops (every backend, the
+// autograd kernels, the host SIMT harness) expand this list.
+struct AdamStep {};
+struct SgdStep {};
+#define L2FAST_STEP_OPS(X) X(adam_step_, AdamStep) X(sgd_step_, SgdStep)
+
+// Kernels provides: template <class Step> void step(const StepArgs&, at::Tensor& result), for every Step
+// of L2FAST_STEP_OPS; result is the penalty value (a scalar).
 template <class Kernels>
 struct StepEntryPoints {
   static std::vector<StepHyper> base_hyper(size_t n, c10::ArrayRef<double> lr, c10::ArrayRef<double> l2,
@@ -105,7 +112,7 @@ struct StepEntryPoints {
     args.value = penalty_weights(value_l2, l1, n);
     add_anchors(args, l2_sp, decoupled_sp);
     at::Tensor result = new_result(params);
-    Kernels::adam_step(args, result);
+    Kernels::template step<AdamStep>(args, result);
     return result;
   }
 
@@ -140,13 +147,14 @@ struct StepEntryPoints {
     args.value = penalty_weights(value_l2, l1, n);
     add_anchors(args, l2_sp, decoupled_sp);
     at::Tensor result = new_result(params);
-    Kernels::sgd_step(args, result);
+    Kernels::template step<SgdStep>(args, result);
     return result;
   }
 
   static void register_all(torch::Library& m) {
-    m.impl("adam_step_", &adam_step_);
-    m.impl("sgd_step_", &sgd_step_);
+#define L2FAST_IMPL_STEP(op, Step) m.impl(#op, &op);
+    L2FAST_STEP_OPS(L2FAST_IMPL_STEP)
+#undef L2FAST_IMPL_STEP
   }
 };
 

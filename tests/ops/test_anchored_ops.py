@@ -442,3 +442,29 @@ def test_an_anchor_that_requires_grad_is_refused_under_autograd(ops, name):
         getattr(ops, name)([w.clone().requires_grad_() for w in head[0]], *head[1:], L2, L1, anchors, fisher, SP)
     with torch.no_grad():
         getattr(ops, name)(*head, L2, L1, anchors, fisher, SP)
+
+
+@pytest.mark.skipif(native_without_anchors() is not None, reason="needs the native library with anchors")
+@pytest.mark.parametrize("anchor_dtype", [torch.float32, torch.bfloat16])
+def test_opcheck_every_anchored_op(anchor_dtype):
+    """torch.library.opcheck of every op that takes anchors: schema, fake (meta) kernel, autograd
+    registration and faithful dispatch with anchors and fisher given."""
+    ops = torch.ops.l2fast
+    params, anchors, fisher = problem(anchor_dtype=anchor_dtype)
+    grads = [torch.randn_like(p) for p in params]
+    states = [[torch.zeros_like(p) for p in params] for _ in range(3)]
+    steps = [torch.tensor(0.0) for _ in params]
+    scale = torch.tensor(2.0)
+    pulled = dict(anchors=anchors, fisher=fisher, l2_sp=SP)
+    cases = [
+        (ops.penalty.default, ([p.clone().requires_grad_() for p in params], L2, L1), pulled),
+        (ops.penalty_grad.default, (params, scale, L2, L1), pulled),
+        (ops.add_penalty_grad_.default, (params, grads, L2, L1), pulled),
+        (ops.decay_.default, (params, [0.01], L2), dict(anchors=anchors, fisher=fisher, sp_factors=[0.02], l2_sp=SP)),
+        (ops.adam_step_.default, (params, grads, *states, steps, [1e-2], [0.9], [0.99], [1e-8], L2, L1, [0.0], L2,
+                                  False, scale, torch.zeros(()), None), dict(pulled, decoupled_sp=False)),
+        (ops.sgd_step_.default, (params, grads, states[0], [1e-2], [0.9], [0.1], [1], L2, L1, [0.0], L2, True, False,
+                                 None, None, scale), dict(pulled, decoupled_sp=True)),
+    ]
+    for op, args, kwargs in cases:
+        torch.library.opcheck(op, args, kwargs)
