@@ -92,14 +92,13 @@ def penalty_settings(strengths: tuple[float, float, float], max_steps: int, ever
 def finetune_settings(strengths: tuple[float, float, float] = (1e-2, 1e-1, 1.0), ewc: tuple[float, ...] = (1e-1, 1.0),
                       fisher_batches: int = 0) -> tuple[Setting, ...]:
     """The settings of a fine-tuning ablation (runs with train.init_from): plain fine-tuning; L2 toward
-    zero at the middle strength; L2-SP (toward the init-from weights) at the three strengths; and, with
+    zero at the smallest and the middle strength; L2-SP (toward the init-from weights) at the three strengths; and, with
     fisher_batches, EWC (L2-SP weighted by a Fisher of that many batches, scaled to mean 1) at the
     strengths of ewc. All coupled, so that every strength is in the gradient's units (it gains l2 * w,
     or l2_sp * F * (w - w0)); decoupled, a weight whose F * l2_sp * lr exceeds 1 would be thrown past
     its anchor, where Adam bounds a coupled pull's step by the learning rate."""
-    middle = strengths[1]
-    settings = [Setting("none", "plain fine-tuning", {"l2": 0.0}),
-                Setting(f"l2-{_short(middle)}", f"L2 {_short(middle)} toward zero", {"l2": middle})]
+    settings = [Setting("none", "plain fine-tuning", {"l2": 0.0})]
+    settings += [Setting(f"l2-{_short(s)}", f"L2 {_short(s)} toward zero", {"l2": s}) for s in strengths[:2]]
     settings += [Setting(f"l2sp-{_short(s)}", f"L2-SP {_short(s)}", {"l2": 0.0, "l2_sp": s}) for s in strengths]
     if fisher_batches:
         settings += [Setting(f"ewc-{_short(s)}", f"EWC {_short(s)} (Fisher of {fisher_batches} batches)",

@@ -92,15 +92,16 @@ def test_penalty_settings_and_bad_names():
 
 
 def test_a_fine_tuning_configuration_gets_the_fine_tuning_settings():
-    """Plain, L2 toward zero at the middle strength, L2-SP at three, EWC at two where there is text to
+    """Plain, L2 toward zero at the smallest and middle strengths, L2-SP at three, EWC at two where there is text to
     estimate the Fisher on; all coupled."""
     settings = finetune_settings((1e-2, 1e-1, 1.0), (1e-1, 1.0), fisher_batches=8)
-    assert [s.name for s in settings] == ["none", "l2-1e-1", "l2sp-1e-2", "l2sp-1e-1", "l2sp-1e0", "ewc-1e-1", "ewc-1e0"]
-    assert settings[1].penalty_options()["l2"] == 0.1 and settings[3].penalty_options()["l2"] == 0.0
-    assert settings[5].penalty_options() == {"l1": 0.0, "decoupled": False, "penalty_schedule": "", "l2": 0.0,
+    assert [s.name for s in settings] == ["none", "l2-1e-2", "l2-1e-1", "l2sp-1e-2", "l2sp-1e-1", "l2sp-1e0", "ewc-1e-1", "ewc-1e0"]
+    assert settings[1].penalty_options()["l2"] == 0.01 and settings[2].penalty_options()["l2"] == 0.1
+    assert settings[3].penalty_options()["l2"] == 0.0
+    assert settings[6].penalty_options() == {"l1": 0.0, "decoupled": False, "penalty_schedule": "", "l2": 0.0,
                                              "l2_sp": 0.1, "fisher_batches": 8}
     base = {**TINY_LM, "train": {**TINY_LM["train"], "init_from": "pre.pt"}}
-    assert [s.name for s in lm_ablation.make(build_config(base)).settings] == [s.name for s in settings[:5]]
+    assert [s.name for s in lm_ablation.make(build_config(base)).settings] == [s.name for s in settings[:6]]
     with_fisher = build_config(merge(base, {"penalty": {"fisher_data": "a.txt"}}))
     assert [s.name for s in lm_ablation.make(with_fisher).settings] == lm_ablation.FINETUNE_SETTING_NAMES
     assert lm_ablation.make(with_fisher).title(with_fisher.to_dict()).startswith(
