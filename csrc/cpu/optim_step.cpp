@@ -49,43 +49,45 @@ double count_step(const at::Tensor& step, bool skip) {
 // (a separate loop over each chunk after the step cost about twice as much: the chunk's four
 // streams no longer fit in the core's cache). Anchor: the tensor's anchor stream (spans.h), read in the
 // same pass.
-template <typename T, bool kAmsgrad, bool kWriteGrad, class Flags, class Anchor>
+template <typename T, bool kAmsgrad, bool kWriteGrad, bool kSums, class Flags, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial adam_span(T* w, T* g, T* m, T* v, T* v_max, int64_t n,
                                     const AdamTerms<at::opmath_type<T>>& t, Flags f, Anchor anchor) {
   using Op = at::opmath_type<T>;
-  LaneSums sums;
-  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
+  LaneSumsOf<Anchor::kLanes> sums;
+  for_lanes<1, Anchor::kLanes>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]), mi = static_cast<Op>(m[i]), vi = static_cast<Op>(v[i]);
     const Op gi = static_cast<Op>(g[i]);
     Op max_i = kAmsgrad ? static_cast<Op>(v_max[i]) : Op(0);
-    sums.add<true, true>(lane, static_cast<double>(wi));
-    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
-    adam_element<Op, kAmsgrad>(wi, gi, mi, vi, max_i, t, f, anchor.pull(i, wi));
+    sums.template add<kSums, kSums>(lane, static_cast<double>(wi));
+    const AnchorPull<Op> p = anchor.pull(i, wi);
+    if (Anchor::kAnchored) sums.add_deviation(lane, p.deviation());
+    adam_element<Op, kAmsgrad>(wi, gi, mi, vi, max_i, t, f, p.pull);
     if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     m[i] = static_cast<T>(mi);
     v[i] = static_cast<T>(vi);
     if (kAmsgrad) v_max[i] = static_cast<T>(max_i);
-  }, ahead_with(anchor, prefetch_each<T>(w, g, m, v, kAmsgrad ? v_max : nullptr)));
+  }, ahead_with(anchor, prefetch_each<T, Anchor::kLanes>(w, g, m, v, kAmsgrad ? v_max : nullptr)));
   return sums.fold();
 }
 
-template <typename T, bool kMomentum, bool kNesterov, bool kWriteGrad, class Flags, class Anchor>
+template <typename T, bool kMomentum, bool kNesterov, bool kWriteGrad, bool kSums, class Flags, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial sgd_span(T* w, T* g, T* buf, int64_t n, const SgdTerms<at::opmath_type<T>>& t, Flags f,
                                       Anchor anchor) {
   using Op = at::opmath_type<T>;
-  LaneSums sums;
-  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
+  LaneSumsOf<Anchor::kLanes> sums;
+  for_lanes<1, Anchor::kLanes>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
     Op wi = static_cast<Op>(w[i]);
     const Op gi = static_cast<Op>(g[i]);
     Op bi = kMomentum ? static_cast<Op>(buf[i]) : Op(0);
-    sums.add<true, true>(lane, static_cast<double>(wi));
-    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
-    sgd_element<Op, kMomentum, kNesterov>(wi, gi, bi, t, f, anchor.pull(i, wi));
+    sums.template add<kSums, kSums>(lane, static_cast<double>(wi));
+    const AnchorPull<Op> p = anchor.pull(i, wi);
+    if (Anchor::kAnchored) sums.add_deviation(lane, p.deviation());
+    sgd_element<Op, kMomentum, kNesterov>(wi, gi, bi, t, f, p.pull);
     if (kWriteGrad) g[i] = static_cast<T>(t.g.unscaled(gi));
     w[i] = static_cast<T>(wi);
     if (kMomentum) buf[i] = static_cast<T>(bi);
-  }, ahead_with(anchor, prefetch_each<T>(w, g, kMomentum ? buf : nullptr)));
+  }, ahead_with(anchor, prefetch_each<T, Anchor::kLanes>(w, g, kMomentum ? buf : nullptr)));
   return sums.fold();
 }
 
@@ -106,6 +108,14 @@ void run_step(const StepArgs& args, const HostScalars& host, at::Tensor& result,
     });
   });
   finish(chunks, partials, args.value, /*per_tensor=*/false, result);
+}
+
+// Whether the step's value needs the sums of w (it has an l2 or l1 term) for chunk c's tensor. The plain
+// loops always take them; an anchored loop, whose anchor stream costs compute too, leaves them out when
+// the value has only its anchored term (L2-SP or EWC alone, the usual fine-tuning setting).
+inline bool value_sums(const StepArgs& args, const Chunk& c) {
+  const Weights& value = args.value[c.tensor];
+  return value.l2 != 0.0 || value.l1 != 0.0;
 }
 
 template <typename T>
@@ -134,17 +144,19 @@ void CpuStepKernels::step<AdamStep>(const StepArgs& args, at::Tensor& result) {
     T* w = data_of<T>(args.params[c.tensor]) + c.begin;
     T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
     T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
-    const auto run = [&](auto ams, auto write, auto l2, auto l1, auto from_start) {
+    const auto run = [&](auto ams, auto write, auto sums, auto l2, auto l1, auto from_start) {
       const AdamFlags<decltype(l2), decltype(l1), decltype(from_start), Anchored> f{l2, l1, from_start, {}};
-      return adam_span<T, ams, write>(w, g, m, v, v_max, c.len, terms, f, anchor);
+      return adam_span<T, ams, write, sums>(w, g, m, v, v_max, c.len, terms, f, anchor);
     };
-    // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile.
+    // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile. It sums w for the
+    // value only when the value has an l2 or l1 term (value_sums).
     if constexpr (Anchored::value)
-      return with_flags([&](auto ams, auto write, auto from_start) {
-        return run(ams, write, std::true_type{}, std::true_type{}, from_start);
-      }, amsgrad, args.write_grads, terms.flags.lerp_from_start);
+      return with_flags([&](auto ams, auto write, auto sums, auto from_start) {
+        return run(ams, write, sums, std::true_type{}, std::true_type{}, from_start);
+      }, amsgrad, args.write_grads, value_sums(args, c), terms.flags.lerp_from_start);
     else
-      return with_flags(run, amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
+      return with_flags([&](auto ams, auto write, auto... flags) { return run(ams, write, std::true_type{}, flags...); },
+                        amsgrad, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.lerp_from_start);
   });
 }
 
@@ -161,19 +173,21 @@ void CpuStepKernels::step<SgdStep>(const StepArgs& args, at::Tensor& result) {
     T* w = data_of<T>(args.params[c.tensor]) + c.begin;
     T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
     T* buf = state_of<T>(args, 0, c);
-    const auto run = [&](auto write, auto l2, auto l1, auto fresh) {
+    const auto run = [&](auto write, auto sums, auto l2, auto l1, auto fresh) {
       const SgdFlags<decltype(l2), decltype(l1), decltype(fresh), Anchored> f{l2, l1, fresh, {}};
-      if (!momentum) return sgd_span<T, false, false, write>(w, g, buf, c.len, terms, f, anchor);
-      return args.nesterov ? sgd_span<T, true, true, write>(w, g, buf, c.len, terms, f, anchor)
-                           : sgd_span<T, true, false, write>(w, g, buf, c.len, terms, f, anchor);
+      if (!momentum) return sgd_span<T, false, false, write, sums>(w, g, buf, c.len, terms, f, anchor);
+      return args.nesterov ? sgd_span<T, true, true, write, sums>(w, g, buf, c.len, terms, f, anchor)
+                           : sgd_span<T, true, false, write, sums>(w, g, buf, c.len, terms, f, anchor);
     };
-    // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile.
+    // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile. It sums w for the
+    // value only when the value has an l2 or l1 term (value_sums).
     if constexpr (Anchored::value)
-      return with_flags([&](auto write, auto fresh) {
-        return run(write, std::true_type{}, std::true_type{}, fresh);
-      }, args.write_grads, terms.flags.fresh);
+      return with_flags([&](auto write, auto sums, auto fresh) {
+        return run(write, sums, std::true_type{}, std::true_type{}, fresh);
+      }, args.write_grads, value_sums(args, c), terms.flags.fresh);
     else
-      return with_flags(run, args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
+      return with_flags([&](auto write, auto... flags) { return run(write, std::true_type{}, flags...); },
+                        args.write_grads, terms.flags.l2, terms.flags.l1, terms.flags.fresh);
   });
 }
 

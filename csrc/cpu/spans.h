@@ -33,7 +33,7 @@ namespace l2fast::cpu {
 constexpr int kLanes = 16;
 constexpr int64_t kMinSplit = 1 << 13;  // elements
 
-// Sums of squares, of absolute values and of anchored deviations (anchor_deviation) of one span, in float64.
+// Sums of squares, of absolute values and of anchored deviations (AnchorPull::deviation) of one span, in float64.
 struct Partial {
   double sq = 0.0;
   double abs = 0.0;
@@ -125,9 +125,9 @@ struct PrefetchAhead {
   }
 };
 
-// The hook of a one-stream loop over these arrays (for_lanes<1>).
-template <typename T, typename... Arrays>
-PrefetchAhead<T, 1, kLanes, sizeof...(Arrays)> prefetch_each(Arrays... arrays) {
+// The hook of a one-stream loop of kN lanes over these arrays (for_lanes<1, kN>).
+template <typename T, int kN = kLanes, typename... Arrays>
+PrefetchAhead<T, 1, kN, sizeof...(Arrays)> prefetch_each(Arrays... arrays) {
   return {{arrays...}};
 }
 
@@ -135,24 +135,25 @@ PrefetchAhead<T, 1, kLanes, sizeof...(Arrays)> prefetch_each(Arrays... arrays) {
 // (NoAnchor: its loops are the plain ones), or its anchor a (dtype A) and, with kFisher, importances f.
 struct NoAnchor {
   static constexpr bool kAnchored = false;
+  static constexpr int kLanes = cpu::kLanes;
   template <typename Op>
-  Op pull(int64_t, Op) const { return Op(0); }
-  double deviation(int64_t, double) const { return 0.0; }
+  AnchorPull<Op> pull(int64_t, Op) const { return {}; }
   void ahead(int64_t, int64_t) const {}
 };
 
 template <typename A, bool kFisher>
 struct AnchorOf {
   static constexpr bool kAnchored = true;
+  // The lanes of a loop that reads this anchor: with a 16-bit anchor beside 32-bit streams, 16 lanes
+  // left GCC's AVX-512 clone in 256-bit vectors (one 16-byte load of the anchor per step); 32 lanes
+  // take 512-bit ones.
+  static constexpr int kLanes = sizeof(A) == 2 ? 2 * cpu::kLanes : cpu::kLanes;
   const A* a;
   const A* f;  // null without kFisher
 
   template <typename Op>
-  __attribute__((always_inline)) Op pull(int64_t i, Op w) const {
+  __attribute__((always_inline)) AnchorPull<Op> pull(int64_t i, Op w) const {
     return anchor_pull<kFisher>(w, static_cast<Op>(a[i]), kFisher ? static_cast<Op>(f[i]) : Op(1));
-  }
-  __attribute__((always_inline)) double deviation(int64_t i, double w) const {
-    return anchor_deviation<kFisher>(w, widen(a[i]), kFisher ? widen(f[i]) : 1.0);
   }
   __attribute__((always_inline)) void ahead(int64_t i, int64_t part) const {
     PrefetchAhead<A, 1, kLanes, 2>{{a, kFisher ? f : nullptr}}(i, part);
@@ -194,12 +195,13 @@ L2FAST_CPU_CLONES Partial reduce_span(const T* x, int64_t n) {
 // reduce_span's four streams).
 template <typename T, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial penalty_sums_span(const T* w, int64_t n, Anchor anchor) {
-  LaneSums sums;
-  for_lanes<1>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
-    const double wi = widen(w[i]);
-    sums.add<true, true>(lane, wi);
-    sums.add_deviation(lane, anchor.deviation(i, wi));
-  }, ahead_with(anchor, prefetch_each<T>(w)));
+  LaneSumsOf<Anchor::kLanes> sums;
+  using Op = at::opmath_type<T>;
+  for_lanes<1, Anchor::kLanes>(n, [=, &sums](int64_t i, int lane) __attribute__((always_inline)) {
+    const Op wi = static_cast<Op>(w[i]);
+    sums.template add<true, true>(lane, static_cast<double>(wi));
+    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.pull(i, wi).deviation());
+  }, ahead_with(anchor, prefetch_each<T, Anchor::kLanes>(w)));
   return sums.fold();
 }
 
@@ -210,15 +212,16 @@ L2FAST_CPU_CLONES_V4 Partial grad_span(const T* w, const T* g, T* out, int64_t n
                                        at::opmath_type<T> l1, at::opmath_type<T> sp, at::opmath_type<T> scale,
                                        Anchor anchor) {
   using Op = at::opmath_type<T>;
-  LaneSums sums;
+  LaneSumsOf<Anchor::kLanes> sums;
   // w and g are already two streams in and one out; splitting them further was slower (docs/cpu.md).
-  for_lanes<1>(n, [&](int64_t i, int lane) {
+  for_lanes<1, Anchor::kLanes>(n, [&](int64_t i, int lane) {
     const Op wi = static_cast<Op>(w[i]);
-    const Op step = penalty_step(wi, l2, l1, kSq, kAbs, sp, anchor.pull(i, wi), Anchor::kAnchored);
+    const AnchorPull<Op> p = anchor.pull(i, wi);
+    const Op step = penalty_step(wi, l2, l1, kSq, kAbs, sp, p.pull, Anchor::kAnchored);
     out[i] = static_cast<T>(kAccumulate ? static_cast<Op>(g[i]) + step : scale * step);
-    sums.add<kSq, kAbs>(lane, static_cast<double>(wi));
-    if (Anchor::kAnchored) sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(wi)));
-  }, ahead_with(anchor, prefetch_each<T>(w, kAccumulate ? g : nullptr)));
+    sums.template add<kSq, kAbs>(lane, static_cast<double>(wi));
+    if (Anchor::kAnchored) sums.add_deviation(lane, p.deviation());
+  }, ahead_with(anchor, prefetch_each<T, Anchor::kLanes>(w, kAccumulate ? g : nullptr)));
   return sums.fold();
 }
 
@@ -228,17 +231,18 @@ template <typename T, bool kSq, class Anchor>
 L2FAST_CPU_CLONES_V4 Partial scale_span(T* x, int64_t n, at::opmath_type<T> factor, at::opmath_type<T> neg_spf,
                                         Anchor anchor) {
   using Op = at::opmath_type<T>;
-  LaneSums sums;
-  for_lanes<1>(n, [&](int64_t i, int lane) {
+  LaneSumsOf<Anchor::kLanes> sums;
+  for_lanes<1, Anchor::kLanes>(n, [&](int64_t i, int lane) {
     const Op xi = static_cast<Op>(x[i]);
-    sums.add<kSq, false>(lane, static_cast<double>(xi));
+    sums.template add<kSq, false>(lane, static_cast<double>(xi));
     Op out = xi * factor;
     if (Anchor::kAnchored) {
-      sums.add_deviation(lane, anchor.deviation(i, static_cast<double>(xi)));
-      out = std::fma(neg_spf, anchor.pull(i, xi), out);
+      const AnchorPull<Op> p = anchor.pull(i, xi);
+      sums.add_deviation(lane, p.deviation());
+      out = std::fma(neg_spf, p.pull, out);
     }
     x[i] = static_cast<T>(out);
-  }, ahead_with(anchor, prefetch_each<T>(x)));
+  }, ahead_with(anchor, prefetch_each<T, Anchor::kLanes>(x)));
   return sums.fold();
 }
 
