@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../math/elementwise.h"
 #include "../math/fold.h"
@@ -44,12 +45,18 @@ enum DType : int32_t { kF32, kF64, kF16, kBF16 };
 struct TensorMeta {
   const void* x;    // the tensor read (params)
   void* y;          // the tensor written, when there is one (grads, outputs, x itself for decay)
+  // x's anchor and its importances (fisher; null: F = 1), both in anchor_dtype; null when the op does not
+  // read the anchor (no anchors given, or neither x's pull nor its value weighs it).
+  const void* anchor;
+  const void* fisher;
   int64_t length;   // elements this op visits: numel, or 0 when the tensor takes no part
   Weights weights;  // what the op computes from x
-  double multiplier;  // decay: x *= multiplier
+  double multiplier;  // decay: x = x * multiplier + neg_spf * pull
+  double neg_spf;
   int32_t dtype;
-  // Elements before the first 16-byte boundary, where x, y (and a step's other tensors) all start
-  // their packs; -1 when their boundaries fall at different elements: every element scalar.
+  int32_t anchor_dtype;  // dtype, or kBF16
+  // Elements before the first element where x, y, the anchor streams (and a step's other tensors) all
+  // start their packs; -1 when they reach one at different elements: every element scalar.
   int32_t pack_head;
 };
 
@@ -122,40 +129,110 @@ __device__ __forceinline__ void store_pack(void* base, int64_t i, const Pack<T, 
   *p = pack;
 }
 
-// Running sums of x^2 and |x| of the elements one thread has seen, as the weights ask.
+template <typename T>
+__device__ __forceinline__ at::opmath_type<T> to_op(T v) {
+  return static_cast<at::opmath_type<T>>(v);
+}
+
+// The anchor stream of a tensor, loaded beside the op's own packs (walk): NoAnchor for a tensor that
+// reads no anchor (its walk is the plain one), or AnchorOf<A, kFisher>: the anchor in dtype A (the
+// tensor's, or bfloat16) and, with kFisher, its importances. Packs<N> holds the stream at one pack of the
+// op's N elements (N * sizeof(A) bytes per stream, aligned to that: pack_head accounts for it), and gives
+// element j's pull and deviation (anchor_pull, anchor_deviation: the CPU loop's math). kInFlight: the
+// packs a thread loads before it uses any (walk).
+struct NoAnchor {
+  static constexpr int kInFlight = kUnroll;
+  template <int N>
+  struct Packs {
+    static constexpr bool kAnchored = false;
+    template <typename Op>
+    __device__ Op pull(int, Op) const {
+      return Op(0);
+    }
+    __device__ double deviation(int, double) const { return 0.0; }
+  };
+  template <int N>
+  __device__ static Packs<N> load(const TensorMeta&, int64_t) {
+    return {};
+  }
+};
+
+template <typename A, bool kFisher>
+struct AnchorOf {
+  // Half the plain walk's: with the anchor's one or two more streams at kUnroll, the step kernels' packs
+  // outgrow the registers (a stack frame, bench/kernel_resources.py). Halved, a thread still keeps about
+  // the bytes of the op's plain walk in flight.
+  static constexpr int kInFlight = kUnroll / 2;
+  template <int N>
+  struct Packs {
+    static constexpr bool kAnchored = true;
+    Pack<A, N> a, f;  // f: loaded and read only with kFisher
+    template <typename Op>
+    __device__ __forceinline__ Op pull(int j, Op w) const {
+      return anchor_pull<kFisher>(w, static_cast<Op>(a.v[j]), kFisher ? static_cast<Op>(f.v[j]) : Op(1));
+    }
+    __device__ __forceinline__ double deviation(int j, double w) const {
+      return anchor_deviation<kFisher>(w, static_cast<double>(to_op(a.v[j])),
+                                       kFisher ? static_cast<double>(to_op(f.v[j])) : 1.0);
+    }
+  };
+  template <int N>
+  __device__ __forceinline__ static Packs<N> load(const TensorMeta& m, int64_t i) {
+    Packs<N> p{};
+    p.a = load_pack<A, N>(m.anchor, i);
+    if (kFisher) p.f = load_pack<A, N>(m.fisher, i);
+    return p;
+  }
+};
+
+// Sums of x^2, of |x| and of the anchored deviations f * (x - a)^2: one thread's running sums, and a
+// chunk's partial (chunk_kernel writes one per block for the finish kernels).
 struct Sums {
   double sq = 0.0;
   double abs = 0.0;
-  __device__ __forceinline__ void add(const Weights& w, double v) {
+  double dev = 0.0;
+  // v, element j of a pack whose anchor stream holds `anchor`, as the weights ask.
+  template <class AnchorPacks>
+  __device__ __forceinline__ void add(const Weights& w, double v, const AnchorPacks& anchor, int j) {
     if (w.l2 != 0.0) sq += v * v;
     if (w.l1 != 0.0) abs += fabs(v);
+    if (AnchorPacks::kAnchored && w.sp != 0.0) dev += anchor.deviation(j, v);
   }
 };
 
 // This thread's share of len elements of one tensor from element begin on, N elements per pack, the
-// packs from gap_at on taken gap packs further along. All loads of kUnroll packs are issued before any
-// is used, so memory requests overlap even when the op writes.
-template <typename T, int N, class Op, class Meta>
+// packs from gap_at on taken gap packs further along, with the tensor's anchor stream. All loads of
+// Anchor::kInFlight packs are issued before any is used, so memory requests overlap even when the op
+// writes.
+template <typename T, int N, class Anchor, class Op, class Meta>
 __device__ __forceinline__ void walk(const Op& op, const Meta& m, int64_t begin, int len, Sums& sums,
                                      int gap_at = 0, int gap = 0) {
   using Item = typename Op::template Item<T, N>;
+  using AnchorPacks = typename Anchor::template Packs<N>;
+  constexpr int kInFlight = Anchor::kInFlight;
   const int packs = len / N;
-  for (int p0 = threadIdx.x; p0 < packs; p0 += kThreads * kUnroll) {
-    Item items[kUnroll];
+  for (int p0 = threadIdx.x; p0 < packs; p0 += kThreads * kInFlight) {
+    Item items[kInFlight];
+    AnchorPacks anchors[kInFlight];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kInFlight; ++u) {
       const int p = p0 + u * kThreads;
-      if (p < packs) items[u] = op.template load<T, N>(m, begin + int64_t(p < gap_at ? p : p + gap) * N);
+      if (p < packs) {
+        const int64_t i = begin + int64_t(p < gap_at ? p : p + gap) * N;
+        items[u] = op.template load<T, N>(m, i);
+        anchors[u] = Anchor::template load<N>(m, i);
+      }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kInFlight; ++u) {
       const int p = p0 + u * kThreads;
-      if (p < packs) op.template apply<T, N>(m, begin + int64_t(p < gap_at ? p : p + gap) * N, items[u], sums);
+      if (p < packs)
+        op.template apply<T, N>(m, begin + int64_t(p < gap_at ? p : p + gap) * N, items[u], anchors[u], sums);
     }
   }
 }
 
-template <typename T, class Op, class Meta>
+template <typename T, class Anchor, class Op, class Meta>
 __device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const ChunkSpan& c, Sums& sums) {
   constexpr int N = 16 / sizeof(T);
   // Chunk starts are multiples of kChunk (a multiple of N), so every chunk's packs start pack_head
@@ -164,8 +241,28 @@ __device__ __forceinline__ void run_chunk(const Op& op, const Meta& m, const Chu
   // the op would cost registers), so an aligned tensor (pack_head 0) walks exactly as before.
   const int head = m.pack_head < 0 || m.pack_head > c.len ? c.len : m.pack_head;
   const int vector_len = (c.len - head) / N * N;
-  walk<T, N>(op, m, c.begin + head, vector_len, sums);
-  walk<T, 1>(op, m, c.begin, c.len - vector_len, sums, head, vector_len);
+  walk<T, N, Anchor>(op, m, c.begin + head, vector_len, sums);
+  walk<T, 1, Anchor>(op, m, c.begin, c.len - vector_len, sums, head, vector_len);
+}
+
+// run_chunk with tensor m's anchor stream. kAnchored false (no tensor of the launch reads an anchor):
+// NoAnchor alone, the plain kernel. Else by m: NoAnchor without an anchor, or the anchor in T or in
+// bfloat16, with or without fisher.
+template <typename T, bool kAnchored, class Op, class Meta>
+__device__ __forceinline__ void run_chunk_anchored(const Op& op, const Meta& m, const ChunkSpan& c, Sums& sums) {
+  if constexpr (kAnchored) {
+    if (m.anchor != nullptr) {
+      const auto with_fisher = [&](auto anchor_type) {
+        using A = decltype(anchor_type);
+        if (m.fisher != nullptr) run_chunk<T, AnchorOf<A, true>>(op, m, c, sums);
+        else run_chunk<T, AnchorOf<A, false>>(op, m, c, sums);
+      };
+      if (!std::is_same_v<T, c10::BFloat16> && m.anchor_dtype == kBF16) with_fisher(c10::BFloat16());
+      else with_fisher(T());
+      return;
+    }
+  }
+  run_chunk<T, NoAnchor>(op, m, c, sums);
 }
 
 // Sum over one warp in the tree of fold.h's warp_tree_steps; the result is valid in lane 0.
@@ -186,73 +283,79 @@ __device__ __forceinline__ double block_sum(double v, double* scratch) {
 }
 
 // One block per chunk: runs op over it and, when the op reduces, writes the chunk's partial sums.
-template <class Op>
+// kAnchored: some tensor of the table reads its anchor (run_chunk_anchored).
+template <class Op, bool kAnchored>
 __global__ void __launch_bounds__(kThreads) chunk_kernel(Op op, L2FAST_GRID_CONST(LaunchTable<typename Op::Meta>) table,
-                                                         double2* partials) {
+                                                         Sums* partials) {
   const ChunkSpan c = locate_chunk(table, blockIdx.x);
   const typename Op::Meta& m = table.metas[c.tensor];
   Op local = op;
   local.bind(m);
   Sums sums;
   switch (m.dtype) {
-    case kF32: run_chunk<float>(local, m, c, sums); break;
-    case kF64: run_chunk<double>(local, m, c, sums); break;
-    case kF16: run_chunk<c10::Half>(local, m, c, sums); break;
-    default: run_chunk<c10::BFloat16>(local, m, c, sums); break;
+    case kF32: run_chunk_anchored<float, kAnchored>(local, m, c, sums); break;
+    case kF64: run_chunk_anchored<double, kAnchored>(local, m, c, sums); break;
+    case kF16: run_chunk_anchored<c10::Half, kAnchored>(local, m, c, sums); break;
+    default: run_chunk_anchored<c10::BFloat16, kAnchored>(local, m, c, sums); break;
   }
   if constexpr (Op::kReduces) {
     // A term the weights leave out is all zeros: skip its sum (the branch is the same for the block).
     __shared__ double scratch[kWarps];
-    const double sq = m.weights.l2 != 0.0 ? block_sum(sums.sq, scratch) : 0.0;
-    const double abs = m.weights.l1 != 0.0 ? block_sum(sums.abs, scratch) : 0.0;
-    if (threadIdx.x == 0) partials[table.first_partial + blockIdx.x] = make_double2(sq, abs);
+    Sums partial;
+    if (m.weights.l2 != 0.0) partial.sq = block_sum(sums.sq, scratch);
+    if (m.weights.l1 != 0.0) partial.abs = block_sum(sums.abs, scratch);
+    if (kAnchored && m.weights.sp != 0.0) partial.dev = block_sum(sums.dev, scratch);
+    if (threadIdx.x == 0) partials[table.first_partial + blockIdx.x] = partial;
   }
 }
 
 // The tensors t = blockIdx.x * kWarps + warp of the table: each one's chunk partials folded in
 // fold_block_order, then weighted. A tensor of at most kWarpLanes chunks is folded by its own warp (the
 // same bits: fold.h's one_warp_folds); a longer one by the whole block, so a 100M-element tensor's 6.1k
-// partials take 24 loads per thread rather than 190 per lane of one warp.
+// partials take 24 loads per thread rather than 190 per lane of one warp. The deviations are folded only
+// for a tensor whose weights weigh them (all zeros otherwise).
 // The value goes to per_tensor_out (cast to the result dtype) when that is given, else to values.
 template <typename Out, class Meta>
 __global__ void __launch_bounds__(kThreads) tensor_values_kernel(L2FAST_GRID_CONST(LaunchTable<Meta>) table,
-                                                                 const double2* partials, Out* per_tensor_out,
+                                                                 const Sums* partials, Out* per_tensor_out,
                                                                  double* values) {
   const int64_t first = int64_t(blockIdx.x) * kWarps;
   const int64_t end = first + kWarps < table.count ? first + kWarps : table.count;
-  const auto put = [&](int64_t t, double sq, double abs) {
-    const double value = table.metas[t].weights.value(sq, abs);
+  const auto put = [&](int64_t t, const Sums& s) {
+    const double value = table.metas[t].weights.value(s.sq, s.abs, s.dev);
     if (per_tensor_out != nullptr) per_tensor_out[table.first_tensor + t] = static_cast<Out>(value);
     else values[table.first_tensor + t] = value;
   };
   const auto chunks = [&](int64_t t) { return table.chunk_end[t] - chunk_begin(table, t); };
-  // Partials of tensor t from partial `from` on, every `step`-th.
-  const auto gather = [&](int64_t t, int64_t from, int step, double& sq, double& abs) {
+  // Partials of tensor t from partial `from` on, every `step`-th, each sum folded by fold(v) (warp_sum or
+  // block_sum).
+  const auto gather_fold = [&](int64_t t, int64_t from, int step, auto fold) {
+    const bool anchored = table.metas[t].weights.sp != 0.0;
+    Sums s;
 #pragma unroll 4  // four loads in flight rather than one; the adds stay in order
     for (int64_t k = chunk_begin(table, t) + from; k < table.chunk_end[t]; k += step) {
-      const double2 p = partials[table.first_partial + k];
-      sq += p.x;
-      abs += p.y;
+      const Sums& p = partials[table.first_partial + k];
+      s.sq += p.sq;
+      s.abs += p.abs;
+      if (anchored) s.dev += p.dev;
     }
+    s.sq = fold(s.sq);
+    s.abs = fold(s.abs);
+    if (anchored) s.dev = fold(s.dev);
+    return s;
   };
 
   const int64_t mine = first + threadIdx.x / kWarpLanes;
   if (mine < end && one_warp_folds(chunks(mine))) {  // the whole warp: no shuffle is left half-attended
     const int lane = threadIdx.x % kWarpLanes;
-    double sq = 0.0, abs = 0.0;
-    gather(mine, lane, kWarpLanes, sq, abs);
-    sq = warp_sum(sq);
-    abs = warp_sum(abs);
-    if (lane == 0) put(mine, sq, abs);
+    const Sums s = gather_fold(mine, lane, kWarpLanes, [](double v) { return warp_sum(v); });
+    if (lane == 0) put(mine, s);
   }
   __shared__ double scratch[kWarps];
   for (int64_t t = first; t < end; ++t) {  // the same tensors, in the same order, for every thread
     if (one_warp_folds(chunks(t))) continue;
-    double sq = 0.0, abs = 0.0;
-    gather(t, threadIdx.x, kThreads, sq, abs);
-    sq = block_sum(sq, scratch);
-    abs = block_sum(abs, scratch);
-    if (threadIdx.x == 0) put(t, sq, abs);
+    const Sums s = gather_fold(t, threadIdx.x, kThreads, [&](double v) { return block_sum(v, scratch); });
+    if (threadIdx.x == 0) put(t, s);
   }
 }
 

@@ -10,6 +10,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/SmallVector.h>
 
 #include <algorithm>
 #include <initializer_list>
@@ -34,24 +35,56 @@ inline DType dtype_code(at::ScalarType t) {
   }
 }
 
-inline uintptr_t misalignment(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16; }
+// One tensor a chunk walks: where its data starts (null: none) and its element size.
+struct Walked {
+  const void* data;
+  size_t element_size;
+};
 
-// TensorMeta::pack_head of a tensor at x with `element_size`-byte elements, walked together with the
-// tensors at `with` (null entries: none): the elements before x's first 16-byte boundary, when every
-// one of them is as far from a boundary as x; else -1.
-inline int32_t pack_head(const void* x, size_t element_size, std::initializer_list<const void*> with) {
-  const uintptr_t offset = misalignment(x);
-  for (const void* p : with)
-    if (p != nullptr && misalignment(p) != offset) return -1;
-  if (offset % element_size != 0) return -1;
-  return static_cast<int32_t>((16 - offset) % 16 / element_size);
+// TensorMeta::pack_head of tensors walked together, the first one's 16 bytes (N elements) to a pack: a
+// tensor of e-byte elements loads N * e bytes at a time, aligned to N * e. The elements before the
+// first element where every one's pack is aligned, when they all reach one at the same element; else -1.
+inline int32_t pack_head(c10::ArrayRef<Walked> walked) {
+  const size_t per_pack = 16 / walked[0].element_size;
+  int32_t head = -1;
+  for (const Walked& t : walked) {
+    if (t.data == nullptr) continue;
+    const uintptr_t bytes = per_pack * t.element_size, offset = reinterpret_cast<uintptr_t>(t.data) % bytes;
+    if (offset % t.element_size != 0) return -1;
+    const auto mine = static_cast<int32_t>((bytes - offset) % bytes / t.element_size);
+    if (head != -1 && mine != head) return -1;
+    head = mine;
+  }
+  return head;
 }
 
-// Tensor x (read), y (written, or null), what the op computes from x, and whether x takes part.
-inline TensorMeta make_meta(const at::Tensor& x, void* y, Weights weights, double multiplier, bool takes_part) {
-  const void* xp = x.const_data_ptr();
-  return {xp, y, takes_part ? x.numel() : 0, weights, multiplier, dtype_code(x.scalar_type()),
-          pack_head(xp, x.element_size(), {y})};
+// Tensor i of an op's list: x (read), y (written, or null), what the op computes from x, whether x takes
+// part, and whether it reads its anchor (anchors[i], with fisher[i] when fisher is given); `also`: the
+// further tensors a step walks with x, in x's dtype.
+inline TensorMeta make_meta(const at::Tensor& x, void* y, const Weights& weights, bool takes_part,
+                            const Anchors& anchors, size_t i, bool anchored,
+                            std::initializer_list<const void*> also = {}) {
+  TensorMeta m{};
+  m.x = x.const_data_ptr();
+  m.y = y;
+  m.length = takes_part ? x.numel() : 0;
+  m.weights = weights;
+  m.multiplier = 1.0;
+  m.dtype = dtype_code(x.scalar_type());
+  m.anchor_dtype = m.dtype;
+  size_t anchor_size = 0;
+  if (anchored) {
+    const at::Tensor& anchor = anchors.anchors[i];
+    m.anchor = anchor.const_data_ptr();
+    if (!anchors.fisher.empty()) m.fisher = anchors.fisher[i].const_data_ptr();
+    m.anchor_dtype = dtype_code(anchor.scalar_type());
+    anchor_size = anchor.element_size();
+  }
+  const size_t size = x.element_size();
+  c10::SmallVector<Walked, 8> walked = {{m.x, size}, {y, size}, {m.anchor, anchor_size}, {m.fisher, anchor_size}};
+  for (const void* p : also) walked.push_back({p, size});
+  m.pack_head = pack_head(walked);
+  return m;
 }
 
 // The op's tensors cut into launch tables of at most kPerLaunch<Meta> consecutive tensors each.
@@ -80,6 +113,13 @@ int64_t chunks_in(const LaunchTable<Meta>& table) {
   return table.count == 0 ? 0 : table.chunk_end[table.count - 1];
 }
 
+// Whether a tensor of the table reads its anchor: its launch runs the anchored chunk kernel; a table
+// without one runs the plain kernel, with none of the anchor streams' code.
+template <class Meta>
+bool reads_anchors(const LaunchTable<Meta>& table) {
+  return std::any_of(table.metas, table.metas + table.count, [](const Meta& m) { return m.anchor != nullptr; });
+}
+
 // Runs op over every chunk of every tensor of the tables (n tensors in all). When the op reduces,
 // also fills `result`: one value per tensor (per_tensor) or their sum. A list with nothing to visit
 // launches no chunk kernel (CUDA refuses a grid of zero blocks) and still writes its zeros.
@@ -87,19 +127,23 @@ template <class Device, class Op>
 void run_tables(const Device& device, const Op& op, const std::vector<LaunchTable<typename Op::Meta>>& tables,
                 int64_t n, at::Tensor* result, bool per_tensor) {
   using Table = LaunchTable<typename Op::Meta>;
-  static_assert(sizeof(Op) + sizeof(Table) + sizeof(double2*) <= kParameterBytes,
+  static_assert(sizeof(Op) + sizeof(Table) + sizeof(Sums*) <= kParameterBytes,
                 "chunk_kernel's parameters exceed CUDA's limit");
+  static_assert(sizeof(Sums) == 3 * sizeof(double), "partials are allocated as three doubles each");
   TORCH_INTERNAL_ASSERT(Op::kReduces == (result != nullptr));
   const int64_t chunks = tables.empty() ? 0 : tables.back().first_partial + chunks_in(tables.back());
   TORCH_CHECK(chunks <= std::numeric_limits<int32_t>::max(), "l2fast: ", chunks, " chunks exceed one CUDA grid");
   at::Tensor partials;
-  double2* partial_ptr = nullptr;
+  Sums* partial_ptr = nullptr;
   if (Op::kReduces && chunks > 0) {
-    partials = device.empty(2 * chunks, at::kDouble);
-    partial_ptr = reinterpret_cast<double2*>(partials.template data_ptr<double>());
+    partials = device.empty(3 * chunks, at::kDouble);
+    partial_ptr = reinterpret_cast<Sums*>(partials.template data_ptr<double>());
   }
-  for (const Table& table : tables)
-    if (chunks_in(table) > 0) device.launch(&chunk_kernel<Op>, chunks_in(table), op, table, partial_ptr);
+  for (const Table& table : tables) {
+    if (chunks_in(table) == 0) continue;
+    const auto kernel = reads_anchors(table) ? &chunk_kernel<Op, true> : &chunk_kernel<Op, false>;
+    device.launch(kernel, chunks_in(table), op, table, partial_ptr);
+  }
   if (!Op::kReduces) return;
 
   at::Tensor values = per_tensor ? at::Tensor() : device.empty(std::max<int64_t>(n, 1), at::kDouble);
@@ -108,7 +152,7 @@ void run_tables(const Device& device, const Op& op, const std::vector<LaunchTabl
     scalar_t* out = result->template data_ptr<scalar_t>();
     for (const Table& table : tables)
       device.launch(&tensor_values_kernel<scalar_t, typename Op::Meta>, (table.count + kWarps - 1) / kWarps, table,
-                    static_cast<const double2*>(partial_ptr), per_tensor ? out : nullptr, value_ptr);
+                    static_cast<const Sums*>(partial_ptr), per_tensor ? out : nullptr, value_ptr);
     if (!per_tensor) device.launch(&total_kernel<scalar_t>, 1, static_cast<const double*>(value_ptr), n, out);
   });
 }
@@ -119,43 +163,50 @@ void run(const Device& device, const Op& op, const std::vector<TensorMeta>& meta
   run_tables(device, op, plan_launches(metas), static_cast<int64_t>(metas.size()), result, per_tensor);
 }
 
-// Metadata of params[i] (read) with outs[i] (written; none when outs is empty) and the weights of
-// tensor i; a tensor whose weights are all zero takes no part.
-inline std::vector<TensorMeta> metas_of(at::TensorList params, at::TensorList outs, const std::vector<Weights>& weights) {
+// Metadata of params[i] (read) with outs[i] (written; none when outs is empty), the weights of tensor i
+// and its anchor, read when the weights weigh its pull; a tensor whose weights are all zero takes no part.
+inline std::vector<TensorMeta> metas_of(at::TensorList params, at::TensorList outs, const std::vector<Weights>& weights,
+                                        const Anchors& anchors) {
   std::vector<TensorMeta> metas;
   for (size_t i = 0; i < params.size(); ++i)
-    metas.push_back(make_meta(params[i], outs.empty() ? nullptr : outs[i].data_ptr(), weights[i], 1.0, weights[i].any()));
+    metas.push_back(make_meta(params[i], outs.empty() ? nullptr : outs[i].data_ptr(), weights[i], weights[i].any(),
+                              anchors, i, weights[i].sp != 0.0));
   return metas;
 }
 
 // The Kernels of csrc/entry/entry_points.h for any Device.
 template <class Device>
 struct DeviceKernels {
-  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, bool per_tensor, at::Tensor& result) {
-    run(Device(result.device()), ReduceOp{}, metas_of(tensors, {}, weights), &result, per_tensor);
+  static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, const Anchors& anchors,
+                     bool per_tensor, at::Tensor& result) {
+    run(Device(result.device()), ReduceOp{}, metas_of(tensors, {}, weights, anchors), &result, per_tensor);
   }
 
   static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
-                               at::Tensor& result) {
-    run(Device(result.device()), PenaltyGradOp<true>{}, metas_of(params, grads, weights), &result, false);
+                               const Anchors& anchors, at::Tensor& result) {
+    run(Device(result.device()), PenaltyGradOp<true>{}, metas_of(params, grads, weights, anchors), &result, false);
   }
 
   static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
-                           const std::vector<Weights>& weights) {
+                           const std::vector<Weights>& weights, const Anchors& anchors) {
     if (params.empty()) return;
     const at::Tensor scale64 = scale.to(at::kDouble).contiguous();  // stays on the device: no sync
     PenaltyGradOp<false> op;
     op.scale_ptr = scale64.const_data_ptr<double>();
-    run(Device(params[0].device()), op, metas_of(params, outs, weights), nullptr, false);
+    run(Device(params[0].device()), op, metas_of(params, outs, weights, anchors), nullptr, false);
   }
 
-  static void decay(at::TensorList params, const std::vector<double>& factors, const std::vector<Weights>& weights,
-                    at::Tensor& result) {
+  static void decay(at::TensorList params, const DecayFactors& factors, const std::vector<Weights>& weights,
+                    const Anchors& anchors, at::Tensor& result) {
     std::vector<TensorMeta> metas;
     for (size_t i = 0; i < params.size(); ++i) {
+      const bool anchored = factors.anchor[i] != 0.0 || weights[i].sp != 0.0;
+      TensorMeta m = make_meta(params[i], params[i].data_ptr(), weights[i],
+                               factors.zero[i] != 0.0 || anchored || weights[i].any(), anchors, i, anchored);
       // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
-      metas.push_back(make_meta(params[i], params[i].data_ptr(), weights[i], 1.0 - factors[i],
-                                factors[i] != 0.0 || weights[i].any()));
+      m.multiplier = 1.0 - factors.zero[i];
+      m.neg_spf = -factors.anchor[i];
+      metas.push_back(m);
     }
     run(Device(result.device()), ScaleOp{}, metas, &result, false);
   }
@@ -176,15 +227,18 @@ at::Tensor step_scalars(const Device& device, const StepScalars& s) {
   return out;
 }
 
-// Metadata of tensor i of a step: packs only where w, g and every state tensor share their boundaries.
+// Metadata of tensor i of a step: packs only where w, g, every state tensor and the anchor streams share
+// their boundaries. The anchor is read when the tensor's value or its pull (coupled or decoupled) weighs it.
 inline StepMeta step_meta(const StepArgs& args, size_t i) {
   const at::Tensor& w = args.params[i];
+  const StepHyper& h = args.hyper[i];
   StepMeta m{};
-  static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], 1.0, /*takes_part=*/true);
   m.grad = args.grads[i].data_ptr();
   for (size_t k = 0; k < args.states.size(); ++k) m.state[k] = args.states[k][i].data_ptr();
-  m.pack_head = pack_head(m.x, w.element_size(), {m.grad, m.state[0], m.state[1], m.state[2]});
-  m.hyper = args.hyper[i];
+  const bool anchored = args.value[i].sp != 0.0 || h.sp != 0.0 || h.spf != 0.0;
+  static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], /*takes_part=*/true, args.anchors, i,
+                                          anchored, {m.grad, m.state[0], m.state[1], m.state[2]});
+  m.hyper = h;
   if (i < args.steps.size()) {
     const at::Tensor& step = args.steps[i];
     TORCH_CHECK(step.device() == w.device(), "l2fast: steps[", i, "] is on ", step.device(), " but params[", i,

@@ -3,7 +3,10 @@
 //
 // An op provides: Meta (what it knows per tensor: TensorMeta or a type derived from it), kReduces
 // (whether its chunks write partial sums), bind(meta) (per-thread set-up, run once before the first
-// pack), Item<T, N> (what one pack's loads hold), load() and apply().
+// pack), Item<T, N> (what one pack's loads hold), load() and apply(). walk loads the tensor's anchor
+// stream beside load()'s packs and hands apply() its packs (`anchor`: NoAnchor's or AnchorOf's Packs,
+// device.cuh): the pull of element j is anchor.pull(j, w), zero and compiled away for a tensor without
+// an anchor, whose code is the plain op's.
 #pragma once
 #include <type_traits>
 
@@ -11,11 +14,6 @@
 #include "device.cuh"
 
 namespace l2fast::cuda {
-
-template <typename T>
-__device__ __forceinline__ at::opmath_type<T> to_op(T v) {
-  return static_cast<at::opmath_type<T>>(v);
-}
 
 // The loads of an op that reads x alone.
 struct ReadsX {
@@ -31,17 +29,18 @@ struct ReadsX {
   }
 };
 
-// Reads x; sums x^2 and |x| as the weights ask.
+// Reads x; sums x^2, |x| and the deviations from the anchor as the weights ask.
 struct ReduceOp : ReadsX {
   static constexpr bool kReduces = true;
-  template <typename T, int N>
-  __device__ void apply(const TensorMeta& m, int64_t, const Item<T, N>& item, Sums& sums) const {
+  template <typename T, int N, class AnchorPacks>
+  __device__ void apply(const TensorMeta& m, int64_t, const Item<T, N>& item, const AnchorPacks& anchor,
+                        Sums& sums) const {
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.x.v[j])));
+    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.x.v[j])), anchor, j);
   }
 };
 
-// y = base + scale * (l2 * x + l1 * sign(x)), base = y (kAccumulate) or 0. Accumulating (the
+// y = base + scale * (l2 * x + l1 * sign(x) + sp * pull), base = y (kAccumulate) or 0. Accumulating (the
 // optimizer's add_penalty_grad_) also sums x for the penalty value; the autograd backward does not.
 template <bool kAccumulate>
 struct PenaltyGradOp {
@@ -63,36 +62,42 @@ struct PenaltyGradOp {
     if (kAccumulate) item.y = load_pack<T, N>(m.y, i);
     return item;
   }
-  template <typename T, int N>
-  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
+  template <typename T, int N, class AnchorPacks>
+  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
+                        Sums& sums) const {
     using Op = at::opmath_type<T>;
     const Op l2 = static_cast<Op>(m.weights.l2), l1 = static_cast<Op>(m.weights.l1);
-    const Op s = static_cast<Op>(scale);
+    const Op sp = static_cast<Op>(m.weights.sp), s = static_cast<Op>(scale);
     Pack<T, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op w = to_op(item.x.v[j]);
-      const Op step = penalty_step(w, l2, l1, m.weights.l2 != 0.0, m.weights.l1 != 0.0);
+      const Op step = penalty_step(w, l2, l1, m.weights.l2 != 0.0, m.weights.l1 != 0.0, sp, anchor.pull(j, w),
+                                   AnchorPacks::kAnchored);
       out.v[j] = static_cast<T>(kAccumulate ? to_op(item.y.v[j]) + step : s * step);
-      if (kAccumulate) sums.add(m.weights, static_cast<double>(w));
+      if (kAccumulate) sums.add(m.weights, static_cast<double>(w), anchor, j);
     }
     store_pack<T, N>(m.y, i, out);
   }
 };
 
-// x *= multiplier, in the op-math type (x is also y); sums x^2 before the update as the weights ask.
+// x = x * multiplier + neg_spf * pull, in the op-math type (x is also y); sums x^2 and the deviations
+// before the update as the weights ask.
 struct ScaleOp : ReadsX {
   static constexpr bool kReduces = true;
-  template <typename T, int N>
-  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
+  template <typename T, int N, class AnchorPacks>
+  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
+                        Sums& sums) const {
     using Op = at::opmath_type<T>;
-    const Op factor = static_cast<Op>(m.multiplier);
+    const Op factor = static_cast<Op>(m.multiplier), neg_spf = static_cast<Op>(m.neg_spf);
     Pack<T, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op x = to_op(item.x.v[j]);
-      sums.add(m.weights, static_cast<double>(x));
-      out.v[j] = static_cast<T>(x * factor);
+      sums.add(m.weights, static_cast<double>(x), anchor, j);
+      Op y = x * factor;
+      if (AnchorPacks::kAnchored) y = std::fma(neg_spf, anchor.pull(j, x), y);
+      out.v[j] = static_cast<T>(y);
     }
     store_pack<T, N>(m.y, i, out);
   }
@@ -124,7 +129,18 @@ __global__ void __launch_bounds__(kThreads) count_steps_kernel(L2FAST_GRID_CONST
   else *static_cast<float*>(step) += 1.0f;
 }
 
-// How Adam (amsgrad or not) updates one element: its state tensors and the per-tensor terms.
+// The terms' flags (AdamFlags or SgdFlags of bools) with `anchored` a compile-time constant, the tensor's
+// anchor stream's: a walk without an anchor compiles no pull, and an anchored one takes its pull as the
+// CPU loop does.
+template <bool kAnchored, template <class, class, class, class> class Flags>
+__device__ __forceinline__ Flags<bool, bool, bool, std::bool_constant<kAnchored>> anchored_as(
+    const Flags<bool, bool, bool, bool>& flags) {
+  [[maybe_unused]] const auto [l2, l1, third, anchored] = flags;
+  return {l2, l1, third, {}};
+}
+
+// How Adam (amsgrad or not) updates one element: its state tensors and the per-tensor terms; pull: the
+// element's pull toward its anchor (AnchorPacks::pull).
 template <bool kAmsgrad>
 struct AdamRule {
   static constexpr int kStates = kAmsgrad ? 3 : 2;
@@ -134,9 +150,9 @@ struct AdamRule {
   __device__ static Terms<Op> terms(const StepHyper& h, double step, bool maximize, Op inv_scale, Op clip) {
     return adam_terms<Op>(h, step, maximize, inv_scale, clip);
   }
-  template <typename Op>
-  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
-    adam_element<Op, kAmsgrad>(w, g, s[0], s[1], s[2], t, t.flags);
+  template <bool kAnchored, typename Op>
+  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t, Op pull) {
+    adam_element<Op, kAmsgrad>(w, g, s[0], s[1], s[2], t, anchored_as<kAnchored>(t.flags), pull);
   }
 };
 
@@ -150,14 +166,15 @@ struct SgdRule {
   __device__ static Terms<Op> terms(const StepHyper& h, double, bool maximize, Op inv_scale, Op clip) {
     return sgd_terms<Op>(h, maximize, inv_scale, clip);
   }
-  template <typename Op>
-  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t) {
-    sgd_element<Op, kMomentum, kNesterov>(w, g, s[0], t, t.flags);
+  template <bool kAnchored, typename Op>
+  __device__ static void element(Op& w, Op g, Op (&s)[3], const Terms<Op>& t, Op pull) {
+    sgd_element<Op, kMomentum, kNesterov>(w, g, s[0], t, anchored_as<kAnchored>(t.flags), pull);
   }
 };
 
-// One optimizer step over a chunk: reads w, g and the state once, sums the penalty value of w as the
-// weights ask, and (unless found_inf is set) writes the updated w and state once.
+// One optimizer step over a chunk: reads w, g, the state and the anchor stream once, sums the penalty
+// value of w as the weights ask (the anchored term too: walk loads the anchor on a skipped step as well),
+// and (unless found_inf is set) writes the updated w and state once.
 template <class Rule>
 struct StepOp {
   using Meta = StepMeta;
@@ -203,11 +220,12 @@ struct StepOp {
     return item;
   }
 
-  template <typename T, int N>
-  __device__ void apply(const StepMeta& m, int64_t i, const Item<T, N>& item, Sums& sums) const {
+  template <typename T, int N, class AnchorPacks>
+  __device__ void apply(const StepMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
+                        Sums& sums) const {
     using Op = at::opmath_type<T>;
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.w.v[j])));
+    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.w.v[j])), anchor, j);
     if (skip) return;
     const auto& t = terms<Op>();
     Item<T, N> out;
@@ -218,7 +236,7 @@ struct StepOp {
 #pragma unroll
       for (int k = 0; k < Rule::kStates; ++k) s[k] = to_op(item.s[k].v[j]);
       const Op g = to_op(item.g.v[j]);
-      Rule::element(w, g, s, t);
+      Rule::template element<AnchorPacks::kAnchored>(w, g, s, t, anchor.pull(j, w));
       out.w.v[j] = static_cast<T>(w);
       out.g.v[j] = static_cast<T>(t.g.unscaled(g));
 #pragma unroll

@@ -89,20 +89,29 @@ at::Tensor plan_blocks(const std::vector<int64_t>& lengths) {
 }
 
 // An entry point as pybind11 binds it: each list argument (at::TensorList, c10::ArrayRef<double>)
-// taken as the std::vector pybind11 converts a Python list to, and passed on as the view of it.
+// taken as the std::vector pybind11 converts a Python list to, and passed on as the view of it; an
+// optional list (std::optional<at::TensorList>) as an optional std::vector (None: std::nullopt).
 template <typename T>
-struct PythonArg {
-  using type = std::decay_t<T>;
+struct PythonArgOf {
+  using type = T;
 };
 
 template <typename T>
-struct PythonArg<c10::ArrayRef<T>> {
+struct PythonArgOf<c10::ArrayRef<T>> {
   using type = std::vector<T>;
 };
 
+template <typename T>
+struct PythonArgOf<std::optional<T>> {
+  using type = std::optional<typename PythonArgOf<T>::type>;
+};
+
+template <typename T>
+using PythonArg = typename PythonArgOf<std::decay_t<T>>::type;
+
 template <auto kEntry, typename Result, typename... Args>
 auto python_callable(Result (*)(Args...)) {
-  return [](const typename PythonArg<Args>::type&... args) { return kEntry(args...); };
+  return [](const PythonArg<Args>&... args) { return kEntry(args...); };
 }
 
 template <auto kEntry>
@@ -128,23 +137,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decay_", python_callable<&Entry::decay_>());
   m.def("adam_step_", python_callable<&StepEntry::adam_step_>());
   m.def("sgd_step_", python_callable<&StepEntry::sgd_step_>());
-  // The Kernels alone, into results the caller allocates: the launch path for lists of any length,
-  // empty ones included, whatever the entry points do before it.
+  // The Kernels alone (without anchors), into results the caller allocates: the launch path for lists of
+  // any length, empty ones included, whatever the entry points do before it.
   m.def("kernels_reduce", [](const Tensors& xs, const Doubles& l2, const Doubles& l1, bool per_tensor, at::Tensor result) {
-    Kernels::reduce(xs, penalty_weights(l2, l1, xs.size()), per_tensor, result);
+    Kernels::reduce(xs, penalty_weights(l2, l1, xs.size()), {}, per_tensor, result);
   });
   m.def("kernels_add_penalty_grad", [](const Tensors& ps, const Tensors& gs, const Doubles& l2, const Doubles& l1,
                                        at::Tensor result) {
-    Kernels::add_penalty_grad(ps, gs, penalty_weights(l2, l1, ps.size()), result);
+    Kernels::add_penalty_grad(ps, gs, penalty_weights(l2, l1, ps.size()), {}, result);
   });
   m.def("kernels_penalty_grad", [](const Tensors& ps, const Tensors& outs, const at::Tensor& scale, const Doubles& l2,
                                    const Doubles& l1) {
-    Kernels::penalty_grad(ps, outs, scale, penalty_weights(l2, l1, ps.size()));
+    Kernels::penalty_grad(ps, outs, scale, penalty_weights(l2, l1, ps.size()), {});
   });
   m.def("kernels_decay", [](const Tensors& ps, const Doubles& factors, const Doubles& l2, at::Tensor result) {
     const double no_l1 = 0.0;
-    Kernels::decay(ps, expand_coeffs(factors, ps.size(), "factors"),
-                   penalty_weights(l2, c10::ArrayRef<double>(no_l1), ps.size()), result);
+    const DecayFactors fractions{expand_coeffs(factors, ps.size(), "factors"), std::vector<double>(ps.size(), 0.0)};
+    Kernels::decay(ps, fractions, penalty_weights(l2, c10::ArrayRef<double>(no_l1), ps.size()), {}, result);
   });
   // Graph capture: launches are recorded with copies of their arguments, then replayed.
   m.def("capture_begin", [] {
@@ -163,6 +172,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("poison", [](const Tensors& ts) { set_poisoned(ts, true); });
   m.def("unpoison", [](const Tensors& ts) { set_poisoned(ts, false); });
   m.def("plan_blocks", &plan_blocks);
+  // TensorMeta::pack_head of tensors walked together, in packs of the first one's 16 bytes (launch.h).
+  m.def("pack_head", [](const Tensors& ts) {
+    std::vector<cuda::Walked> walked;
+    for (const at::Tensor& t : ts) walked.push_back({t.const_data_ptr(), static_cast<size_t>(t.element_size())});
+    return cuda::pack_head(walked);
+  });
   m.attr("CHUNK") = l2fast::cuda::kChunk;
   m.attr("TENSORS_PER_LAUNCH") = l2fast::cuda::kTensorsPerLaunch;
 }

@@ -14,10 +14,6 @@
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
 };
-struct alignas(16) double2 {
-  double x, y;
-};
-inline double2 make_double2(double x, double y) { return {x, y}; }
 
 extern thread_local dim3 threadIdx;
 extern thread_local dim3 blockIdx;

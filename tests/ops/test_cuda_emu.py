@@ -1,4 +1,5 @@
-"""The CUDA ops, device code included, run by the host SIMT harness (csrc/emu/) against l2fast.reference.
+"""The CUDA ops, device code included, run by the host SIMT harness (csrc/emu/) against l2fast.reference,
+and the anchored penalties against the native CPU backend (torch.ops.l2fast on CPU tensors).
 
 `make test-cuda-emu` builds the harness under ASan/UBSan and runs this file; elsewhere it skips. The
 case list follows tests/ops/test_ops.py; sizes are kept small where they would only repeat a block
@@ -20,8 +21,44 @@ EMU_DIR = os.environ.get("L2FAST_EMU_DIR")
 if not EMU_DIR:
     pytest.skip("the SIMT harness runs under `make test-cuda-emu`", allow_module_level=True)
 sys.path.insert(0, EMU_DIR)
-import l2fast_emu as emu  # noqa: E402
+import l2fast_emu  # noqa: E402
 
+OPS = ("sq_norm", "l1_norm", "penalty", "penalty_grad", "add_penalty_grad_", "decay_", "adam_step_", "sgd_step_")
+
+
+class Harness:
+    """l2fast_emu with its ops called as torch.ops.l2fast's are: the module binds the entry points, whose
+    parameters are the schema's (csrc/l2fast.cpp) in its order, by position only; here each op also takes
+    them by name, and the schema's defaults (the anchors' trailing arguments) for those left out."""
+
+    def __init__(self, module):
+        self._module = module
+        for name in OPS:
+            setattr(self, name, self._schema_call(name))
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def _schema_call(self, name):
+        bound = getattr(self._module, name)
+        arguments = getattr(torch.ops.l2fast, name).default._schema.arguments
+
+        def call(*args, **kwargs):
+            rest = []
+            for a in arguments[len(args) :]:
+                if a.name in kwargs:
+                    rest.append(kwargs.pop(a.name))
+                else:
+                    assert a.has_default_value(), f"{name}: no {a.name} given"
+                    rest.append(a.default_value)
+            assert not kwargs, f"{name}: no parameters {sorted(kwargs)}"
+            return bound(*args, *rest)
+
+        return call
+
+
+emu = Harness(l2fast_emu)
+native = torch.ops.l2fast
 CHUNK = emu.CHUNK
 # Every tail length modulo every pack width (4 float32, 2 float64, 8 half types), alone and after
 # whole chunks; sizes around the chunk size.
@@ -100,15 +137,19 @@ def test_many_tensors_span_several_launch_tables():
 
 
 def test_many_tensors_all_written():
-    """Tensors enough for three launch tables, all written."""
-    sizes = [1 + (i * 37) % 61 for i in range(2 * emu.TENSORS_PER_LAUNCH + 100)]
-    params = random_tensors(sizes, torch.float64, "cpu", seed=5)
+    """Tensors enough for three launch tables, all written, anchored from the middle of the second table
+    on: the first table runs the plain chunk kernel, the others the anchored one (unanchored tensors
+    beside anchored ones in the second). Against the native CPU backend (_anchored, below)."""
+    n = 2 * emu.TENSORS_PER_LAUNCH + 100
+    sizes = [1 + (i * 37) % 61 for i in range(n)]
+    params, anchors, fisher = _anchored(sizes, torch.float64, torch.bfloat16, True, seed=5)
     grads = random_tensors(sizes, torch.float64, "cpu", seed=6)
-    want_grads = [g.clone() for g in grads]
-    want = reference.add_penalty_grad_(params, want_grads, [0.1], [0.01])
-    assert_sums_close(emu.add_penalty_grad_(params, grads, [0.1], [0.01]), want, torch.float64)
-    for g, w in zip(grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=ulp_tol(torch.float64), atol=0)
+    first_anchored = emu.TENSORS_PER_LAUNCH * 3 // 2
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=[0.0 if i < first_anchored else 0.3 for i in range(n)])
+    want_grads = _clones(grads)
+    want = native.add_penalty_grad_(params, want_grads, [0.1], [0.01], **kw)
+    assert_sums_close(emu.add_penalty_grad_(params, grads, [0.1], [0.01], **kw), want, torch.float64)
+    assert_same_bits(grads, want_grads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -409,3 +450,272 @@ def test_optimizer_step_over_misaligned_views(dtype, state_offset):
     assert_sums_close(got_value, want_value, dtype)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w.double(), rtol=STEP_TOL[dtype], atol=STEP_TOL[dtype] * w.double().abs().max().item())
+
+
+# The anchored penalties (L2-SP / EWC): every op that takes anchors, against the native CPU backend.
+# Both compute each element with the shared math (csrc/math/) and without multiply-add contraction (the
+# harness is built with -ffp-contract=off, as the CPU library is), so what they write is the same bits;
+# their sums are chunked and ordered differently, so values agree to sum_tol.
+# Set-ups: (params dtype, anchors dtype, fisher given).
+ANCHOR_CASES = {
+    "f32": (torch.float32, torch.float32, False),
+    "f32-fisher": (torch.float32, torch.float32, True),
+    "f32-bf16-anchors-fisher": (torch.float32, torch.bfloat16, True),
+    "f16-bf16-anchors": (torch.float16, torch.bfloat16, False),
+    "bf16-fisher": (torch.bfloat16, torch.bfloat16, True),
+    "f64-fisher": (torch.float64, torch.float64, True),
+    "f64-bf16-anchors": (torch.float64, torch.bfloat16, False),
+}
+ANCHOR_SIZES = [0, 1, 7, 33, 1000, CHUNK + 9]  # zero-size, packs with tails, two chunks
+NAN_ANCHOR = 4  # its l2_sp (and sp_factors) are zero and its anchor and fisher all NaN: never read
+BITS = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def assert_same_bits(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.equal(g.view(BITS[g.element_size()]), w.view(BITS[w.element_size()]))
+
+
+def _anchored(sizes, dtype, anchor_dtype, with_fisher, seed, nan_anchor=None):
+    """Params, their anchors (a = w - 0.1 d, d ~ N(0, 1)) in anchor_dtype and, with_fisher, importances
+    |F|, F ~ N(0, 1), in anchor_dtype (else None); anchor and fisher of tensor nan_anchor all NaN."""
+    params = random_tensors(sizes, dtype, "cpu", seed=seed)
+    moves = random_tensors(sizes, torch.float64, "cpu", seed=seed + 1)
+    anchors = [(p.double() - 0.1 * d).to(anchor_dtype) for p, d in zip(params, moves)]
+    fisher = None
+    if with_fisher:
+        fisher = [f.abs().to(anchor_dtype) for f in random_tensors(sizes, torch.float64, "cpu", seed=seed + 2)]
+    if nan_anchor is not None:
+        for t in [anchors] + ([fisher] if with_fisher else []):
+            t[nan_anchor].fill_(float("nan"))
+    return params, anchors, fisher
+
+
+def _l2_sp(n, zero=NAN_ANCHOR):
+    return [0.0 if i == zero else 0.5 + 0.25 * i for i in range(n)]
+
+
+def _clones(tensors):
+    return [t.clone() for t in tensors]
+
+
+def _penalty_ops(impl, params, grads, kw, sp_factors):
+    """Every anchored penalty op once: (values, written tensors)."""
+    n = len(params)
+    l2 = [0.0 if i % 3 == 0 else 0.1 * (1 + i % 2) for i in range(n)]
+    l1 = [0.0 if i % 2 == 0 else 0.01 for i in range(n)]
+    values = [impl.penalty(params, l2, l1, **kw)]
+    written = []
+    for scale in (torch.tensor(1.5), torch.tensor(-0.25, dtype=torch.float64)):
+        written += impl.penalty_grad(params, scale, l2, l1, **kw)
+    grads = _clones(grads)
+    values.append(impl.add_penalty_grad_(params, grads, l2, l1, **kw))
+    decayed = _clones(params)
+    values.append(impl.decay_(decayed, [0.001 * i for i in range(n)], l2, sp_factors=sp_factors, **kw))
+    return values, written + grads + decayed
+
+
+@pytest.mark.parametrize("case", ANCHOR_CASES.values(), ids=ANCHOR_CASES.keys())
+def test_anchored_penalties_match_native_cpu(case):
+    """penalty, penalty_grad, add_penalty_grad_ and decay_ with anchors. decay_'s tensors: some pulled and
+    weighed (sp_factors and l2_sp nonzero), tensor 1 pulled alone (l2_sp zero), tensor 5 weighed alone
+    (sp_factors zero)."""
+    dtype = case[0]
+    params, anchors, fisher = _anchored(ANCHOR_SIZES, *case, seed=60, nan_anchor=NAN_ANCHOR)
+    grads = random_tensors(ANCHOR_SIZES, dtype, "cpu", seed=63)
+    n = len(params)
+    l2_sp = _l2_sp(n, zero=NAN_ANCHOR)
+    sp_factors = [0.0 if i in (NAN_ANCHOR, 5) else 0.01 * (i + 1) for i in range(n)]
+    l2_sp[1] = 0.0
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=l2_sp)
+    got_values, got = _penalty_ops(emu, params, grads, kw, sp_factors)
+    want_values, want = _penalty_ops(native, params, grads, kw, sp_factors)
+    for g, w in zip(got_values, want_values):
+        assert_sums_close(g, w, dtype)
+    assert not any(t.isnan().any() for t in got)  # the NaN anchor was not read
+    assert_same_bits(got, want)
+
+
+def _anchored_adam(impl, ps, gs, state, scalars, k, kw, amsgrad=False):
+    n = len(ps)
+    return impl.adam_step_(ps, gs, state[0], state[1], state[2] if amsgrad else [], state[3], [1e-2], [0.9], [0.99],
+                           [1e-8], [0.0 if i % 2 else 0.1 for i in range(n)], [1e-3],
+                           [0.0 if i % 3 else 1e-3 for i in range(n)], [0.1], False, *scalars, **kw)
+
+
+def _anchored_sgd(impl, ps, gs, state, scalars, k, kw, nesterov=False):
+    n = len(ps)
+    return impl.sgd_step_(ps, gs, state[0], [1e-2], [0.9], [0.0 if nesterov else 0.1], [int(k == 0)],
+                          [0.0 if i % 2 else 0.1 for i in range(n)], [1e-3], [0.0 if i % 3 else 1e-3 for i in range(n)],
+                          [0.1], nesterov, False, *scalars, **kw)
+
+
+ANCHORED_STEPS = {
+    "adam": lambda *a: _anchored_adam(*a),
+    "adam-amsgrad": lambda *a: _anchored_adam(*a, amsgrad=True),
+    "sgd-momentum": lambda *a: _anchored_sgd(*a),
+    "sgd-nesterov": lambda *a: _anchored_sgd(*a, nesterov=True),
+}
+
+
+def _anchored_step_run(impl, step, case, decoupled, sizes=ANCHOR_SIZES, offsets=(0, 0)):
+    """Two steps and a third skipped by found_inf, as _step_run takes them, with anchors; params, grads
+    and state `offsets[0]` elements into their storage, anchors and fisher `offsets[1]`."""
+    params, anchors, fisher = _anchored(sizes, *case, seed=70, nan_anchor=NAN_ANCHOR if len(sizes) > NAN_ANCHOR else None)
+    dtype = case[0]
+    params = [_view(p, offsets[0]) for p in params]
+    anchors = [_view(a, offsets[1]) for a in anchors]
+    fisher = None if fisher is None else [_view(f, offsets[1]) for f in fisher]
+    state = [[_view(t, offsets[0]) for t in random_tensors(sizes, dtype, "cpu", seed=72 + j)] for j in range(3)]
+    state[1] = [s.abs_() for s in state[1]]  # exp_avg_sq >= 0
+    state.append([torch.tensor(float(k), dtype=torch.float32 if k else torch.float64) for k in range(len(params))])
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=_l2_sp(len(params)), decoupled_sp=decoupled)
+    values, grads_after = [], []
+    for k in range(3):
+        grads = [_view(g * 64.0, offsets[0]) for g in random_tensors(sizes, dtype, "cpu", seed=80 + k)]
+        scalars = (torch.tensor(64.0), torch.tensor([float(k == 2)]), torch.tensor(0.75, dtype=torch.float64))
+        values.append(ANCHORED_STEPS[step](impl, params, grads, state, scalars, k, kw))
+        grads_after += grads
+    return values, params + [t for lst in state for t in lst] + grads_after
+
+
+# Each rule coupled and decoupled, over the set-ups in turn (the harness is slow).
+ANCHORED_STEP_RUNS = [
+    ("adam", "f32-fisher", False),
+    ("adam", "f32-bf16-anchors-fisher", True),
+    ("adam", "bf16-fisher", False),
+    ("adam", "f64-fisher", True),
+    ("adam", "f16-bf16-anchors", True),
+    ("adam-amsgrad", "f32", False),
+    ("adam-amsgrad", "f64-bf16-anchors", True),
+    ("sgd-momentum", "f32-bf16-anchors-fisher", False),
+    ("sgd-momentum", "bf16-fisher", True),
+    ("sgd-nesterov", "f32-fisher", True),
+    ("sgd-nesterov", "f64-fisher", False),
+]
+
+
+@pytest.mark.parametrize("step, case, decoupled", ANCHORED_STEP_RUNS)
+def test_anchored_optimizer_steps_match_native_cpu(step, case, decoupled):
+    got_values, got = _anchored_step_run(emu, step, ANCHOR_CASES[case], decoupled)
+    want_values, want = _anchored_step_run(native, step, ANCHOR_CASES[case], decoupled)
+    for g, w in zip(got_values, want_values):
+        assert_sums_close(g, w, ANCHOR_CASES[case][0])
+    assert not any(t.isnan().any() for t in got)  # the NaN anchor was not read
+    assert_same_bits(got, want)
+
+
+def test_anchored_step_skipped_by_found_inf_writes_nothing_and_values_the_anchors():
+    """found_inf set: nothing written, the counters left alone, and the value (of the weights the step
+    would start from) includes sp / 2 * sum F (w - a)^2."""
+    sizes = [CHUNK + 3, 100]
+    params, anchors, fisher = _anchored(sizes, torch.float32, torch.bfloat16, True, seed=90)
+    before = _clones(params)
+    grads = random_tensors(sizes, torch.float32, "cpu", seed=91)
+    grads_before = _clones(grads)
+    state = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    steps = [torch.tensor(4.0) for _ in sizes]
+    l2_sp = [0.5, 2.0]
+    value = emu.adam_step_(params, grads, *state, [], steps, [1e-2], [0.9], [0.99], [1e-8], [0.1], [0.0], [0.0], [0.1],
+                           False, torch.tensor(8.0), torch.tensor(1.0), torch.tensor(0.5), anchors=anchors,
+                           fisher=fisher, l2_sp=l2_sp, decoupled_sp=True)
+    assert all(torch.equal(p, b) for p, b in zip(params, before)) and all(s.item() == 4.0 for s in steps)
+    assert all(torch.equal(g, b) for g, b in zip(grads, grads_before))
+    assert not any(s.any() for lst in state for s in lst)
+    want = sum(0.05 * p.double().square().sum() + sp / 2 * (f.double() * (p.double() - a.double()).square()).sum()
+               for p, a, f, sp in zip(before, anchors, fisher, l2_sp))
+    assert_sums_close(value, want.float(), torch.float32)
+    assert_sums_close(value, native.penalty(before, [0.1], [0.0], anchors, fisher, l2_sp), torch.float32)
+
+
+def test_zero_sp_anchors_are_not_read():
+    """The anchor and fisher of a tensor whose l2_sp (and sp_factors) are zero are ASan-poisoned: every
+    op, beside anchored tensors, runs without touching them."""
+    sizes = [1000, CHUNK + 3, 64]
+    params, anchors, fisher = _anchored(sizes, torch.float32, torch.float32, True, seed=95)
+    grads = random_tensors(sizes, torch.float32, "cpu", seed=96)
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=[0.5, 0.0, 0.25])
+    sp_factors = [0.01, 0.0, 0.0]
+    runs = []
+    for impl in (native, emu):
+        if impl is emu:
+            emu.poison([anchors[1], fisher[1]])
+        try:
+            values, written = _penalty_ops(impl, params, grads, kw, sp_factors)
+            for step, decoupled in (("adam", False), ("sgd-nesterov", True)):
+                state = [_clones(params) for _ in range(3)] + [[torch.tensor(0.0) for _ in sizes]]
+                state[1] = [s.abs_() for s in state[1]]
+                ps, gs = _clones(params), _clones(grads)
+                scalars = (None, None, None)
+                values.append(ANCHORED_STEPS[step](impl, ps, gs, state, scalars, 0, dict(kw, decoupled_sp=decoupled)))
+                written += ps + [t for lst in state[:3] for t in lst]
+        finally:
+            emu.unpoison([anchors[1], fisher[1]])
+        runs.append((values, written))
+    (want_values, want), (got_values, got) = runs
+    for g, w in zip(got_values, want_values):
+        assert_sums_close(g, w, torch.float32)
+    assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize(
+    "dtype, anchor_dtype, offset, head",
+    [
+        (torch.float32, torch.float32, 1, 3),  # anchors misaligned alike: 3 scalar elements, then packs
+        (torch.float32, torch.float32, 2, -1),  # differently: every element scalar
+        (torch.float32, torch.bfloat16, 1, 3),  # 2 bytes in: the 8-byte packs of bfloat16 align at element 3 too
+        (torch.float32, torch.bfloat16, 2, -1),
+        (torch.bfloat16, torch.bfloat16, 1, 7),
+        (torch.float64, torch.bfloat16, 1, 1),
+    ],
+)
+def test_anchored_ops_over_misaligned_views(dtype, anchor_dtype, offset, head):
+    """Params, grads and state one element into their storage, anchors and fisher `offset` elements in:
+    pack_head counts each pointer's alignment in its own element size (a pack of N params goes with N
+    anchors), so the chunks peel `head` elements and move the rest in packs (load_pack checks every
+    pack's alignment), or (-1) go element by element. Every op equals the native CPU backend's."""
+    sizes = [CHUNK + 13, 1000]
+    case = (dtype, anchor_dtype, True)
+    params, anchors, fisher = _anchored(sizes, *case, seed=100)
+    w, a, f = _view(params[0], 1), _view(anchors[0], offset), _view(fisher[0], offset)
+    assert emu.pack_head([w, _view(params[1], 1), a, f]) == head
+    params = [_view(p, 1) for p in params]
+    anchors = [_view(t, offset) for t in anchors]
+    fisher = [_view(t, offset) for t in fisher]
+    grads = [_view(g, 1) for g in random_tensors(sizes, dtype, "cpu", seed=101)]
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=[0.5, 0.25])
+    got_values, got = _penalty_ops(emu, params, grads, kw, [0.01, 0.02])
+    want_values, want = _penalty_ops(native, params, grads, kw, [0.01, 0.02])
+    steps = [_anchored_step_run(impl, "adam", case, True, sizes, (1, offset)) for impl in (emu, native)]
+    for g, w in zip(got_values + steps[0][0], want_values + steps[1][0]):
+        assert_sums_close(g, w, dtype)
+    assert_same_bits(got + steps[0][1], want + steps[1][1])
+
+
+def test_anchored_value_folds_many_chunks_in_the_shared_order():
+    """The deviations' partials fold in fold.h's order, as the other sums do: F * (w - a)^2 of chunk k is
+    2^53 (k = 0) or 1.0 (w = 1, a = 0, F = chunk_pattern), in tensors of 20 chunks (one warp folds them)
+    and 65 (the whole block). Each value is fold_block_order of its partials, bitwise, and the CPU
+    backend's on tensors with the same partials (its chunks are longer)."""
+    counts = [20, 65]
+    empty64 = torch.zeros(0, dtype=torch.float64)  # float64 results, in which 2^53 + k survives
+    values = []
+    for impl, chunk in ((emu, CHUNK), (native, CPU_CHUNK)):
+        fisher = [chunk_pattern(n, chunk, torch.bfloat16)[0] for n in counts] + [empty64]
+        params = [torch.ones_like(f) for f in fisher]
+        anchors = [torch.zeros_like(f) for f in fisher]
+        values.append(impl.penalty(params, [0.0], [0.0], anchors, fisher, [2.0]))
+    partials = [[BIG] + [1.0] * (n - 1) for n in counts]
+    assert all(fold_block_order(p) != left_to_right(p) for p in partials)  # the cases tell the orders apart
+    assert values[0].item() == fold_block_order([fold_block_order(p) for p in partials] + [0.0])
+    assert torch.equal(values[0], values[1])
+
+
+def test_anchored_penalty_of_a_large_tensor():
+    """65 chunks of random values, bfloat16 anchors and fisher: the block fold of real partials."""
+    params, anchors, fisher = _anchored([1_048_583], torch.float32, torch.bfloat16, True, seed=110)
+    kw = dict(anchors=anchors, fisher=fisher, l2_sp=[0.7])
+    assert_sums_close(emu.penalty(params, [0.3], [0.1], **kw), native.penalty(params, [0.3], [0.1], **kw), torch.float32)
+
