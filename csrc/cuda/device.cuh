@@ -138,7 +138,7 @@ __device__ __forceinline__ at::opmath_type<T> to_op(T v) {
 // reads no anchor (its walk is the plain one), or AnchorOf<A, kFisher>: the anchor in dtype A (the
 // tensor's, or bfloat16) and, with kFisher, its importances. Packs<N> holds the stream at one pack of the
 // op's N elements (N * sizeof(A) bytes per stream, aligned to that: pack_head accounts for it), and gives
-// element j's pull and deviation (anchor_pull, anchor_deviation: the CPU loop's math). kInFlight: the
+// element j's pull (anchor_pull, with its share of the value: the CPU loop's math). kInFlight: the
 // packs a thread loads before it uses any (walk).
 struct NoAnchor {
   static constexpr int kInFlight = kUnroll;
@@ -146,10 +146,9 @@ struct NoAnchor {
   struct Packs {
     static constexpr bool kAnchored = false;
     template <typename Op>
-    __device__ Op pull(int, Op) const {
-      return Op(0);
+    __device__ AnchorPull<Op> pull(int, Op) const {
+      return {};
     }
-    __device__ double deviation(int, double) const { return 0.0; }
   };
   template <int N>
   __device__ static Packs<N> load(const TensorMeta&, int64_t) {
@@ -168,12 +167,8 @@ struct AnchorOf {
     static constexpr bool kAnchored = true;
     Pack<A, N> a, f;  // f: loaded and read only with kFisher
     template <typename Op>
-    __device__ __forceinline__ Op pull(int j, Op w) const {
+    __device__ __forceinline__ AnchorPull<Op> pull(int j, Op w) const {
       return anchor_pull<kFisher>(w, static_cast<Op>(a.v[j]), kFisher ? static_cast<Op>(f.v[j]) : Op(1));
-    }
-    __device__ __forceinline__ double deviation(int j, double w) const {
-      return anchor_deviation<kFisher>(w, static_cast<double>(to_op(a.v[j])),
-                                       kFisher ? static_cast<double>(to_op(f.v[j])) : 1.0);
     }
   };
   template <int N>
@@ -191,12 +186,13 @@ struct Sums {
   double sq = 0.0;
   double abs = 0.0;
   double dev = 0.0;
-  // v, element j of a pack whose anchor stream holds `anchor`, as the weights ask.
-  template <class AnchorPacks>
-  __device__ __forceinline__ void add(const Weights& w, double v, const AnchorPacks& anchor, int j) {
+  // x (in the op-math type), element j of a pack whose anchor stream holds `anchor`, as the weights ask.
+  template <typename Op, class AnchorPacks>
+  __device__ __forceinline__ void add(const Weights& w, Op x, const AnchorPacks& anchor, int j) {
+    const double v = static_cast<double>(x);
     if (w.l2 != 0.0) sq += v * v;
     if (w.l1 != 0.0) abs += fabs(v);
-    if (AnchorPacks::kAnchored && w.sp != 0.0) dev += anchor.deviation(j, v);
+    if (AnchorPacks::kAnchored && w.sp != 0.0) dev += anchor.pull(j, x).deviation();
   }
 };
 

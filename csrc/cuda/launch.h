@@ -273,18 +273,14 @@ void run_step(const StepArgs& args, at::Tensor& result) {
   run_tables(device, op, tables, static_cast<int64_t>(metas.size()), &result, /*per_tensor=*/false);
 }
 
-// The Kernels of StepEntryPoints (csrc/entry/optim_step.h) for any Device.
+// The Kernels of StepEntryPoints (csrc/entry/optim_step.h) for any Device: the step's rule, picked by
+// StepRules (op_functors.cuh), run by run_step.
 template <class Device>
 struct DeviceStepKernels {
-  static void adam_step(const StepArgs& args, at::Tensor& result) {
-    if (args.states.size() == 3) run_step<Device, AdamRule<true>>(args, result);
-    else run_step<Device, AdamRule<false>>(args, result);
-  }
-
-  static void sgd_step(const StepArgs& args, at::Tensor& result) {
-    if (args.states.empty()) run_step<Device, SgdRule<false, false>>(args, result);
-    else if (args.nesterov) run_step<Device, SgdRule<true, true>>(args, result);
-    else run_step<Device, SgdRule<true, false>>(args, result);
+  template <class Step>
+  static void step(const StepArgs& args, at::Tensor& result) {
+    StepRules<Step>::pick(args.states.size(), args.nesterov,
+                          [&](auto rule) { run_step<Device, decltype(rule)>(args, result); });
   }
 };
 

@@ -36,7 +36,7 @@ struct ReduceOp : ReadsX {
   __device__ void apply(const TensorMeta& m, int64_t, const Item<T, N>& item, const AnchorPacks& anchor,
                         Sums& sums) const {
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.x.v[j])), anchor, j);
+    for (int j = 0; j < N; ++j) sums.add(m.weights, to_op(item.x.v[j]), anchor, j);
   }
 };
 
@@ -72,10 +72,10 @@ struct PenaltyGradOp {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op w = to_op(item.x.v[j]);
-      const Op step = penalty_step(w, l2, l1, m.weights.l2 != 0.0, m.weights.l1 != 0.0, sp, anchor.pull(j, w),
-                                   AnchorPacks::kAnchored);
+      const Op pull = anchor.pull(j, w).pull;
+      const Op step = penalty_step(w, l2, l1, m.weights.l2 != 0.0, m.weights.l1 != 0.0, sp, pull, AnchorPacks::kAnchored);
       out.v[j] = static_cast<T>(kAccumulate ? to_op(item.y.v[j]) + step : s * step);
-      if (kAccumulate) sums.add(m.weights, static_cast<double>(w), anchor, j);
+      if (kAccumulate) sums.add(m.weights, w, anchor, j);
     }
     store_pack<T, N>(m.y, i, out);
   }
@@ -94,9 +94,9 @@ struct ScaleOp : ReadsX {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op x = to_op(item.x.v[j]);
-      sums.add(m.weights, static_cast<double>(x), anchor, j);
+      sums.add(m.weights, x, anchor, j);
       Op y = x * factor;
-      if (AnchorPacks::kAnchored) y = std::fma(neg_spf, anchor.pull(j, x), y);
+      if (AnchorPacks::kAnchored) y = std::fma(neg_spf, anchor.pull(j, x).pull, y);
       out.v[j] = static_cast<T>(y);
     }
     store_pack<T, N>(m.y, i, out);
@@ -172,6 +172,30 @@ struct SgdRule {
   }
 };
 
+// The rule of each fused step for a call's arguments: StepRules<Step>::pick(state_lists, nesterov, f)
+// calls f(Rule{}).
+template <class Step>
+struct StepRules;
+
+template <>
+struct StepRules<AdamStep> {
+  template <class F>
+  static void pick(size_t state_lists, bool, F f) {
+    if (state_lists == 3) f(AdamRule<true>{});
+    else f(AdamRule<false>{});
+  }
+};
+
+template <>
+struct StepRules<SgdStep> {
+  template <class F>
+  static void pick(size_t state_lists, bool nesterov, F f) {
+    if (state_lists == 0) f(SgdRule<false, false>{});
+    else if (nesterov) f(SgdRule<true, true>{});
+    else f(SgdRule<true, false>{});
+  }
+};
+
 // One optimizer step over a chunk: reads w, g, the state and the anchor stream once, sums the penalty
 // value of w as the weights ask (the anchored term too: walk loads the anchor on a skipped step as well),
 // and (unless found_inf is set) writes the updated w and state once.
@@ -225,7 +249,7 @@ struct StepOp {
                         Sums& sums) const {
     using Op = at::opmath_type<T>;
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, static_cast<double>(to_op(item.w.v[j])), anchor, j);
+    for (int j = 0; j < N; ++j) sums.add(m.weights, to_op(item.w.v[j]), anchor, j);
     if (skip) return;
     const auto& t = terms<Op>();
     Item<T, N> out;
@@ -236,7 +260,7 @@ struct StepOp {
 #pragma unroll
       for (int k = 0; k < Rule::kStates; ++k) s[k] = to_op(item.s[k].v[j]);
       const Op g = to_op(item.g.v[j]);
-      Rule::template element<AnchorPacks::kAnchored>(w, g, s, t, anchor.pull(j, w));
+      Rule::template element<AnchorPacks::kAnchored>(w, g, s, t, anchor.pull(j, w).pull);
       out.w.v[j] = static_cast<T>(w);
       out.g.v[j] = static_cast<T>(t.g.unscaled(g));
 #pragma unroll

@@ -135,8 +135,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("penalty_grad", python_callable<&Entry::penalty_grad>());
   m.def("add_penalty_grad_", python_callable<&Entry::add_penalty_grad_>());
   m.def("decay_", python_callable<&Entry::decay_>());
-  m.def("adam_step_", python_callable<&StepEntry::adam_step_>());
-  m.def("sgd_step_", python_callable<&StepEntry::sgd_step_>());
+#define L2FAST_EMU_STEP(op, Step) m.def(#op, python_callable<&StepEntry::op>());
+  L2FAST_STEP_OPS(L2FAST_EMU_STEP)
+#undef L2FAST_EMU_STEP
   // The Kernels alone (without anchors), into results the caller allocates: the launch path for lists of
   // any length, empty ones included, whatever the entry points do before it.
   m.def("kernels_reduce", [](const Tensors& xs, const Doubles& l2, const Doubles& l1, bool per_tensor, at::Tensor result) {

@@ -38,10 +38,8 @@ struct StepArgs {
 void check_step_args(const StepArgs& args, const std::vector<const char*>& state_names, c10::ArrayRef<double> l2_sp);
 
 // The fused optimizer steps, each named once: X(op, Step), where op is its entry point (and schema name)
-// and Step the tag its kernels are picked by. The registrations that name the ops (every backend, the
-// autograd kernels, the host SIMT harness) expand this list.
-struct AdamStep {};
-struct SgdStep {};
+// and Step the tag its kernels are picked by (optim_math.h). The registrations that name the ops (every
+// backend, the autograd kernels, the host SIMT harness) expand this list.
 #define L2FAST_STEP_OPS(X) X(adam_step_, AdamStep) X(sgd_step_, SgdStep)
 
 // Kernels provides: template <class Step> void step(const StepArgs&, at::Tensor& result), for every Step

@@ -27,7 +27,8 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T max_nan(T a, T b) {
 // Which optional parts of the step math one tensor takes. The terms hold them as bools, which the
 // CUDA functor passes as they are (a branch every thread of a block takes alike is free); the CPU loops
 // pass them as std::bool_constant (with_flags, static_flags.h), so that they vectorize.
-// `anchored`: the tensor has an anchor, and the element functions take its pull. The CPU's anchored loops
+// `anchored`: the tensor has an anchor, and the element functions take its pull; each backend's loop sets
+// it at compile time from the anchor stream it walks (the terms leave it false). The CPU's anchored loops
 // pass l2 and l1 as true (a zero coefficient then adds a zero term), so that anchors multiply the loops
 // compiled by their dtypes and fisher alone.
 template <typename L2 = bool, typename L1 = bool, typename FromStart = bool, typename Anchored = bool>
@@ -143,6 +144,10 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void sgd_element(Op& w, Op g, Op& buf, const S
   w = std::fma(t.neg_lr, g, w);
 }
 
+// The tags of the fused steps (L2FAST_STEP_OPS, entry/optim_step.h), by which each backend picks its kernels.
+struct AdamStep {};
+struct SgdStep {};
+
 // Per-tensor hyperparameters, as the host holds them (float64, like Python's floats).
 struct StepHyper {
   double lr = 0.0, l2 = 0.0, l1 = 0.0, decay = 0.0;
@@ -174,7 +179,7 @@ C10_HOST_DEVICE inline AdamTerms<Op> adam_terms(const StepHyper& h, double step,
   const double bias1 = 1.0 - std::pow(h.beta1, step);
   const double bias2 = 1.0 - std::pow(h.beta2, step);
   t.lerp_weight = static_cast<Op>(1.0 - h.beta1);
-  t.flags = {h.l2 != 0.0, h.l1 != 0.0, lerp_from_start(t.lerp_weight), h.sp != 0.0 || h.spf != 0.0};
+  t.flags = {h.l2 != 0.0, h.l1 != 0.0, lerp_from_start(t.lerp_weight), false};  // anchored: set by the loop
   t.beta2 = static_cast<Op>(h.beta2);
   t.one_minus_beta2 = static_cast<Op>(1.0 - h.beta2);
   t.bias2_sqrt = static_cast<Op>(std::pow(bias2, 0.5));  // Python's bias_correction2**0.5
@@ -190,7 +195,7 @@ C10_HOST_DEVICE inline SgdTerms<Op> sgd_terms(const StepHyper& h, bool maximize,
   t.momentum = static_cast<Op>(h.momentum);
   t.one_minus_dampening = static_cast<Op>(1.0 - h.dampening);
   t.neg_lr = static_cast<Op>(-h.lr);
-  t.flags = {h.l2 != 0.0, h.l1 != 0.0, h.fresh, h.sp != 0.0 || h.spf != 0.0};
+  t.flags = {h.l2 != 0.0, h.l1 != 0.0, h.fresh, false};  // anchored: set by the loop
   return t;
 }
 

@@ -20,12 +20,7 @@ LAM = 0.05
 LR = {"adam": 1e-2, "sgd": 0.05, "rmsprop": 1e-3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 def make_model(seed=0):

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import l2fast
-from test_optim import one_thread  # noqa: F401  (autouse: these models are tiny)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 class MyRMSNorm(nn.Module):  # a normalisation layer torch does not know, recognised by its class name

@@ -16,13 +16,7 @@ TOL = 1e-6  # max abs parameter difference after STEPS float32 steps
 LAM = 0.05
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: threads only add start-up cost (and contention on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 def make_model(seed=0):
