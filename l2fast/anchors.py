@@ -134,7 +134,7 @@ def resolve(groups: list[dict], anchor, fisher, anchor_dtype: torch.dtype | None
             if isinstance(value, torch.Tensor) and _same_memory(value, p):
                 raise ValueError(f"l2fast.Penalized: the anchor of {places.where[p]} is the parameter itself, whose "
                                  "pull would always be zero; pass anchor='current' for a snapshot of the weights now")
-    anchors = {p: _copy_for(p, value, anchor_dtype or p.dtype, f"the anchor of {places.where[p]}")
+    anchors = {p: _copy_for(p, value, anchor_dtype or _kept_dtype(p, value), f"the anchor of {places.where[p]}")
                for p, value in given.items()}
     importances = {}
     if fisher is not None:
@@ -256,6 +256,12 @@ def _copy_for(p: torch.Tensor, value, dtype: torch.dtype | None, what: str) -> t
         )
     with torch.no_grad():
         return torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(value)
+
+
+def _kept_dtype(p: torch.Tensor, value) -> torch.dtype:
+    """The dtype an anchor is stored in without anchor_dtype: bfloat16 where it is given in bfloat16 (it
+    was made small on purpose), else the parameter's."""
+    return torch.bfloat16 if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16 else p.dtype
 
 
 def _placed(t: torch.Tensor, dtensor: type | None) -> str:

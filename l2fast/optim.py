@@ -257,8 +257,9 @@ class Penalized(torch.optim.Optimizer):
             (``l2fast.diagonal_fisher``'s ``{name: F}`` fits), stored in its anchor's dtype; needs
             ``anchor``. Anchored parameters without one get ``F = 1``. Negative or non-finite values are
             refused (one min/max pass per tensor, at construction).
-        anchor_dtype: the dtype the anchors (and ``F``) are stored in: ``None`` (each parameter's own) or
-            ``torch.bfloat16`` (half the memory of float32 anchors; the pull is computed in float32).
+        anchor_dtype: the dtype the anchors (and ``F``) are stored in: ``None`` (each parameter's own, or
+            bfloat16 for an anchor given in bfloat16) or ``torch.bfloat16`` (half the memory of float32
+            anchors; the pull is computed in float32).
         shard_group: for parameters sharded without DTensor (FSDP1 flat parameters, ZeRO-style
             shards): the process group over which each shard's penalty value is summed. DTensor
             parameters (FSDP2's ``fully_shard``) are found and reduced over their mesh by themselves.

@@ -591,3 +591,17 @@ def test_fsdp2_shards_are_pulled_toward_their_shard_of_the_anchors(tmp_path):
         assert max((p - q).abs().max().item() for p, q in zip(result["uninterrupted"], want.parameters())) <= TOL
         assert all(torch.equal(p, q) for p, q in zip(result["resumed"], result["uninterrupted"]))
     assert results[0]["penalty"] == results[1]["penalty"]
+
+
+def test_an_anchor_given_in_bfloat16_stays_bfloat16():
+    """Without anchor_dtype an anchor keeps bfloat16 (it was made small on purpose), its F follows it, and
+    any other dtype is stored in the parameter's."""
+    model = make_model()
+    params = list(model.parameters())
+    optimizer = l2fast.Penalized(torch.optim.Adam(params, lr=LR["adam"]), l2_sp=SP,
+                                 anchor={p: p.detach().to(torch.bfloat16) if i == 0 else p.detach().double()
+                                         for i, p in enumerate(params)},
+                                 fisher={p: torch.ones_like(p) for p in params})
+    saved = optimizer.state_dict()["state"]
+    assert [saved[i]["l2fast_anchor"].dtype for i in range(len(params))] == [torch.bfloat16] + [torch.float32] * 3
+    assert saved[0]["l2fast_fisher"].dtype == torch.bfloat16
