@@ -107,6 +107,7 @@ def unpack(state_dict: dict, groups: list[dict]) -> tuple[dict, Anchors | None]:
         anchor[p] = _copy_for(p, saved[ANCHOR_KEY], None, f"the saved anchor of state[{index}]")
         if FISHER_KEY in saved:
             fisher[p] = _copy_for(p, saved[FISHER_KEY], anchor[p].dtype, f"the saved fisher of state[{index}]")
+    _check_finite(anchor, {p: f"the saved anchor of state[{i}]" for i, p in params.items()})
     _check_importance(fisher, {p: f"the saved fisher of state[{i}]" for i, p in params.items()})
     return {**state_dict, "state": state}, Anchors(anchor, fisher)
 
@@ -136,6 +137,7 @@ def resolve(groups: list[dict], anchor, fisher, anchor_dtype: torch.dtype | None
                                  "pull would always be zero; pass anchor='current' for a snapshot of the weights now")
     anchors = {p: _copy_for(p, value, anchor_dtype or _kept_dtype(p, value), f"the anchor of {places.where[p]}")
                for p, value in given.items()}
+    _check_finite(anchors, {p: f"the anchor of {where}" for p, where in places.where.items()})
     importances = {}
     if fisher is not None:
         if isinstance(fisher, str):
@@ -268,6 +270,16 @@ def _placed(t: torch.Tensor, dtensor: type | None) -> str:
     if dtensor is not None and isinstance(t, dtensor):
         return f"a DTensor with placements {tuple(t.placements)} on {t.device_mesh}"
     return "a plain tensor"
+
+
+def _check_finite(anchors: dict, where: dict) -> None:
+    """Refuses an anchor with a NaN or infinite value (it would make the weights NaN at the first step):
+    one reduction per tensor (its local shard)."""
+    dtensor = sharding.dtensor_type()
+    for p, a in anchors.items():
+        a = sharding.local(a, dtensor)
+        if a.numel() and a.device.type != "meta" and not bool(torch.isfinite(a).all()):
+            raise ValueError(f"l2fast.Penalized: {where[p]} has NaN or infinite values; an anchor must be finite")
 
 
 def _check_importance(fisher: dict, where: dict) -> None:

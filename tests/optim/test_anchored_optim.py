@@ -5,6 +5,7 @@ import copy
 import inspect
 import io
 import os
+import re
 
 import pytest
 import torch
@@ -605,3 +606,22 @@ def test_an_anchor_given_in_bfloat16_stays_bfloat16():
     saved = optimizer.state_dict()["state"]
     assert [saved[i]["l2fast_anchor"].dtype for i in range(len(params))] == [torch.bfloat16] + [torch.float32] * 3
     assert saved[0]["l2fast_fisher"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_anchor_is_refused_given_or_loaded(bad):
+    """A NaN or infinite anchor would make the weights NaN at the first step: refused at construction and
+    on load, with nothing changed."""
+    model = make_model()
+    params = list(model.parameters())
+    poisoned = {p: p.detach().clone() for p in params}
+    poisoned[params[2]][0] = bad
+    with pytest.raises(ValueError, match=re.escape("param_groups[0]['params'][2] has NaN or infinite values")):
+        l2fast.Penalized(torch.optim.Adam(params, lr=LR["adam"]), l2_sp=SP, anchor=poisoned)
+    optimizer = l2fast.Penalized(torch.optim.Adam(params, lr=LR["adam"]), l2_sp=SP, anchor="current")
+    state = optimizer.state_dict()
+    kept = state["state"][2]["l2fast_anchor"].clone()
+    state["state"][2]["l2fast_anchor"] = torch.full_like(kept, bad)
+    with pytest.raises(ValueError, match=re.escape("the saved anchor of state[2] has NaN or infinite values")):
+        optimizer.load_state_dict(state)
+    assert torch.equal(optimizer.state_dict()["state"][2]["l2fast_anchor"], kept)
