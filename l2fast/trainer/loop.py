@@ -408,6 +408,7 @@ def training_session(cfg, check_resumable, check_init_from) -> Iterator[Session]
             raise ConfigError(f"out of memory{_at_step(session)} ({reason}): make the model or the batch smaller "
                               f"({kind.sizes}); {session.where_it_stands(discarded)}") from None
         raise
+    session.env.close()
 
 
 def _at_step(session: Session) -> str:

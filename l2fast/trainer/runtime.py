@@ -17,6 +17,7 @@ class Environment:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # setup_environment started the process group: close() ends it
 
     @property
     def is_main(self) -> bool:
@@ -29,6 +30,14 @@ class Environment:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def close(self) -> None:
+        """At the end of a run: every process arrives, then the process group this run started is
+        destroyed. A process that exits while a peer still holds the group's connections can take the
+        peer's gloo threads down with it (std::terminate as the peer exits: a run that finished failed)."""
+        if self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
     def any(self, flag: bool) -> bool:
         """flag of any process, on every process: decisions taken on one process's own measurements (its
@@ -54,9 +63,10 @@ def setup_environment(threads: int = 0) -> Environment:
     torch.set_flush_denormal(True)
     # Processes on one CPU share its cores; oversubscribed threads only fight each other.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Environment(device, rank, world_size)
+    return Environment(device, rank, world_size, owns_group)
 
 
 def timestamped(message: str) -> str:
