@@ -1,5 +1,6 @@
 // The only place where l2fast's operator schemas are written. Kernels live in cpu/ (TORCH_LIBRARY_IMPL
-// CPU), cuda/ (CUDA) and entry/no_pass.cpp (Meta, and calls without a tensor); csrc/README.md has the map.
+// CPU), cuda/ (CUDA) and entry/no_pass.cpp (calls without a tensor, and the fake kernels that
+// l2fast/_ops.py registers for every op); csrc/README.md has the map.
 //
 // Coefficient lists hold one value per tensor, or a single value for all of them.
 // A tensor whose coefficient(s) are all zero is not read at all.
@@ -7,6 +8,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(l2fast, m) {
+  m.set_python_module("l2fast._ops");  // where the fake (and meta) kernels are registered
   // sum_i c_i * ||x_i||^2, or one value per tensor when per_tensor.
   m.def("sq_norm(Tensor[] tensors, float[] coeffs, bool per_tensor) -> Tensor");
   // sum_i c_i * |x_i|_1, or one value per tensor when per_tensor.

@@ -1,7 +1,9 @@
-"""Loads the native library and gives penalty_grad its autograd formula.
+"""Loads the native library, registers every op's fake kernel and gives penalty_grad its autograd formula.
 
-The native library registers everything else: every op's meta kernel, which is its fake kernel under
-torch.compile (the native argument checks, run without data), and the autograd kernels of the others.
+The fake kernel of an op (its meta kernel too) is the native entry point with kernels that make no pass
+over memory (csrc/entry/no_pass.cpp): the native argument checks, run without data on the devices the
+fake tensors stand for, and the results allocated. The native library registers everything else (the
+backends' kernels and the autograd kernels of the other ops).
 
 `impl` is what the rest of l2fast calls: `torch.ops.l2fast` when the native library loaded, else
 the pure-PyTorch `reference` module (with one warning that says why; `REASON` keeps that line).
@@ -10,6 +12,7 @@ unnoticed.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -30,16 +33,20 @@ else:
     BACKEND = "native"
 
 
-def impl_for(tensors):
-    """The ops for a call over `tensors`: the reference's when the list is empty. Its result is an empty
-    sum, which needs no pass over memory, and torch's fake tensors (torch.compile) cannot place the result
-    of a native call that has no tensor argument to take a device from."""
-    return impl if len(tensors) else reference
-
-
 def backend_reason() -> str:
     """One line on why backend() is what it is: the torch the build was made for, or why it is unused."""
     return REASON
+
+
+def _register_fake_kernels() -> None:
+    # Registered from here rather than as C++ Meta kernels: torch calls a Python fake kernel with the
+    # fake tensors as they are (on the devices they stand for), a Meta kernel with meta tensors only,
+    # where a device mismatch could not be told from a match.
+    no_pass = torch._C.DispatchKey.CompositeExplicitAutograd
+    for name in torch._C._dispatch_get_all_op_names():
+        if name.startswith("l2fast::"):
+            op = torch._library.utils.lookup_op(name)
+            torch.library.register_fake(name, functools.partial(op._op_dk, no_pass), allow_override=False)
 
 
 def _register_autograd() -> None:
@@ -95,4 +102,5 @@ def _penalty_grad_of_w(grad_out, w, s, l2, sp, fisher):
 
 
 if BACKEND == "native":
+    _register_fake_kernels()
     _register_autograd()

@@ -108,8 +108,8 @@ def sq_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = F
     tensors = _tensor_list(tensors, "tensors")
     coeffs = _coeff_list(1.0 if coeffs is None else coeffs, "coeffs")
     if not sharding.is_sharded(tensors, group):
-        return _ops.impl_for(tensors).sq_norm(tensors, coeffs, per_tensor)
-    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl_for(local).sq_norm(
+        return _ops.impl.sq_norm(tensors, coeffs, per_tensor)
+    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl.sq_norm(
         local, _picked(coeffs, idx, len(tensors), "coeffs"), per_tensor), per_tensor)
 
 
@@ -118,8 +118,8 @@ def l1_norm(tensors: Tensors, coeffs: Coeffs | None = None, per_tensor: bool = F
     tensors = _tensor_list(tensors, "tensors")
     coeffs = _coeff_list(1.0 if coeffs is None else coeffs, "coeffs")
     if not sharding.is_sharded(tensors, group):
-        return _ops.impl_for(tensors).l1_norm(tensors, coeffs, per_tensor)
-    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl_for(local).l1_norm(
+        return _ops.impl.l1_norm(tensors, coeffs, per_tensor)
+    return sharding.global_value(tensors, group, lambda idx, local: _ops.impl.l1_norm(
         local, _picked(coeffs, idx, len(tensors), "coeffs"), per_tensor), per_tensor)
 
 
@@ -139,9 +139,9 @@ def penalty(params: Tensors, l2: Coeffs = 0.0, l1: Coeffs = 0.0, group=None, *, 
     sp = {"l2_sp": _coeff_list(l2_sp, "l2_sp")}
     n = len(params)
     if not sharding.is_sharded(params, group):
-        return _ops.impl_for(params).penalty(params, l2, l1, *_anchor_args(n, anchors, fisher, sp))
+        return _ops.impl.penalty(params, l2, l1, *_anchor_args(n, anchors, fisher, sp))
     dtensor = sharding.dtensor_type()
-    return sharding.global_value(params, group, lambda idx, local: _ops.impl_for(local).penalty(
+    return sharding.global_value(params, group, lambda idx, local: _ops.impl.penalty(
         local, _picked(l2, idx, n, "l2"), _picked(l1, idx, n, "l1"),
         *_anchor_args(n, anchors, fisher, sp, idx, dtensor)))
 
@@ -169,10 +169,10 @@ def add_penalty_grad_(
     n = len(params)
     with torch.no_grad():  # the op reads params and writes grads: nothing for autograd to record
         if not sharding.is_sharded(params, group):
-            return _ops.impl_for(params).add_penalty_grad_(params, grads, l2, l1, *_anchor_args(n, anchors, fisher, sp))
+            return _ops.impl.add_penalty_grad_(params, grads, l2, l1, *_anchor_args(n, anchors, fisher, sp))
         _same_length(n, grads, "grads")
         dtensor = sharding.dtensor_type()
-        return sharding.global_value(params, group, lambda idx, local: _ops.impl_for(local).add_penalty_grad_(
+        return sharding.global_value(params, group, lambda idx, local: _ops.impl.add_penalty_grad_(
             local, [sharding.local(grads[i], dtensor) for i in idx], _picked(l2, idx, n, "l2"),
             _picked(l1, idx, n, "l1"), *_anchor_args(n, anchors, fisher, sp, idx, dtensor)))
 
@@ -197,9 +197,9 @@ def decay_(params: Tensors, factors: Coeffs, l2: Coeffs = 0.0, group=None, *, an
     n = len(params)
     with torch.no_grad():  # an in-place update of leaf parameters, as optimizers make it
         if not sharding.is_sharded(params, group):
-            return _ops.impl_for(params).decay_(params, factors, l2, *_anchor_args(n, anchors, fisher, sp))
+            return _ops.impl.decay_(params, factors, l2, *_anchor_args(n, anchors, fisher, sp))
         dtensor = sharding.dtensor_type()
-        return sharding.global_value(params, group, lambda idx, local: _ops.impl_for(local).decay_(
+        return sharding.global_value(params, group, lambda idx, local: _ops.impl.decay_(
             local, _picked(factors, idx, n, "factors"), _picked(l2, idx, n, "l2"),
             *_anchor_args(n, anchors, fisher, sp, idx, dtensor)))
 

@@ -279,7 +279,7 @@ def sgd_step_(params, grads, momentum_buffers, lr, momentum, dampening, fresh, l
 
 
 # --- argument checks: those of csrc/entry/checks.cpp and optim_step.cpp, in the same order with the
-# same messages, for the fallback (with the native library, the meta kernels run the native checks) ---
+# same messages, for the fallback (with the native library, the fake kernels run the native checks) ---
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

@@ -10,6 +10,9 @@
 #include <vector>
 
 namespace l2fast {
+
+bool holds_data(const at::Tensor& t) { return t.has_storage() && t.storage().device_type() != c10::kMeta; }
+
 namespace {
 
 // Layouts as Python users write them (torch.sparse_csr), and numbers as Python's format(x, "g") writes
@@ -63,7 +66,7 @@ ByteRange range_of(const at::Tensor& t, bool read, size_t list, size_t index) {
   const auto offset =
       static_cast<uintptr_t>(symbolic(t) ? concrete(t.sym_storage_offset()) : t.storage_offset()) * t.element_size();
   const c10::Storage& storage = t.storage();
-  if (!t.is_meta()) {
+  if (holds_data(t)) {
     const auto start = reinterpret_cast<uintptr_t>(storage.data()) + offset;
     return {0, start, start + bytes, read, list, index};
   }

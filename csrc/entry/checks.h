@@ -1,5 +1,5 @@
 // Argument checks shared by every backend, so a bad call fails the same way on CPU, CUDA and meta
-// (the meta kernels are the fake kernels of torch.compile: sizes may be symbolic there, hence sym_*).
+// (they are the fake kernels of torch.compile too: sizes may be symbolic there, hence sym_*).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -54,6 +54,9 @@ void check_coeffs(c10::ArrayRef<double> coeffs, size_t n, const char* name);
 // numel and shape comparisons for tensors of concrete sizes (torch's plain accessors, cheaper per tensor)
 // or of symbolic ones (meta tensors under torch.compile: the comparison guards the compiled graph).
 int64_t numel_of(const at::Tensor& t);
+// Whether t's elements are in memory: false for meta tensors and torch's fake tensors (whose storage is a
+// meta storage whatever device they stand for).
+bool holds_data(const at::Tensor& t);
 bool same_sizes(const at::Tensor& a, const at::Tensor& b);
 
 // grads[i] and params[i] (or a state tensor and its param) are walked by the same flat index: equal

@@ -1,11 +1,12 @@
-// The entry points with kernels that make no pass over memory, for the two dispatch keys whose calls
-// need only the argument checks and the results:
-//  - Meta: meta tensors, and torch's fake tensors (torch.compile, opcheck), so a traced call runs the
-//    native checks and allocates its results exactly as an eager one does. Sizes may be symbolic here.
-//  - CompositeExplicitAutograd, which the dispatcher picks for calls that reach no backend's kernel:
-//    empty lists, which carry no device to dispatch on (valid: the result is an empty sum), and tensors
-//    of a layout or device this build has no kernel for (the checks name the offending tensor, and what
-//    they let through is refused by device).
+// The entry points with kernels that make no pass over memory, registered for CompositeExplicitAutograd,
+// the key of calls that need only the argument checks and the results:
+//  - calls the dispatcher sends there because they reach no backend's kernel: empty lists, which carry
+//    no device to dispatch on (valid: the result is an empty sum), and tensors of a device this build
+//    has no kernel for (the checks name the offending tensor, and what they let through is refused here);
+//  - the fake kernel (l2fast/_ops.py), which calls this kernel directly for meta tensors and for
+//    torch's fake tensors (torch.compile, opcheck), so a traced call runs the native checks, on the
+//    devices the fake tensors stand for, and allocates its results exactly as an eager one does. Sizes
+//    may be symbolic here.
 #include <torch/library.h>
 
 #include "entry_points.h"
@@ -14,10 +15,9 @@
 namespace l2fast {
 namespace {
 
-template <bool kRefuseTensors>
 struct NoPass {
   static void pass(at::TensorList tensors) {
-    TORCH_CHECK(!kRefuseTensors || tensors.empty(), "l2fast: this build has no kernel for tensors on ",
+    TORCH_CHECK(tensors.empty() || !holds_data(tensors[0]), "l2fast: this build has no kernel for tensors on ",
                 tensors[0].device());
   }
   template <class... Rest>
@@ -32,16 +32,11 @@ struct NoPass {
   static void step(const StepArgs& args, at::Tensor&) { pass(args.params); }
 };
 
-template <class Kernels>
-void register_all(torch::Library& m) {
-  EntryPoints<Kernels>::register_all(m);
-  StepEntryPoints<Kernels>::register_all(m);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(l2fast, Meta, m) { register_all<NoPass<false>>(m); }
-
-TORCH_LIBRARY_IMPL(l2fast, CompositeExplicitAutograd, m) { register_all<NoPass<true>>(m); }
+TORCH_LIBRARY_IMPL(l2fast, CompositeExplicitAutograd, m) {
+  EntryPoints<NoPass>::register_all(m);
+  StepEntryPoints<NoPass>::register_all(m);
+}
 
 }  // namespace l2fast

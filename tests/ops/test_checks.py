@@ -1,5 +1,5 @@
 """The argument checks of the native ops (csrc/entry/checks.cpp, optim_step.cpp), run by the CPU
-kernels, by the meta kernels (which are the fake kernels of torch.compile) and, in Python, by the
+kernels, by the fake kernels of torch.compile (which are the meta kernels too) and, in Python, by the
 reference, on the same bad inputs: the same error, word for word."""
 import pytest
 import torch
@@ -157,11 +157,6 @@ def message(call):
     return str(error.value)
 
 
-# Within a fake kernel every tensor is on the meta device, so a device mismatch is reported by torch's
-# fake tensors instead (after the kernel, when they place its results).
-ON_TWO_DEVICES = ("step-steps-device", "step-clip-device", "anchored-anchors-device")
-
-
 @pytest.mark.parametrize("case", list(bad_calls()))
 def test_native_fake_and_reference_checks_agree(case):
     if case.startswith("anchored-") and native_without_anchors() is not None:
@@ -170,7 +165,7 @@ def test_native_fake_and_reference_checks_agree(case):
     native = message(lambda: getattr(ops, name)(*args))
     assert native.startswith("l2fast: ")
     assert message(lambda: getattr(reference, name)(*args)) == native
-    if "sparse" not in case and case not in ON_TWO_DEVICES:  # fake tensors cannot be sparse
+    if "sparse" not in case:  # fake tensors cannot be sparse
         with FakeTensorMode() as mode:
             fake = torch.utils._pytree.tree_map_only(torch.Tensor, mode.from_tensor, args)
             assert message(lambda: getattr(ops, name)(*fake)) == native
