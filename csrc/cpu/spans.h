@@ -144,10 +144,11 @@ struct NoAnchor {
 template <typename A, bool kFisher>
 struct AnchorOf {
   static constexpr bool kAnchored = true;
-  // The lanes of a loop that reads this anchor: with a 16-bit anchor beside 32-bit streams, 16 lanes
-  // left GCC's AVX-512 clone in 256-bit vectors (one 16-byte load of the anchor per step); 32 lanes
-  // take 512-bit ones.
-  static constexpr int kLanes = sizeof(A) == 2 ? 2 * cpu::kLanes : cpu::kLanes;
+  // The lanes of a loop that reads an anchor, 32 whatever its dtype: with a 16-bit anchor beside 32-bit
+  // streams, 16 lanes left GCC's AVX-512 clone in 256-bit vectors (one 16-byte load of the anchor per
+  // step); with a 32-bit one, the work each step repeats (alias checks, prefetches) showed in the time
+  // of the memory-bound step (docs/cpu-experiments.md, "Anchored loops").
+  static constexpr int kLanes = 2 * cpu::kLanes;
   const A* a;
   const A* f;  // null without kFisher
 
