@@ -123,15 +123,6 @@ T* state_of(const StepArgs& args, size_t kind, const Chunk& c) {
   return kind < args.states.size() ? data_of<T>(args.states[kind][c.tensor]) + c.begin : nullptr;
 }
 
-// The flags' `anchored` of a span loop: false without an anchor, else the pull's terms masked (MaskedPull).
-template <bool kAnchored, typename Op>
-auto anchored_flag(const GradTerms<Op>& g) {
-  if constexpr (kAnchored)
-    return MaskedPull<Op>{MaskedTerm<Op>(g.sp), MaskedTerm<Op>(g.neg_spf)};
-  else
-    return std::false_type{};
-}
-
 // The Kernels of StepEntryPoints: one step<Step> per op of L2FAST_STEP_OPS, below.
 struct CpuStepKernels {
   template <class Step>
@@ -147,21 +138,21 @@ void CpuStepKernels::step<AdamStep>(const StepArgs& args, at::Tensor& result) {
   run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
     using T = decltype(tag);
     using Op = at::opmath_type<T>;
-    constexpr bool kAnchored = decltype(anchor)::kAnchored;
+    using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
     const auto terms = adam_terms<Op>(args.hyper[c.tensor], steps[c.tensor], args.maximize,
                                       static_cast<Op>(host.inv_scale), static_cast<Op>(host.clip));
     T* w = data_of<T>(args.params[c.tensor]) + c.begin;
     T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
     T *m = state_of<T>(args, 0, c), *v = state_of<T>(args, 1, c), *v_max = state_of<T>(args, 2, c);
     const auto run = [&](auto ams, auto write, auto sums, auto l2, auto l1, auto from_start) {
-      const AdamFlags f{l2, l1, from_start, anchored_flag<kAnchored>(terms.g)};
+      const AdamFlags<decltype(l2), decltype(l1), decltype(from_start), Anchored> f{l2, l1, from_start, {}};
       return adam_span<T, ams, write, sums>(w, g, m, v, v_max, c.len, terms, f, anchor);
     };
-    // An anchored tensor takes every term (see AdamFlags): fewer loops to compile. It sums w for the
+    // An anchored tensor takes both terms (see AdamFlags): fewer loops to compile. It sums w for the
     // value only when the value has an l2 or l1 term (value_sums).
-    if constexpr (kAnchored)
+    if constexpr (Anchored::value)
       return with_flags([&](auto ams, auto write, auto sums, auto from_start) {
-        return run(ams, write, sums, MaskedTerm<Op>(terms.g.l2), MaskedTerm<Op>(terms.g.l1), from_start);
+        return run(ams, write, sums, std::true_type{}, std::true_type{}, from_start);
       }, amsgrad, args.write_grads, value_sums(args, c), terms.flags.lerp_from_start);
     else
       return with_flags([&](auto ams, auto write, auto... flags) { return run(ams, write, std::true_type{}, flags...); },
@@ -176,23 +167,23 @@ void CpuStepKernels::step<SgdStep>(const StepArgs& args, at::Tensor& result) {
   run_step(args, host, result, [&](const Chunk& c, auto tag, auto anchor) {
     using T = decltype(tag);
     using Op = at::opmath_type<T>;
-    constexpr bool kAnchored = decltype(anchor)::kAnchored;
+    using Anchored = std::bool_constant<decltype(anchor)::kAnchored>;
     const auto terms = sgd_terms<Op>(args.hyper[c.tensor], args.maximize, static_cast<Op>(host.inv_scale),
                                      static_cast<Op>(host.clip));
     T* w = data_of<T>(args.params[c.tensor]) + c.begin;
     T* g = data_of<T>(args.grads[c.tensor]) + c.begin;
     T* buf = state_of<T>(args, 0, c);
     const auto run = [&](auto write, auto sums, auto l2, auto l1, auto fresh) {
-      const SgdFlags f{l2, l1, fresh, anchored_flag<kAnchored>(terms.g)};
+      const SgdFlags<decltype(l2), decltype(l1), decltype(fresh), Anchored> f{l2, l1, fresh, {}};
       if (!momentum) return sgd_span<T, false, false, write, sums>(w, g, buf, c.len, terms, f, anchor);
       return args.nesterov ? sgd_span<T, true, true, write, sums>(w, g, buf, c.len, terms, f, anchor)
                            : sgd_span<T, true, false, write, sums>(w, g, buf, c.len, terms, f, anchor);
     };
-    // An anchored tensor takes every term (see SgdFlags): fewer loops to compile. It sums w for the
+    // An anchored tensor takes both terms (see SgdFlags): fewer loops to compile. It sums w for the
     // value only when the value has an l2 or l1 term (value_sums).
-    if constexpr (kAnchored)
+    if constexpr (Anchored::value)
       return with_flags([&](auto write, auto sums, auto fresh) {
-        return run(write, sums, MaskedTerm<Op>(terms.g.l2), MaskedTerm<Op>(terms.g.l1), fresh);
+        return run(write, sums, std::true_type{}, std::true_type{}, fresh);
       }, args.write_grads, value_sums(args, c), terms.flags.fresh);
     else
       return with_flags([&](auto write, auto... flags) { return run(write, std::true_type{}, flags...); },

@@ -12,10 +12,7 @@
 #pragma once
 #include <c10/macros/Macros.h>
 
-#include <bit>
 #include <cmath>
-#include <cstdint>
-#include <type_traits>
 
 #include "elementwise.h"
 
@@ -31,9 +28,9 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE T max_nan(T a, T b) {
 // CUDA functor passes as they are (a branch every thread of a block takes alike is free); the CPU loops
 // pass them as std::bool_constant (with_flags, static_flags.h), so that they vectorize.
 // `anchored`: the tensor has an anchor, and the element functions take its pull; each backend's loop sets
-// it from the anchor stream it walks (the terms leave it false). The CPU's anchored loops take every term
-// whatever its coefficient, each through a MaskedTerm, so that anchors multiply the loops compiled by
-// their dtypes and fisher alone.
+// it at compile time from the anchor stream it walks (the terms leave it false). The CPU's anchored loops
+// pass l2 and l1 as true (a zero coefficient then adds a zero term), so that anchors multiply the loops
+// compiled by their dtypes and fisher alone.
 template <typename L2 = bool, typename L1 = bool, typename FromStart = bool, typename Anchored = bool>
 struct AdamFlags {
   L2 l2;
@@ -49,50 +46,6 @@ struct SgdFlags {
   Fresh fresh;  // the momentum buffer is new: it starts as the gradient (torch's first step)
   Anchored anchored;
 };
-
-// A term taken whatever its coefficient c, by a loop that must not branch on c: its input x goes through
-// a mask, all ones, or zero when c is 0, so that a zero coefficient adds +0 even beside an infinite or NaN
-// x (0 * inf is NaN, where a loop that leaves the term out keeps the infinity). A bitwise and per element:
-// GCC does not vectorize a select on a loop-invariant condition. CPU only.
-template <typename Op>
-struct MaskedTerm {
-  using Bits = std::conditional_t<sizeof(Op) == 8, uint64_t, uint32_t>;
-  Bits mask;
-  explicit MaskedTerm(Op c) : mask(c != Op(0) ? ~Bits(0) : Bits(0)) {}
-  constexpr explicit operator bool() const { return true; }
-  Op operator()(Op x) const { return std::bit_cast<Op>(std::bit_cast<Bits>(x) & mask); }
-};
-
-// The `anchored` flag of the CPU's anchored loops: the pull's coupled term (sp) and decoupled term
-// (neg_spf), one of which is zero in every call.
-template <typename Op>
-struct MaskedPull {
-  MaskedTerm<Op> coupled, decoupled;
-  constexpr explicit operator bool() const { return true; }
-};
-
-// x as the l2 or l1 term sees it: a true flag means a nonzero coefficient (the terms' flags), a
-// MaskedTerm masks it.
-template <typename Op, typename Flag>
-C10_HOST_DEVICE C10_ALWAYS_INLINE Op term_input(Op x, Flag) {
-  return x;
-}
-template <typename Op>
-C10_ALWAYS_INLINE Op term_input(Op x, MaskedTerm<Op> masked) {
-  return masked(x);
-}
-
-// The pull as its coupled (kCoupled) or decoupled term with coefficient c sees it: the anchored flag of
-// the CUDA loop says only that there is an anchor, so a zero c gets +0 by a select (uniform across the
-// threads of a tensor); MaskedPull masks it.
-template <bool kCoupled, typename Op, typename Anchored>
-C10_HOST_DEVICE C10_ALWAYS_INLINE Op pull_input(Op pull, Op c, Anchored) {
-  return c != Op(0) ? pull : Op(0);
-}
-template <bool kCoupled, typename Op>
-C10_ALWAYS_INLINE Op pull_input(Op pull, Op, MaskedPull<Op> masked) {
-  return kCoupled ? masked.coupled(pull) : masked.decoupled(pull);
-}
 
 // torch's CPU lerp as its vectorized kernel computes it: one fused multiply-add, from start with
 // weight for |weight| < 0.5, else from end with weight - 1 (the rounding torch's Adam sees).
@@ -125,8 +78,8 @@ struct GradTerms {
   template <typename L2, typename L1>
   C10_HOST_DEVICE C10_ALWAYS_INLINE Op grad(Op g, Op w, L2 use_l2, L1 use_l1) const {
     g = unscaled(g) * sign;
-    if (use_l2) g = std::fma(l2, term_input(w, use_l2), g);
-    if (use_l1) g = g + l1 * term_input(sign_of(w), use_l1);
+    if (use_l2) g = std::fma(l2, w, g);
+    if (use_l1) g = g + l1 * sign_of(w);
     return g;
   }
 
@@ -134,7 +87,7 @@ struct GradTerms {
   template <class Flags>
   C10_HOST_DEVICE C10_ALWAYS_INLINE Op step_grad(Op g, Op w, Op pull, Flags f) const {
     g = grad(g, w, f.l2, f.l1);
-    if (f.anchored) g = std::fma(sp, pull_input<true>(pull, sp, f.anchored), g);
+    if (f.anchored) g = std::fma(sp, pull, g);
     return g;
   }
 
@@ -142,7 +95,7 @@ struct GradTerms {
   template <class Flags>
   C10_HOST_DEVICE C10_ALWAYS_INLINE Op decayed(Op w, Op pull, Flags f) const {
     w = w * keep;
-    if (f.anchored) w = std::fma(neg_spf, pull_input<false>(pull, neg_spf, f.anchored), w);
+    if (f.anchored) w = std::fma(neg_spf, pull, w);
     return w;
   }
 };
