@@ -279,6 +279,37 @@ def test_a_skipped_step_writes_nothing_and_returns_the_value(ops, kind):
     assert all(not s.any() for s in states + counters)
 
 
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+@pytest.mark.parametrize("decoupled", [False, True], ids=["coupled", "decoupled"])
+def test_non_finite_weights_come_out_as_the_references(kind, decoupled):
+    """Infinite and NaN weights of an anchored tensor: the weights after the step and the value are the
+    reference's, NaN for NaN. (Their moments may be NaN on the CPU where the reference's are not: its
+    anchored loop multiplies a zero coefficient by the weight rather than branching, docs/anchored.md.)"""
+    reason = native_without_anchors()
+    if reason is not None:
+        pytest.skip(reason)
+    special = torch.tensor([float("inf"), -float("inf"), float("nan"), 1.0] * 10)
+
+    def run(impl):
+        ws = [special.clone(), torch.linspace(-2, 2, 40)]
+        grads = [torch.full((40,), 0.5), torch.linspace(1, -1, 40)]
+        anchors = [torch.zeros(40), torch.ones(40)]
+        fisher = [torch.tensor([0.0, 1.0, 0.5, 2.0] * 10), torch.full((40,), 0.25)]
+        states = [[torch.zeros(40) for _ in ws] for _ in range(2)]
+        l2, l1, decay, value_l2 = [0.0, 0.1], [0.0, 0.01], [0.0], [0.0, 0.1]
+        if kind == "adam":
+            value = impl.adam_step_(ws, grads, *states, [], [torch.zeros(()) for _ in ws], [LR], [0.9], [0.99], [EPS],
+                                    l2, l1, decay, value_l2, False, None, None, None, anchors, fisher, [0.5],
+                                    decoupled)
+        else:
+            value = impl.sgd_step_(ws, grads, states[0], [LR], [MOMENTUM], [0.0], [1], l2, l1, decay, value_l2, False,
+                                   False, None, None, None, anchors, fisher, [0.5], decoupled)
+        return [*ws, value]
+
+    for got, want in zip(run(torch.ops.l2fast), run(reference)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
 # --- the functional API ---
 
 @pytest.fixture
