@@ -205,6 +205,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--record", action="store_true", help="append the summary as one JSON line to "
                         "bench/results/domain_adaptation.jsonl (nmt: domain_adaptation_nmt.jsonl) once every run of "
                         "the grid is done")
+    parser.add_argument("--records-table", action="store_true", help="only print the newest record of each task "
+                        "(bench/results, or $L2FAST_BENCH_RESULTS) side by side in one table")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     for name, value in task.defaults.items():
@@ -311,21 +313,54 @@ def summary(task: Task, ablation: Ablation, rows: list[dict], pretrained: dict) 
             "config": rows[0]["config"] if rows else None, "settings": settings}
 
 
+def _cell(stats: dict, digits: int) -> str:
+    return f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else "")
+
+
 def scores_table(task: Task, numbers: dict) -> str:
     """The short table: the pre-trained model's scores on B and A, then each setting's mean ± sample
     standard deviation over its seeds."""
-    d = task.digits
+    d, key = task.digits, task.unit.lower()
     start = numbers["pretrained"]
     lines = [f"| penalty | B {task.unit} (learned) | A {task.unit} (kept) |", "|---|---:|---:|",
-             f"| pre-trained on A, before fine-tuning | {start['B_' + task.unit.lower()]:.{d}f} | "
-             f"{start['A_' + task.unit.lower()]:.{d}f} |"]
-    for s in numbers["settings"]:
-        cells = []
-        for key in (task.learned, task.kept):
-            stats = s[key]
-            cells.append(f"{stats['mean']:.{d}f}" + (f" ± {stats['std']:.{d}f}" if stats["std"] is not None else ""))
-        lines.append(f"| {s['label']} | {cells[0]} | {cells[1]} |")
+             f"| pre-trained on A, before fine-tuning | {start['B_' + key]:.{d}f} | {start['A_' + key]:.{d}f} |"]
+    lines += [f"| {s['label']} | {_cell(s[task.learned], d)} | {_cell(s[task.kept], d)} |" for s in numbers["settings"]]
     return "\n".join(lines)
+
+
+def records_table(folder: Path) -> str:
+    """The newest recorded run of each task in folder, side by side in one markdown table (settings matched
+    by name; '–' where a task has no runs of one), after a line per run saying when, at which commit and
+    with which command it was made."""
+    records = {}
+    for name, task in TASKS.items():
+        path = folder / f"{task.bench}.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        if lines:
+            records[name] = (task, json.loads(lines[-1]))
+    if not records:
+        raise SystemExit(f"{folder} holds no record of domain_adaptation.py (run it with --record)")
+    notes = [f"{name}: {r['date'][:10]}, commit {r['commit'] or 'unknown'}"
+             f"{' with local changes' if r.get('local_changes') else ''}, {r['machine'].get('cpu')} "
+             f"({r['machine'].get('isa_level')}), `{r['command']}`" for name, (_, r) in records.items()]
+    header, first = ["penalty"], ["pre-trained on A, before fine-tuning"]
+    labels: dict[str, str] = {}
+    for name, (task, r) in records.items():
+        key, start = task.unit.lower(), r["results"]["pretrained"]
+        header += [f"{name}: B {task.unit} (learned)", f"{name}: A {task.unit} (kept)"]
+        first += [f"{start['B_' + key]:.{task.digits}f}", f"{start['A_' + key]:.{task.digits}f}"]
+        for s in r["results"]["settings"]:
+            labels.setdefault(s["name"], s["label"])
+    rows = [first]
+    for setting, label in labels.items():
+        row = [label]
+        for task, r in records.values():
+            found = [s for s in r["results"]["settings"] if s["name"] == setting]
+            row += ([_cell(found[0][task.learned], task.digits), _cell(found[0][task.kept], task.digits)] if found
+                    else ["–", "–"])
+        rows.append(row)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(notes) + "\n\n" + "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def plot(task: Task, numbers: dict, path: Path) -> None:
@@ -380,8 +415,16 @@ def record_run(task: Task, args, ablation: Ablation, rows: list[dict], numbers: 
     record(task.bench, {**numbers, "table": scores_table(task, numbers)})
 
 
+def results_folder() -> Path:
+    """Where record() writes (bench/common.py's rule)."""
+    return Path(os.environ.get("L2FAST_BENCH_RESULTS") or REPO / "bench" / "results")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.records_table:
+        print(records_table(results_folder()))
+        return
     task = TASKS[args.task]
     settings = finetune_settings(tuple(args.l2_sp), tuple(args.ewc), args.fisher_batches)
     choose(settings, args.only)  # an unknown name is refused before any work

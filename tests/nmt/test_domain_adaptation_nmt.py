@@ -120,3 +120,28 @@ def test_the_translation_experiment_end_to_end(tmp_path):
     domain_adaptation.main(argv)  # again: nothing is trained twice
     assert (root / "pretrain" / "latest.pt").stat().st_mtime_ns == before
     assert len((root / "finetune" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_records_of_both_tasks_side_by_side(tmp_path):
+    def line(bench, pretrained, settings):
+        return json.dumps({"bench": bench, "date": "2026-12-05T09:00:00+00:00", "command": f"python {bench}",
+                           "commit": "abc", "local_changes": False, "machine": {"cpu": "CPU", "isa_level": "x86-64-v4"},
+                           "results": {"pretrained": pretrained, "settings": settings}}) + "\n"
+
+    one = {"mean": 4.0, "std": 0.5, "values": [3.5, 4.0, 4.5]}
+    (tmp_path / "domain_adaptation.jsonl").write_text(line("domain_adaptation", {"A_ppl": 3.0, "B_ppl": 5.0}, [
+        {"name": "none", "label": "plain fine-tuning", "valid_ppl": one, "test_ppl": one},
+        {"name": "ewc-1e0", "label": "EWC 1e0", "valid_ppl": one, "test_ppl": one}]))
+    older = line("domain_adaptation_nmt", {"A_bleu": 1.0, "B_bleu": 1.0}, [])
+    newest = line("domain_adaptation_nmt", {"A_bleu": 20.0, "B_bleu": 10.0}, [
+        {"name": "none", "label": "plain fine-tuning", "best_valid_bleu": {"mean": 25.0, "std": None, "values": [25.0]},
+         "test_bleu": {"mean": 12.5, "std": None, "values": [12.5]}}])
+    (tmp_path / "domain_adaptation_nmt.jsonl").write_text(older + newest)
+    text = domain_adaptation.records_table(tmp_path)
+    assert "nmt: 2026-12-05, commit abc, CPU (x86-64-v4), `python domain_adaptation_nmt`" in text
+    assert "| penalty | lm: B ppl (learned) | lm: A ppl (kept) | nmt: B BLEU (learned) | nmt: A BLEU (kept) |" in text
+    assert "| pre-trained on A, before fine-tuning | 5.000 | 3.000 | 10.00 | 20.00 |" in text  # the newest nmt record
+    assert "| plain fine-tuning | 4.000 ± 0.500 | 4.000 ± 0.500 | 25.00 | 12.50 |" in text
+    assert "| EWC 1e0 | 4.000 ± 0.500 | 4.000 ± 0.500 | – | – |" in text
+    with pytest.raises(SystemExit, match="no record"):
+        domain_adaptation.records_table(tmp_path / "empty")
