@@ -224,10 +224,11 @@ def ensure_corpus(task: Task, corpus: Path) -> None:
         subprocess.run([sys.executable, str(script), str(corpus), "--sources"], check=True)
 
 
-def write_domains(task: Task, corpus: Path, out: Path) -> dict[str, dict[str, str]]:
-    """{domain: {split: the trainer's path}}: each split's items (documents, or sentence pairs) dealt into the
-    domains by their source, in order."""
+def write_domains(task: Task, corpus: Path, out: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
+    """{domain: {split: the trainer's path}} and {domain: {split: items}}: each split's items (documents, or
+    sentence pairs) dealt into the domains by their source, in order."""
     paths = {domain: {split: str(out / domain / split) for split in SPLITS} for domain in task.domains}
+    counts: dict[str, dict[str, int]] = {domain: {} for domain in task.domains}
     for split in SPLITS:
         items = task.read_items(corpus, split)
         sources = (corpus / f"{split}.sources").read_text(encoding="utf-8").split()
@@ -239,6 +240,7 @@ def write_domains(task: Task, corpus: Path, out: Path) -> dict[str, dict[str, st
             prefix = Path(paths[domain][split])
             prefix.parent.mkdir(parents=True, exist_ok=True)
             kept = [item for item, source in zip(items, sources) if source in packages]
+            counts[domain][split] = len(kept)
             for i, suffix in enumerate(task.suffixes):
                 path = prefix.with_name(f"{prefix.name}.{suffix}")
                 partial = path.with_name(path.name + ".partial")  # renamed when whole: a killed process leaves no half file
@@ -247,7 +249,7 @@ def write_domains(task: Task, corpus: Path, out: Path) -> dict[str, dict[str, st
     if not task.prefix_paths:
         paths = {domain: {split: f"{path}.{task.suffixes[0]}" for split, path in splits.items()}
                  for domain, splits in paths.items()}
-    return paths
+    return paths, counts
 
 
 def shared_options(task: Task, args) -> dict:
@@ -290,7 +292,7 @@ def finetune(task: Task, args, ablation: Ablation, options: dict, domains: dict)
     run_ablation(ablation, merge(options, run), list(range(1, args.seeds + 1)), args.root / "finetune", args.only)
 
 
-def summary(task: Task, ablation: Ablation, rows: list[dict], pretrained: dict) -> dict:
+def summary(task: Task, ablation: Ablation, rows: list[dict], pretrained: dict, counts: dict) -> dict:
     """The numbers of the table and the plot, per setting with runs: each metric's values over the seeds,
     their mean and sample standard deviation."""
     settings = []
@@ -310,7 +312,7 @@ def summary(task: Task, ablation: Ablation, rows: list[dict], pretrained: dict) 
     return {"pretrained": {**{name: pretrained[key] for name, key in task.pretrained.items()}, "step": pretrained["step"]},
             "metrics": {learned: f"B's validation {'pairs' if task.prefix_paths else 'text'} (in-domain)",
                         kept: f"A's validation {'pairs' if task.prefix_paths else 'text'} (kept)"},
-            "config": rows[0]["config"] if rows else None, "settings": settings}
+            "items": counts, "config": rows[0]["config"] if rows else None, "settings": settings}
 
 
 def _cell(stats: dict, digits: int) -> str:
@@ -430,16 +432,19 @@ def main(argv: list[str] | None = None) -> None:
     choose(settings, args.only)  # an unknown name is refused before any work
     ablation = Ablation(task.title, settings, task.metrics, task.build_config, task.train)
     ensure_corpus(task, args.corpus)
-    domains = write_domains(task, args.corpus, args.root / "data")
+    domains, counts = write_domains(task, args.corpus, args.root / "data")
     options = shared_options(task, args)
     pretrained = pretrain(task, args, options, domains)
     finetune(task, args, ablation, options, domains)
     rows = read_results(args.root / "finetune")
-    numbers = summary(task, ablation, rows, pretrained)
+    numbers = summary(task, ablation, rows, pretrained, counts)
     start, unit, d = numbers["pretrained"], task.unit, task.digits
     text = ((args.root / "finetune" / "ablation.md").read_text(encoding="utf-8") +
             f"\nPre-trained on A ({start['step']} updates): A {unit} {start['A_' + unit.lower()]:.{d}f}, "
-            f"B {unit} {start['B_' + unit.lower()]:.{d}f}.\n\n" + scores_table(task, numbers) + "\n")
+            f"B {unit} {start['B_' + unit.lower()]:.{d}f}. {'Pairs' if task.prefix_paths else 'Documents'} "
+            f"(train / valid / test): " + "; ".join(f"{domain} {' / '.join(str(n) for n in c.values())}"
+                                                    for domain, c in counts.items()) +
+            ".\n\n" + scores_table(task, numbers) + "\n")
     (args.root / "domain_adaptation.md").write_text(text, encoding="utf-8")
     (args.root / "domain_adaptation.json").write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
     plot(task, numbers, args.root / "domain_adaptation.png")

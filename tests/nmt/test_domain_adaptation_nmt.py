@@ -60,7 +60,8 @@ def test_the_domains_of_nmt_share_no_package():
 def test_pairs_are_dealt_into_the_domains_by_package(tmp_path):
     a = labelled_corpus(tmp_path / "corpus")
     task = domain_adaptation.TASKS["nmt"]
-    paths = domain_adaptation.write_domains(task, tmp_path / "corpus", tmp_path / "out")
+    paths, counts = domain_adaptation.write_domains(task, tmp_path / "corpus", tmp_path / "out")
+    assert counts == {"A": {"train": 6, "valid": 2, "test": 2}, "B": {"train": 6, "valid": 2, "test": 2}}
     assert paths["A"]["valid"] == str(tmp_path / "out" / "A" / "valid")  # a prefix: the trainer adds .de / .en
     for split, pairs in a.items():
         assert Path(paths["A"][split] + ".de").read_text(encoding="utf-8") == "".join(s + "\n" for s, _ in pairs)
@@ -114,6 +115,7 @@ def test_the_translation_experiment_end_to_end(tmp_path):
     assert "EWC: Fisher of 1 batches of" in (root / "finetune" / "ewc-1e-1" / "seed1" / "train.log").read_text()
     text = (root / "domain_adaptation.md").read_text()
     assert "Pre-trained on A (2 updates): A BLEU" in text and "| plain fine-tuning | 1 |" in text
+    assert "Pairs (train / valid / test): A 6 / 2 / 2; B 6 / 2 / 2." in text and numbers["items"]["B"]["train"] == 6
     assert "| penalty | B BLEU (learned) | A BLEU (kept) |" in text
     assert (root / "domain_adaptation.png").stat().st_size > 0
     before = (root / "pretrain" / "latest.pt").stat().st_mtime_ns
