@@ -35,7 +35,9 @@ M-parameter byte-level model (2 layers of width 128), 2,000 pre-training and 400
 of 16 blocks of 64 bytes: the pre-training and the 24 fine-tuning runs with their scoring took 24
 minutes on this project's 2-core machine while other work shared it (2026-12-05). nmt: a 1.4
 M-parameter Transformer (2+2 layers of width 128, 4,000 shared unigram subwords, training pairs of at
-most 48 subwords a side), 3,000 pre-training and 300 fine-tuning updates of 2,000 tokens.
+most 48 subwords a side), 3,000 pre-training and 300 fine-tuning updates of 2,000 tokens: 56 minutes
+in all (13.5 of them pre-training) on the same machine while compile and test jobs loaded it heavily
+(2026-12-05).
 A second process started with the same command waits for the pre-training and then shares the
 fine-tuning runs (one per core). --pretrain-steps, --finetune-steps and --config (options of the
 trainer, e.g. a larger model) scale it up.
