@@ -157,7 +157,7 @@ void launch_chunks(const Device& device, const Op& op, const LaunchTable<R>& tab
       const auto plain = std::make_unique<LaunchTable<Plain>>();  // ~32 KB: not on the stack
       plain->first_tensor = table.first_tensor;
       plain->first_partial = table.first_partial;
-      plain->count = table.count;  // kPerLaunch<R> <= kPerLaunch<Plain>
+      plain->count = table.count;
       for (int64_t t = 0; t < table.count; ++t) {
         plain->chunk_end[t] = table.chunk_end[t];
         plain->rows[t] = table_row<Plain>(table.rows[t]);
