@@ -58,49 +58,66 @@ inline int32_t pack_head(c10::ArrayRef<Walked> walked) {
   return head;
 }
 
-// Tensor i of an op's list: x (read), y (written, or null), what the op computes from x, whether x takes
-// part, and whether it reads its anchor (anchors[i], with fisher[i] when fisher is given); `also`: the
-// further tensors a step walks with x, in x's dtype.
-inline TensorMeta make_meta(const at::Tensor& x, void* y, const Weights& weights, bool takes_part,
-                            const Anchors& anchors, size_t i, bool anchored,
-                            std::initializer_list<const void*> also = {}) {
-  TensorMeta m{};
+// Tensor i of an op's list, as the host holds it (its Meta and its anchor record, for every call): x
+// (read), y (written, or null), what the op computes from x, whether x takes part, and whether it reads
+// its anchor (anchors[i], with fisher[i] when fisher is given); `also`: the further tensors a step walks
+// with x, in x's dtype. A tensor that reads no anchor gets an anchor record of zeros (its weights' sp is
+// zero then: every caller reads the anchor where sp is not), which a plain call's tables leave out.
+template <class Meta = TensorMeta>
+Row<Meta, true> make_row(const at::Tensor& x, void* y, const Weights& weights, bool takes_part, const Anchors& anchors,
+                         size_t i, bool anchored, std::initializer_list<const void*> also = {}) {
+  Row<Meta, true> r{};
+  TensorMeta& m = r.meta;
+  AnchorMeta& a = r.anchor;
   m.x = x.const_data_ptr();
   m.y = y;
   m.length = takes_part ? x.numel() : 0;
-  m.weights = weights;
+  m.l2 = weights.l2;
+  m.l1 = weights.l1;
   m.multiplier = 1.0;
   m.dtype = dtype_code(x.scalar_type());
-  m.anchor_dtype = m.dtype;
+  a.sp = weights.sp;
+  a.anchor_dtype = m.dtype;
   size_t anchor_size = 0;
   if (anchored) {
     const at::Tensor& anchor = anchors.anchors[i];
-    m.anchor = anchor.const_data_ptr();
-    if (!anchors.fisher.empty()) m.fisher = anchors.fisher[i].const_data_ptr();
-    m.anchor_dtype = dtype_code(anchor.scalar_type());
+    a.anchor = anchor.const_data_ptr();
+    if (!anchors.fisher.empty()) a.fisher = anchors.fisher[i].const_data_ptr();
+    a.anchor_dtype = dtype_code(anchor.scalar_type());
     anchor_size = anchor.element_size();
   }
   const size_t size = x.element_size();
-  c10::SmallVector<Walked, 8> walked = {{m.x, size}, {y, size}, {m.anchor, anchor_size}, {m.fisher, anchor_size}};
+  c10::SmallVector<Walked, 8> walked = {{m.x, size}, {y, size}, {a.anchor, anchor_size}, {a.fisher, anchor_size}};
   for (const void* p : also) walked.push_back({p, size});
   m.pack_head = pack_head(walked);
-  return m;
+  return r;
 }
 
-// The op's tensors cut into launch tables of at most kPerLaunch<Meta> consecutive tensors each.
-template <class Meta>
-std::vector<LaunchTable<Meta>> plan_launches(const std::vector<Meta>& metas) {
-  std::vector<LaunchTable<Meta>> tables;
+// A host row as a table of rows R holds it: whole, or (plain) its Meta alone, when it reads no anchor.
+template <class R, class Meta>
+R table_row(const Row<Meta, true>& r) {
+  if constexpr (R::kAnchored) {
+    return r;
+  } else {
+    TORCH_INTERNAL_ASSERT(r.anchor.anchor == nullptr && r.anchor.sp == 0.0, "l2fast: an anchored tensor in a plain table");
+    return {r.meta};
+  }
+}
+
+// The op's tensors cut into launch tables of at most kPerLaunch<R> consecutive tensors each.
+template <class R>
+std::vector<LaunchTable<R>> plan_launches(const std::vector<Row<typename R::Meta, true>>& rows) {
+  std::vector<LaunchTable<R>> tables;
   int64_t partials = 0;
-  for (size_t first = 0; first < metas.size(); first += kPerLaunch<Meta>) {
-    LaunchTable<Meta>& table = tables.emplace_back();
+  for (size_t first = 0; first < rows.size(); first += kPerLaunch<R>) {
+    LaunchTable<R>& table = tables.emplace_back();
     table.first_tensor = static_cast<int64_t>(first);
     table.first_partial = partials;
-    table.count = std::min<int64_t>(kPerLaunch<Meta>, static_cast<int64_t>(metas.size() - first));
+    table.count = std::min<int64_t>(kPerLaunch<R>, static_cast<int64_t>(rows.size() - first));
     int64_t chunks = 0;
     for (int64_t t = 0; t < table.count; ++t) {
-      table.metas[t] = metas[first + t];
-      chunks += chunk_count(table.metas[t].length, kChunk);
+      table.rows[t] = table_row<R>(rows[first + t]);
+      chunks += chunk_count(table.rows[t].meta.length, kChunk);
       table.chunk_end[t] = chunks;
     }
     partials += chunks;
@@ -108,26 +125,60 @@ std::vector<LaunchTable<Meta>> plan_launches(const std::vector<Meta>& metas) {
   return tables;
 }
 
-template <class Meta>
-int64_t chunks_in(const LaunchTable<Meta>& table) {
+// Whether a tensor of these rows reads its anchor.
+template <class R>
+bool reads_anchors(const R* rows, int64_t count) {
+  return std::any_of(rows, rows + count, [](const R& r) { return r.anchor_meta().anchor != nullptr; });
+}
+
+// Calls f(tables): the call's tensors planned into launch tables whose rows carry the anchor records when
+// some tensor reads its anchor, else (a plain call) without them, so that a plain table holds as many
+// tensors as its rows alone allow. Every launch of a call takes the tables of one layout.
+template <class Meta, class F>
+void with_launch_tables(const std::vector<Row<Meta, true>>& rows, F&& f) {
+  if (reads_anchors(rows.data(), static_cast<int64_t>(rows.size()))) f(plan_launches<Row<Meta, true>>(rows));
+  else f(plan_launches<Row<Meta, false>>(rows));
+}
+
+template <class R>
+int64_t chunks_in(const LaunchTable<R>& table) {
   return table.count == 0 ? 0 : table.chunk_end[table.count - 1];
 }
 
-// Whether a tensor of the table reads its anchor: its launch runs the anchored chunk kernel; a table
-// without one runs the plain kernel, with none of the anchor streams' code.
-template <class Meta>
-bool reads_anchors(const LaunchTable<Meta>& table) {
-  return std::any_of(table.metas, table.metas + table.count, [](const Meta& m) { return m.anchor != nullptr; });
+// Launches the chunk kernel over one table. A table of an anchored call in which no tensor reads its
+// anchor goes as the same tensors in plain rows, to the plain kernel, with none of the anchor streams'
+// code (the anchored kernel holds both walks, and the registers of the larger).
+template <class Device, class Op, class R>
+void launch_chunks(const Device& device, const Op& op, const LaunchTable<R>& table, Sums* partials) {
+  if constexpr (R::kAnchored) {
+    if (!reads_anchors(table.rows, table.count)) {
+      using Plain = Row<typename R::Meta, false>;
+      static_assert(kPerLaunch<R> <= kPerLaunch<Plain>, "a plain table holds an anchored table's tensors");
+      const auto plain = std::make_unique<LaunchTable<Plain>>();  // ~32 KB: not on the stack
+      plain->first_tensor = table.first_tensor;
+      plain->first_partial = table.first_partial;
+      plain->count = table.count;
+      for (int64_t t = 0; t < table.count; ++t) {
+        plain->chunk_end[t] = table.chunk_end[t];
+        plain->rows[t] = table_row<Plain>(table.rows[t]);
+      }
+      device.launch(&chunk_kernel<Op, Plain>, chunks_in(*plain), op, *plain, partials);
+      return;
+    }
+  }
+  device.launch(&chunk_kernel<Op, R>, chunks_in(table), op, table, partials);
 }
 
 // Runs op over every chunk of every tensor of the tables (n tensors in all). When the op reduces,
 // also fills `result`: one value per tensor (per_tensor) or their sum. A list with nothing to visit
 // launches no chunk kernel (CUDA refuses a grid of zero blocks) and still writes its zeros.
-template <class Device, class Op>
-void run_tables(const Device& device, const Op& op, const std::vector<LaunchTable<typename Op::Meta>>& tables,
-                int64_t n, at::Tensor* result, bool per_tensor) {
-  using Table = LaunchTable<typename Op::Meta>;
+template <class Device, class Op, class R>
+void run_tables(const Device& device, const Op& op, const std::vector<LaunchTable<R>>& tables, int64_t n,
+                at::Tensor* result, bool per_tensor) {
+  using Table = LaunchTable<R>;
   static_assert(sizeof(Op) + sizeof(Table) + sizeof(Sums*) <= kParameterBytes,
+                "chunk_kernel's parameters exceed CUDA's limit");
+  static_assert(sizeof(Op) + sizeof(LaunchTable<Row<typename R::Meta, false>>) + sizeof(Sums*) <= kParameterBytes,
                 "chunk_kernel's parameters exceed CUDA's limit");
   static_assert(sizeof(Sums) == 3 * sizeof(double), "partials are allocated as three doubles each");
   TORCH_INTERNAL_ASSERT(Op::kReduces == (result != nullptr));
@@ -139,11 +190,8 @@ void run_tables(const Device& device, const Op& op, const std::vector<LaunchTabl
     partials = device.empty(3 * chunks, at::kDouble);
     partial_ptr = reinterpret_cast<Sums*>(partials.template data_ptr<double>());
   }
-  for (const Table& table : tables) {
-    if (chunks_in(table) == 0) continue;
-    const auto kernel = reads_anchors(table) ? &chunk_kernel<Op, true> : &chunk_kernel<Op, false>;
-    device.launch(kernel, chunks_in(table), op, table, partial_ptr);
-  }
+  for (const Table& table : tables)
+    if (chunks_in(table) > 0) launch_chunks(device, op, table, partial_ptr);
   if (!Op::kReduces) return;
 
   at::Tensor values = per_tensor ? at::Tensor() : device.empty(std::max<int64_t>(n, 1), at::kDouble);
@@ -151,27 +199,29 @@ void run_tables(const Device& device, const Op& op, const std::vector<LaunchTabl
   AT_DISPATCH_FLOATING_TYPES(result->scalar_type(), "l2fast_finish", [&] {
     scalar_t* out = result->template data_ptr<scalar_t>();
     for (const Table& table : tables)
-      device.launch(&tensor_values_kernel<scalar_t, typename Op::Meta>, (table.count + kWarps - 1) / kWarps, table,
+      device.launch(&tensor_values_kernel<scalar_t, R>, (table.count + kWarps - 1) / kWarps, table,
                     static_cast<const Sums*>(partial_ptr), per_tensor ? out : nullptr, value_ptr);
     if (!per_tensor) device.launch(&total_kernel<scalar_t>, 1, static_cast<const double*>(value_ptr), n, out);
   });
 }
 
 template <class Device, class Op>
-void run(const Device& device, const Op& op, const std::vector<TensorMeta>& metas, at::Tensor* result,
+void run(const Device& device, const Op& op, const std::vector<Row<typename Op::Meta, true>>& rows, at::Tensor* result,
          bool per_tensor) {
-  run_tables(device, op, plan_launches(metas), static_cast<int64_t>(metas.size()), result, per_tensor);
+  with_launch_tables(rows, [&](const auto& tables) {
+    run_tables(device, op, tables, static_cast<int64_t>(rows.size()), result, per_tensor);
+  });
 }
 
-// Metadata of params[i] (read) with outs[i] (written; none when outs is empty), the weights of tensor i
+// Rows of params[i] (read) with outs[i] (written; none when outs is empty), the weights of tensor i
 // and its anchor, read when the weights weigh its pull; a tensor whose weights are all zero takes no part.
-inline std::vector<TensorMeta> metas_of(at::TensorList params, at::TensorList outs, const std::vector<Weights>& weights,
-                                        const Anchors& anchors) {
-  std::vector<TensorMeta> metas;
+inline std::vector<Row<TensorMeta, true>> rows_of(at::TensorList params, at::TensorList outs,
+                                                  const std::vector<Weights>& weights, const Anchors& anchors) {
+  std::vector<Row<TensorMeta, true>> rows;
   for (size_t i = 0; i < params.size(); ++i)
-    metas.push_back(make_meta(params[i], outs.empty() ? nullptr : outs[i].data_ptr(), weights[i], weights[i].any(),
-                              anchors, i, weights[i].sp != 0.0));
-  return metas;
+    rows.push_back(make_row(params[i], outs.empty() ? nullptr : outs[i].data_ptr(), weights[i], weights[i].any(),
+                            anchors, i, weights[i].sp != 0.0));
+  return rows;
 }
 
 // The Kernels of csrc/entry/entry_points.h for any Device.
@@ -179,12 +229,12 @@ template <class Device>
 struct DeviceKernels {
   static void reduce(at::TensorList tensors, const std::vector<Weights>& weights, const Anchors& anchors,
                      bool per_tensor, at::Tensor& result) {
-    run(Device(result.device()), ReduceOp{}, metas_of(tensors, {}, weights, anchors), &result, per_tensor);
+    run(Device(result.device()), ReduceOp{}, rows_of(tensors, {}, weights, anchors), &result, per_tensor);
   }
 
   static void add_penalty_grad(at::TensorList params, at::TensorList grads, const std::vector<Weights>& weights,
                                const Anchors& anchors, at::Tensor& result) {
-    run(Device(result.device()), PenaltyGradOp<true>{}, metas_of(params, grads, weights, anchors), &result, false);
+    run(Device(result.device()), PenaltyGradOp<true>{}, rows_of(params, grads, weights, anchors), &result, false);
   }
 
   static void penalty_grad(at::TensorList params, at::TensorList outs, const at::Tensor& scale,
@@ -193,22 +243,22 @@ struct DeviceKernels {
     const at::Tensor scale64 = scale.to(at::kDouble).contiguous();  // stays on the device: no sync
     PenaltyGradOp<false> op;
     op.scale_ptr = scale64.const_data_ptr<double>();
-    run(Device(params[0].device()), op, metas_of(params, outs, weights, anchors), nullptr, false);
+    run(Device(params[0].device()), op, rows_of(params, outs, weights, anchors), nullptr, false);
   }
 
   static void decay(at::TensorList params, const DecayFactors& factors, const std::vector<Weights>& weights,
                     const Anchors& anchors, at::Tensor& result) {
-    std::vector<TensorMeta> metas;
+    std::vector<Row<TensorMeta, true>> rows;
     for (size_t i = 0; i < params.size(); ++i) {
       const bool anchored = factors.anchor[i] != 0.0 || weights[i].sp != 0.0;
-      TensorMeta m = make_meta(params[i], params[i].data_ptr(), weights[i],
-                               factors.zero[i] != 0.0 || anchored || weights[i].any(), anchors, i, anchored);
+      Row<TensorMeta, true> r = make_row(params[i], params[i].data_ptr(), weights[i],
+                                         factors.zero[i] != 0.0 || anchored || weights[i].any(), anchors, i, anchored);
       // 1 - f is formed in float64 and then rounded, as torch.optim.AdamW's mul_(1 - lr * wd) does.
-      m.multiplier = 1.0 - factors.zero[i];
-      m.neg_spf = -factors.anchor[i];
-      metas.push_back(m);
+      r.meta.multiplier = 1.0 - factors.zero[i];
+      if (anchored) r.anchor.neg_spf = -factors.anchor[i];
+      rows.push_back(r);
     }
-    run(Device(result.device()), ScaleOp{}, metas, &result, false);
+    run(Device(result.device()), ScaleOp{}, rows, &result, false);
   }
 };
 
@@ -227,18 +277,23 @@ at::Tensor step_scalars(const Device& device, const StepScalars& s) {
   return out;
 }
 
-// Metadata of tensor i of a step: packs only where w, g, every state tensor and the anchor streams share
+// Row of tensor i of a step: packs only where w, g, every state tensor and the anchor streams share
 // their boundaries. The anchor is read when the tensor's value or its pull (coupled or decoupled) weighs it.
-inline StepMeta step_meta(const StepArgs& args, size_t i) {
+inline Row<StepMeta, true> step_row(const StepArgs& args, size_t i) {
   const at::Tensor& w = args.params[i];
   const StepHyper& h = args.hyper[i];
-  StepMeta m{};
-  m.grad = args.grads[i].data_ptr();
-  for (size_t k = 0; k < args.states.size(); ++k) m.state[k] = args.states[k][i].data_ptr();
+  void* grad = args.grads[i].data_ptr();
+  void* state[3] = {};
+  for (size_t k = 0; k < args.states.size(); ++k) state[k] = args.states[k][i].data_ptr();
   const bool anchored = args.value[i].sp != 0.0 || h.sp != 0.0 || h.spf != 0.0;
-  static_cast<TensorMeta&>(m) = make_meta(w, w.data_ptr(), args.value[i], /*takes_part=*/true, args.anchors, i,
-                                          anchored, {m.grad, m.state[0], m.state[1], m.state[2]});
-  m.hyper = h;
+  Row<StepMeta, true> r = make_row<StepMeta>(w, w.data_ptr(), args.value[i], /*takes_part=*/true, args.anchors, i,
+                                             anchored, {grad, state[0], state[1], state[2]});
+  StepMeta& m = r.meta;
+  m.grad = grad;
+  std::copy(state, state + 3, m.state);
+  m.hyper = h;  // the plain part; the anchored one goes with the anchor
+  r.anchor.hyper_sp = h.sp;
+  r.anchor.hyper_spf = h.spf;
   if (i < args.steps.size()) {
     const at::Tensor& step = args.steps[i];
     TORCH_CHECK(step.device() == w.device(), "l2fast: steps[", i, "] is on ", step.device(), " but params[", i,
@@ -247,7 +302,7 @@ inline StepMeta step_meta(const StepArgs& args, size_t i) {
     m.step = step.data_ptr();
     m.step_is_double = step.scalar_type() == at::kDouble ? 1 : 0;
   }
-  return m;
+  return r;
 }
 
 // Runs one optimizer step: Adam's counters first (when it has them), then one chunk kernel pass that
@@ -264,13 +319,15 @@ void run_step(const StepArgs& args, at::Tensor& result) {
   op.scalars = scalars.const_data_ptr<double>();
   op.maximize = args.maximize;
   op.write_grads = args.write_grads;
-  std::vector<StepMeta> metas;
-  for (size_t i = 0; i < args.params.size(); ++i) metas.push_back(step_meta(args, i));
-  const auto tables = plan_launches(metas);
-  if (!args.steps.empty())
-    for (const auto& table : tables)
-      device.launch(&count_steps_kernel, (table.count + kThreads - 1) / kThreads, table, op.scalars);
-  run_tables(device, op, tables, static_cast<int64_t>(metas.size()), &result, /*per_tensor=*/false);
+  std::vector<Row<StepMeta, true>> rows;
+  for (size_t i = 0; i < args.params.size(); ++i) rows.push_back(step_row(args, i));
+  with_launch_tables(rows, [&](const auto& tables) {
+    using R = typename std::decay_t<decltype(tables)>::value_type::RowType;
+    if (!args.steps.empty())
+      for (const auto& table : tables)
+        device.launch(&count_steps_kernel<R>, (table.count + kThreads - 1) / kThreads, table, op.scalars);
+    run_tables(device, op, tables, static_cast<int64_t>(rows.size()), &result, /*per_tensor=*/false);
+  });
 }
 
 // The Kernels of StepEntryPoints (csrc/entry/optim_step.h) for any Device: the step's rule, picked by

@@ -2,11 +2,12 @@
 // by nvcc and, unchanged, by the host SIMT harness.
 //
 // An op provides: Meta (what it knows per tensor: TensorMeta or a type derived from it), kReduces
-// (whether its chunks write partial sums), bind(meta) (per-thread set-up, run once before the first
-// pack), Item<T, N> (what one pack's loads hold), load() and apply(). walk loads the tensor's anchor
-// stream beside load()'s packs and hands apply() its packs (`anchor`: NoAnchor's or AnchorOf's Packs,
-// device.cuh): the pull of element j is anchor.pull(j, w), zero and compiled away for a tensor without
-// an anchor, whose code is the plain op's.
+// (whether its chunks write partial sums), bind(row) (per-thread set-up, run once before the first
+// pack), Item<T, N> (what one pack's loads hold), load(meta, i) and apply(row, ...). A row (device.cuh's
+// Row) is the tensor's Meta and its anchor record (anchor_meta(): all zeros in a plain call's table;
+// weights_of(row): the weights). walk loads the tensor's anchor stream beside load()'s packs and hands
+// apply() its packs (`anchor`: NoAnchor's or AnchorOf's Packs, device.cuh): the pull of element j is
+// anchor.pull(j, w), zero and compiled away for a tensor without an anchor, whose code is the plain op's.
 #pragma once
 #include <type_traits>
 
@@ -22,7 +23,8 @@ struct ReadsX {
   struct Item {
     Pack<T, N> x;
   };
-  __device__ void bind(const TensorMeta&) {}
+  template <class R>
+  __device__ void bind(const R&) {}
   template <typename T, int N>
   __device__ Item<T, N> load(const TensorMeta& m, int64_t i) const {
     return {load_pack<T, N>(m.x, i)};
@@ -32,11 +34,11 @@ struct ReadsX {
 // Reads x; sums x^2, |x| and the deviations from the anchor as the weights ask.
 struct ReduceOp : ReadsX {
   static constexpr bool kReduces = true;
-  template <typename T, int N, class AnchorPacks>
-  __device__ void apply(const TensorMeta& m, int64_t, const Item<T, N>& item, const AnchorPacks& anchor,
-                        Sums& sums) const {
+  template <typename T, int N, class R, class AnchorPacks>
+  __device__ void apply(const R& r, int64_t, const Item<T, N>& item, const AnchorPacks& anchor, Sums& sums) const {
+    const Weights w = weights_of(r);
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, to_op(item.x.v[j]), anchor, j);
+    for (int j = 0; j < N; ++j) sums.add(w, to_op(item.x.v[j]), anchor, j);
   }
 };
 
@@ -52,7 +54,8 @@ struct PenaltyGradOp {
   struct Item {
     Pack<T, N> x, y;
   };
-  __device__ void bind(const TensorMeta&) {
+  template <class R>
+  __device__ void bind(const R&) {
     if (!kAccumulate) scale = *scale_ptr;
   }
   template <typename T, int N>
@@ -62,56 +65,62 @@ struct PenaltyGradOp {
     if (kAccumulate) item.y = load_pack<T, N>(m.y, i);
     return item;
   }
-  template <typename T, int N, class AnchorPacks>
-  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
-                        Sums& sums) const {
+  template <typename T, int N, class R, class AnchorPacks>
+  __device__ void apply(const R& r, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor, Sums& sums) const {
     using Op = at::opmath_type<T>;
-    const Op l2 = static_cast<Op>(m.weights.l2), l1 = static_cast<Op>(m.weights.l1);
-    const Op sp = static_cast<Op>(m.weights.sp), s = static_cast<Op>(scale);
+    const Weights weights = weights_of(r);
+    const Op l2 = static_cast<Op>(weights.l2), l1 = static_cast<Op>(weights.l1);
+    const Op sp = static_cast<Op>(weights.sp), s = static_cast<Op>(scale);
     Pack<T, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op w = to_op(item.x.v[j]);
       const Op pull = anchor.pull(j, w).pull;
-      const Op step = penalty_step(w, l2, l1, m.weights.l2 != 0.0, m.weights.l1 != 0.0, sp, pull, AnchorPacks::kAnchored);
+      const Op step = penalty_step(w, l2, l1, weights.l2 != 0.0, weights.l1 != 0.0, sp, pull, AnchorPacks::kAnchored);
       out.v[j] = static_cast<T>(kAccumulate ? to_op(item.y.v[j]) + step : s * step);
-      if (kAccumulate) sums.add(m.weights, w, anchor, j);
+      if (kAccumulate) sums.add(weights, w, anchor, j);
     }
-    store_pack<T, N>(m.y, i, out);
+    store_pack<T, N>(r.meta.y, i, out);
   }
 };
 
-// x = x * multiplier + neg_spf * pull, in the op-math type (x is also y); sums x^2 and the deviations
-// before the update as the weights ask.
+// x = x * multiplier + neg_spf * pull, in the op-math type (x is also y; neg_spf: the anchor record's);
+// sums x^2 and the deviations before the update as the weights ask.
 struct ScaleOp : ReadsX {
   static constexpr bool kReduces = true;
-  template <typename T, int N, class AnchorPacks>
-  __device__ void apply(const TensorMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
-                        Sums& sums) const {
+  template <typename T, int N, class R, class AnchorPacks>
+  __device__ void apply(const R& r, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor, Sums& sums) const {
     using Op = at::opmath_type<T>;
-    const Op factor = static_cast<Op>(m.multiplier), neg_spf = static_cast<Op>(m.neg_spf);
+    const Weights weights = weights_of(r);
+    const Op factor = static_cast<Op>(r.meta.multiplier), neg_spf = static_cast<Op>(r.anchor_meta().neg_spf);
     Pack<T, N> out;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const Op x = to_op(item.x.v[j]);
-      sums.add(m.weights, x, anchor, j);
+      sums.add(weights, x, anchor, j);
       Op y = x * factor;
       if (AnchorPacks::kAnchored) y = std::fma(neg_spf, anchor.pull(j, x).pull, y);
       out.v[j] = static_cast<T>(y);
     }
-    store_pack<T, N>(m.y, i, out);
+    store_pack<T, N>(r.meta.y, i, out);
   }
 };
 
-// The optimizer steps (adam_step_, sgd_step_). Per tensor: w (x, written in place as y; weights:
-// the penalty value of the weights the step starts from), its gradient, its state tensors and its
-// step counter, with its hyperparameters.
+// The anchor record of a step's tensor: StepHyper's anchored part besides.
+struct StepAnchorMeta : AnchorMeta {
+  double hyper_sp, hyper_spf;  // StepHyper::sp, spf: the coupled pull, the decoupled pull fraction
+};
+
+// The optimizer steps (adam_step_, sgd_step_). Per tensor: w (x, written in place as y; l2, l1 and the
+// anchor record's sp: the penalty value of the weights the step starts from), its gradient, its state
+// tensors and its step counter, with its hyperparameters (the anchored ones in its anchor record).
 struct StepMeta : TensorMeta {
+  using Anchor = StepAnchorMeta;
   void* grad;  // written back unscaled and clipped when StepOp::write_grads
   void* state[3];  // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq; SGD: momentum_buffer
   void* step;      // Adam's step counter on the device (float32 or float64); null for SGD
   int32_t step_is_double;
-  StepHyper hyper;
+  PlainStepHyper hyper;
 };
 
 // The three device scalars of a step, as a double[3]: GradScaler's scale (1 without one), found_inf
@@ -120,13 +129,14 @@ enum StepScalar : int { kGradScale, kFoundInf, kClip };
 
 // Adam's step counters: step += 1 unless found_inf is set, before the chunk kernel reads them (one
 // thread per tensor of the table; stream order makes the new values visible to the next launch).
-__global__ void __launch_bounds__(kThreads) count_steps_kernel(L2FAST_GRID_CONST(LaunchTable<StepMeta>) table,
+template <class R>
+__global__ void __launch_bounds__(kThreads) count_steps_kernel(L2FAST_GRID_CONST(LaunchTable<R>) table,
                                                                const double* scalars) {
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (t >= table.count || scalars[kFoundInf] != 0.0) return;
-  void* step = table.metas[t].step;
-  if (table.metas[t].step_is_double) *static_cast<double*>(step) += 1.0;
-  else *static_cast<float*>(step) += 1.0f;
+  const StepMeta& m = table.rows[t].meta;
+  if (m.step_is_double) *static_cast<double*>(m.step) += 1.0;
+  else *static_cast<float*>(m.step) += 1.0f;
 }
 
 // The terms' flags (AdamFlags or SgdFlags of bools) with `anchored` a compile-time constant, the tensor's
@@ -215,15 +225,22 @@ struct StepOp {
     Pack<T, N> w, g, s[3];
   };
 
-  // The terms of this thread's tensor, from its hyperparameters, its step counter and the scalars.
-  __device__ void bind(const StepMeta& m) {
+  // The terms of this thread's tensor, from its hyperparameters (the anchored ones from its anchor
+  // record: zero in a plain row), its step counter and the scalars.
+  template <class R>
+  __device__ void bind(const R& r) {
+    const StepMeta& m = r.meta;
+    StepHyper h;
+    static_cast<PlainStepHyper&>(h) = m.hyper;
+    h.sp = r.anchor_meta().hyper_sp;
+    h.spf = r.anchor_meta().hyper_spf;
     skip = scalars[kFoundInf] != 0.0;
     const double inv_scale = static_cast<float>(1.0 / scalars[kGradScale]);  // as GradScaler.unscale_ rounds it
     const double step = m.step == nullptr ? 0.0
                         : m.step_is_double ? *static_cast<const double*>(m.step)
                                            : static_cast<double>(*static_cast<const float*>(m.step));
-    if (m.dtype == kF64) terms64 = Rule::template terms<double>(m.hyper, step, maximize, inv_scale, scalars[kClip]);
-    else terms32 = Rule::template terms<float>(m.hyper, step, maximize, static_cast<float>(inv_scale),
+    if (m.dtype == kF64) terms64 = Rule::template terms<double>(h, step, maximize, inv_scale, scalars[kClip]);
+    else terms32 = Rule::template terms<float>(h, step, maximize, static_cast<float>(inv_scale),
                                                static_cast<float>(scalars[kClip]));
   }
 
@@ -244,12 +261,13 @@ struct StepOp {
     return item;
   }
 
-  template <typename T, int N, class AnchorPacks>
-  __device__ void apply(const StepMeta& m, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor,
-                        Sums& sums) const {
+  template <typename T, int N, class R, class AnchorPacks>
+  __device__ void apply(const R& r, int64_t i, const Item<T, N>& item, const AnchorPacks& anchor, Sums& sums) const {
     using Op = at::opmath_type<T>;
+    const StepMeta& m = r.meta;
+    const Weights weights = weights_of(r);
 #pragma unroll
-    for (int j = 0; j < N; ++j) sums.add(m.weights, to_op(item.w.v[j]), anchor, j);
+    for (int j = 0; j < N; ++j) sums.add(weights, to_op(item.w.v[j]), anchor, j);
     if (skip) return;
     const auto& t = terms<Op>();
     Item<T, N> out;

@@ -72,18 +72,24 @@ void set_poisoned(const std::vector<at::Tensor>& tensors, bool poisoned) {
 }
 
 // Every block of every launch an op over tensors of these lengths makes: rows of (launch, block,
-// tensor, first element, elements), found by the same locate_chunk the chunk kernel calls.
-at::Tensor plan_blocks(const std::vector<int64_t>& lengths) {
-  std::vector<cuda::TensorMeta> metas(lengths.size());
-  for (size_t i = 0; i < lengths.size(); ++i) metas[i].length = lengths[i];
-  std::vector<int64_t> rows;
-  const auto tables = cuda::plan_launches(metas);
-  for (size_t l = 0; l < tables.size(); ++l) {
-    for (int64_t b = 0; b < cuda::chunks_in(tables[l]); ++b) {
-      const cuda::ChunkSpan c = cuda::locate_chunk(tables[l], b);
-      rows.insert(rows.end(), {static_cast<int64_t>(l), b, tables[l].first_tensor + c.tensor, c.begin, c.len});
-    }
+// tensor, first element, elements), found by the same locate_chunk the chunk kernel calls. anchored: the
+// tensors read anchors, so the tables take the anchored layout (launch.h's with_launch_tables).
+at::Tensor plan_blocks(const std::vector<int64_t>& lengths, bool anchored) {
+  static const char anchor_stand_in = 0;  // an anchor pointer that is never read: no kernel runs
+  std::vector<cuda::Row<cuda::TensorMeta, true>> tensors(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    tensors[i].meta.length = lengths[i];
+    if (anchored) tensors[i].anchor.anchor = &anchor_stand_in;
   }
+  std::vector<int64_t> rows;
+  cuda::with_launch_tables(tensors, [&](const auto& tables) {
+    for (size_t l = 0; l < tables.size(); ++l) {
+      for (int64_t b = 0; b < cuda::chunks_in(tables[l]); ++b) {
+        const cuda::ChunkSpan c = cuda::locate_chunk(tables[l], b);
+        rows.insert(rows.end(), {static_cast<int64_t>(l), b, tables[l].first_tensor + c.tensor, c.begin, c.len});
+      }
+    }
+  });
   const auto n = static_cast<int64_t>(rows.size() / 5);
   return at::tensor(rows, at::kLong).reshape({n, 5});
 }
@@ -172,7 +178,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("poison", [](const Tensors& ts) { set_poisoned(ts, true); });
   m.def("unpoison", [](const Tensors& ts) { set_poisoned(ts, false); });
-  m.def("plan_blocks", &plan_blocks);
+  m.def("plan_blocks", &plan_blocks, pybind11::arg("lengths"), pybind11::arg("anchored") = false);
   // TensorMeta::pack_head of tensors walked together, in packs of the first one's 16 bytes (launch.h).
   m.def("pack_head", [](const Tensors& ts) {
     std::vector<cuda::Walked> walked;
@@ -180,5 +186,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return cuda::pack_head(walked);
   });
   m.attr("CHUNK") = l2fast::cuda::kChunk;
-  m.attr("TENSORS_PER_LAUNCH") = l2fast::cuda::kTensorsPerLaunch;
+  // Tensors per launch table, derived from the rows' sizes (device.cuh's kPerLaunch): the ops over
+  // TensorMeta and the steps, each in a plain call's layout and an anchored call's.
+  m.attr("TENSORS_PER_LAUNCH") = cuda::kTensorsPerLaunch;
+  m.attr("ANCHORED_TENSORS_PER_LAUNCH") = cuda::kAnchoredTensorsPerLaunch;
+  m.attr("STEP_TENSORS_PER_LAUNCH") = cuda::kPerLaunch<cuda::Row<cuda::StepMeta, false>>;
+  m.attr("ANCHORED_STEP_TENSORS_PER_LAUNCH") = cuda::kPerLaunch<cuda::Row<cuda::StepMeta, true>>;
 }

@@ -148,13 +148,18 @@ C10_HOST_DEVICE C10_ALWAYS_INLINE void sgd_element(Op& w, Op g, Op& buf, const S
 struct AdamStep {};
 struct SgdStep {};
 
-// Per-tensor hyperparameters, as the host holds them (float64, like Python's floats).
-struct StepHyper {
+// Per-tensor hyperparameters, as the host holds them (float64, like Python's floats): those of every
+// tensor, then the anchored pull's, apart so that a CUDA launch table of a call without anchors holds the
+// first part alone (csrc/cuda/op_functors.cuh's StepMeta).
+struct PlainStepHyper {
   double lr = 0.0, l2 = 0.0, l1 = 0.0, decay = 0.0;
-  double sp = 0.0, spf = 0.0;                           // anchored: coupled pull, decoupled pull fraction
   double beta1 = 0.0, beta2 = 0.0, eps = 0.0;           // Adam
   double momentum = 0.0, dampening = 0.0;               // SGD
   bool fresh = false;                                   // SGD: a new momentum buffer
+};
+
+struct StepHyper : PlainStepHyper {
+  double sp = 0.0, spf = 0.0;  // anchored: coupled pull, decoupled pull fraction
 };
 
 template <typename Op>

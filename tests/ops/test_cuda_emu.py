@@ -127,6 +127,14 @@ def test_penalty_grad_and_decay_match_reference(dtype):
         torch.testing.assert_close(got_p, want_p, rtol=ulp_tol(dtype), atol=0)
 
 
+def test_launch_tables_hold_more_tensors_without_anchors():
+    """Tensors per launch table are derived from the size of a table's rows: a plain call's rows leave
+    the anchor records out, so its tables hold more tensors than an anchored call's, for the ops over
+    TensorMeta and for the steps alike."""
+    assert emu.TENSORS_PER_LAUNCH > emu.ANCHORED_TENSORS_PER_LAUNCH > emu.STEP_TENSORS_PER_LAUNCH
+    assert emu.STEP_TENSORS_PER_LAUNCH > emu.ANCHORED_STEP_TENSORS_PER_LAUNCH > 0
+
+
 def test_many_tensors_span_several_launch_tables():
     """5,000 tensors: several launch tables; one in seven takes part, so per-tensor zeros are written too."""
     xs = random_tensors([1 + i % 97 for i in range(5000)], torch.float32, "cpu", seed=4)
@@ -136,15 +144,38 @@ def test_many_tensors_span_several_launch_tables():
         assert_sums_close(got, getattr(reference, name)(xs, coeffs, per_tensor), torch.float32)
 
 
+def test_many_plain_tensors_all_written():
+    """Tensors enough for three plain launch tables (plus two), all written by add_penalty_grad_ and decay_,
+    against the reference."""
+    n = 2 * emu.TENSORS_PER_LAUNCH + 2
+    sizes = [1 + (i * 37) % 61 for i in range(n)]
+    params = random_tensors(sizes, torch.float32, "cpu", seed=5)
+    grads = random_tensors(sizes, torch.float32, "cpu", seed=6)
+    l2 = [0.1 * (1 + i % 3) for i in range(n)]
+    want_grads = _clones(grads)
+    want = reference.add_penalty_grad_(params, want_grads, l2, [0.01])
+    assert_sums_close(emu.add_penalty_grad_(params, grads, l2, [0.01]), want, torch.float32)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=ulp_tol(torch.float32), atol=ulp_tol(torch.float32))
+    factors = [0.001 * (i % 5) for i in range(n)]
+    decayed = _clones(params)
+    assert_sums_close(emu.decay_(decayed, factors, l2), reference.decay_(params, factors, l2), torch.float32)
+    for got_p, want_p in zip(decayed, params):
+        torch.testing.assert_close(got_p, want_p, rtol=ulp_tol(torch.float32), atol=0)
+
+
 def test_many_tensors_all_written():
-    """Tensors enough for three launch tables, all written, anchored from the middle of the second table
-    on: the first table runs the plain chunk kernel, the others the anchored one (unanchored tensors
-    beside anchored ones in the second). Against the native CPU backend (_anchored, below)."""
-    n = 2 * emu.TENSORS_PER_LAUNCH + 100
+    """Tensors enough for three anchored launch tables, all written, anchored from the middle of the second
+    table on: the call's tables carry the anchor records, and the first, in which no tensor reads its
+    anchor, runs the plain chunk kernel over its tensors in plain rows, the others the anchored one
+    (unanchored tensors beside anchored ones in the second). Against the native CPU backend (_anchored,
+    below)."""
+    per_table = emu.ANCHORED_TENSORS_PER_LAUNCH
+    n = 2 * per_table + 100
     sizes = [1 + (i * 37) % 61 for i in range(n)]
     params, anchors, fisher = _anchored(sizes, torch.float64, torch.bfloat16, True, seed=5)
     grads = random_tensors(sizes, torch.float64, "cpu", seed=6)
-    first_anchored = emu.TENSORS_PER_LAUNCH * 3 // 2
+    first_anchored = per_table * 3 // 2
     kw = dict(anchors=anchors, fisher=fisher, l2_sp=[0.0 if i < first_anchored else 0.3 for i in range(n)])
     want_grads = _clones(grads)
     want = native.add_penalty_grad_(params, want_grads, [0.1], [0.01], **kw)
@@ -277,10 +308,14 @@ def test_planning_beyond_2_to_the_31_elements():
     assert torch.equal(rows[:, 1], torch.arange(rows.shape[0]))  # one launch: blocks 0, 1, ...
 
 
-def test_planning_splits_launch_tables():
-    lengths = [1] * (2 * emu.TENSORS_PER_LAUNCH + 1)
-    rows = emu.plan_blocks(lengths)
-    assert rows[:, 0].tolist() == [0] * emu.TENSORS_PER_LAUNCH + [1] * emu.TENSORS_PER_LAUNCH + [2]
+@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
+def test_planning_splits_launch_tables(anchored):
+    """A plain call's tables hold TENSORS_PER_LAUNCH tensors each, an anchored call's fewer (their rows
+    carry the anchor records)."""
+    per_table = emu.ANCHORED_TENSORS_PER_LAUNCH if anchored else emu.TENSORS_PER_LAUNCH
+    lengths = [1] * (2 * per_table + 1)
+    rows = emu.plan_blocks(lengths, anchored)
+    assert rows[:, 0].tolist() == [0] * per_table + [1] * per_table + [2]
     assert torch.equal(rows[:, 2], torch.arange(len(lengths)))
 
 
@@ -420,6 +455,31 @@ def test_optimizer_step_skipped_by_found_inf_writes_nothing():
     assert torch.equal(params[0], before[0]) and steps[0].item() == 4.0 and torch.equal(grads[0], grads_before[0])
     assert not any(s.any() for lst in state for s in lst)
     assert_sums_close(value, reference.penalty(before, [0.1], [0.0]), torch.float32)
+
+
+def test_optimizer_steps_span_several_launch_tables():
+    """Adam and SGD steps over more tensors than two plain step tables hold (the counters advanced table by
+    table), against the reference."""
+    n = 2 * emu.STEP_TENSORS_PER_LAUNCH + 3
+    sizes = [1 + (i * 37) % 61 for i in range(n)]
+    runs = []
+    for impl in (emu, reference):
+        params = random_tensors(sizes, torch.float32, "cpu", seed=42)
+        grads = random_tensors(sizes, torch.float32, "cpu", seed=43)
+        state = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+        steps = [torch.tensor(float(i % 3)) for i in range(n)]
+        l2 = [0.1 * (i % 2) for i in range(n)]
+        values = [impl.adam_step_(params, grads, *state, [], steps, [1e-2], [0.9], [0.99], [1e-8], l2, [1e-3], [0.0],
+                                  [0.1], False, None, None, None)]
+        momentum = [torch.zeros_like(p) for p in params]
+        values.append(impl.sgd_step_(params, grads, momentum, [1e-2], [0.9], [0.1], [1], l2, [0.0], [1e-3], [0.1],
+                                     False, False, None, None, None))
+        runs.append((values, params + state[0] + state[1] + momentum + steps))
+    (got_values, got), (want_values, want) = runs
+    for g, w in zip(got_values, want_values):
+        assert_sums_close(g, w, torch.float32)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=STEP_TOL[torch.float32], atol=STEP_TOL[torch.float32] * w.abs().max().item())
 
 
 def _view(t, offset):
@@ -604,6 +664,30 @@ def test_anchored_optimizer_steps_match_native_cpu(step, case, decoupled):
     for g, w in zip(got_values, want_values):
         assert_sums_close(g, w, ANCHOR_CASES[case][0])
     assert not any(t.isnan().any() for t in got)  # the NaN anchor was not read
+    assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize("step, decoupled", [("adam", False), ("sgd-momentum", True)])
+def test_anchored_optimizer_steps_span_several_launch_tables(step, decoupled):
+    """More tensors than two anchored step tables hold, anchored from the middle of the second on (its
+    first table goes to the plain kernel in plain rows): bitwise the native CPU backend's."""
+    n = 2 * emu.ANCHORED_STEP_TENSORS_PER_LAUNCH + 3
+    first_anchored = emu.ANCHORED_STEP_TENSORS_PER_LAUNCH * 3 // 2
+    sizes = [1 + (i * 37) % 61 for i in range(n)]
+    case = ANCHOR_CASES["f32-bf16-anchors-fisher"]
+    runs = []
+    for impl in (emu, native):
+        params, anchors, fisher = _anchored(sizes, *case, seed=75)
+        state = [random_tensors(sizes, torch.float32, "cpu", seed=76 + j) for j in range(3)]
+        state[1] = [s.abs_() for s in state[1]]
+        state.append([torch.tensor(float(i % 3)) for i in range(n)])
+        l2_sp = [0.0 if i < first_anchored else 0.5 + 0.25 * (i % 4) for i in range(n)]
+        kw = dict(anchors=anchors, fisher=fisher, l2_sp=l2_sp, decoupled_sp=decoupled)
+        grads = random_tensors(sizes, torch.float32, "cpu", seed=79)
+        value = ANCHORED_STEPS[step](impl, params, grads, state, (None, None, None), 0, kw)
+        runs.append((value, params + [t for lst in state for t in lst] + grads))
+    (got_value, got), (want_value, want) = runs
+    assert_sums_close(got_value, want_value, torch.float32)
     assert_same_bits(got, want)
 
 
